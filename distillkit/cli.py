@@ -1,0 +1,170 @@
+"""Conventions shared by every script: argument files, logging, output directories, clean errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import re
+import shutil
+import sys
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import datasets
+import transformers
+import yaml
+from transformers import HfArgumentParser
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# A directory holding these is a finished run: it is never overwritten without --overwrite_output_dir.
+FINISHED_MARKER = "all_results.json"
+
+
+class UsageError(Exception):
+    """A problem with the user's input: reported as one line, exit code 2, nothing written."""
+
+
+def exit_on_usage_error(main: Callable[..., T]) -> Callable[..., T]:
+    """Turn a `UsageError` raised anywhere in `main` into `error: ...` on stderr and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return main(*args, **kwargs)
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
+def parse_args(dataclass_types: tuple[type, ...], args: list[str] | None = None) -> tuple[Any, ...]:
+    """Parse the command line, or a single `.json`/`.yaml` file of arguments (as run_glue does)."""
+    parser = HfArgumentParser(dataclass_types)
+    argv = sys.argv[1:] if args is None else args
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        path = os.path.abspath(argv[0])
+        if not os.path.isfile(path):
+            raise UsageError(f"argument file {argv[0]} does not exist")
+        try:
+            if path.endswith(".json"):
+                return parser.parse_json_file(json_file=path)
+            with open(path) as f:
+                values = yaml.safe_load(f) or {}
+            # YAML 1.1 reads `save_strategy: no` as False; the strategies mean the string "no".
+            values = {k: ("no" if v is False and k.endswith("_strategy") else v) for k, v in values.items()}
+            return parser.parse_dict(_coerce_numbers(values, dataclass_types))
+        except (ValueError, TypeError) as err:  # unknown keys, or a value a dataclass rejected
+            raise UsageError(f"{argv[0]}: {_first_line(err)}") from err
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # a dataclass's __post_init__ rejected a value
+        raise UsageError(_first_line(err)) from err
+
+
+def _coerce_numbers(values: dict[str, Any], dataclass_types: tuple[type, ...]) -> dict[str, Any]:
+    """YAML 1.1 reads `1e-3` as a string; give float and int fields their numbers back."""
+    kinds = {}
+    for dtype in dataclass_types:
+        for name, hint in typing.get_type_hints(dtype).items():
+            options = set(typing.get_args(hint) or (hint,)) - {type(None)}
+            if options in ({float}, {int}):
+                kinds[name] = options.pop()
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, str) and key in kinds:
+            try:
+                value = kinds[key](value)
+            except ValueError:
+                raise UsageError(f"{key}: {value!r} is not a number") from None
+        out[key] = value
+    return out
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def setup_logging(training_args: Any) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    logging.getLogger("distillkit").setLevel(log_level)
+    logging.getLogger("__main__").setLevel(log_level)
+    logging.getLogger("distill_trainer").setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    # Every rank says who it is, so a multi-process run shows its world size in the log.
+    logger.warning(
+        f"Process rank: {training_args.process_index}, world size: {training_args.world_size}, "
+        f"device: {training_args.device}, fp16: {training_args.fp16}, bf16: {training_args.bf16}"
+    )
+
+
+def list_checkpoints(output_dir: str) -> list[str]:
+    """Checkpoint directories that were completely written (trainer_state.json is saved last), oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        match = _CHECKPOINT_RE.match(name)
+        path = os.path.join(output_dir, name)
+        if match and os.path.isfile(os.path.join(path, "trainer_state.json")):
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def is_finished_run(output_dir: str) -> bool:
+    return os.path.isfile(os.path.join(output_dir, FINISHED_MARKER))
+
+
+def resolve_output_dir(
+    output_dir: str, overwrite_output_dir: bool, resume_from_checkpoint: str | bool | None
+) -> str | None:
+    """Decide what to do with an existing output directory, without writing anything.
+
+    Returns the checkpoint to resume from, or None for a fresh start. A finished run, or a non-empty
+    directory that is not one of our runs, is refused unless `overwrite_output_dir`.
+    """
+    if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint not in ("", "True", "False"):
+        if not os.path.isdir(resume_from_checkpoint):
+            raise UsageError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint directory")
+        return resume_from_checkpoint
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return None
+    if overwrite_output_dir:
+        return None
+    if is_finished_run(output_dir):
+        raise UsageError(
+            f"--output_dir {output_dir} already holds a finished run ({FINISHED_MARKER}); "
+            "pass --overwrite_output_dir to replace it, or choose another --output_dir"
+        )
+    checkpoints = list_checkpoints(output_dir)
+    if checkpoints:
+        return checkpoints[-1]
+    raise UsageError(
+        f"--output_dir {output_dir} is not empty and holds no checkpoint to resume from; "
+        "pass --overwrite_output_dir to write into it anyway"
+    )
+
+
+def clear_stale_checkpoints(output_dir: str) -> None:
+    """With --overwrite_output_dir, old checkpoints must not be mistaken for this run's on a later resume."""
+    for path in list_checkpoints(output_dir):
+        logger.warning(f"--overwrite_output_dir: removing stale checkpoint {path}")
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,117 @@
+"""Loading any model directory our scripts write, for evaluation and serving: full models and PEFT adapters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from .cli import FINISHED_MARKER, UsageError, is_finished_run, list_checkpoints
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass
+class LoadedClassifier:
+    """A ready-to-run classifier and what its run recorded about it."""
+
+    name: str
+    path: str
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    is_adapter: bool
+    record: dict[str, Any] = field(default_factory=dict)  # config.training_record
+    results: dict[str, Any] = field(default_factory=dict)  # all_results.json
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.model.config.id2label.items()}
+
+    @property
+    def method(self) -> str:
+        if self.is_adapter:  # an adapter's training_record is its base model's: only its own results speak for it
+            return str(self.results.get("method") or "lora")
+        return str(self.results.get("method") or self.record.get("method") or "custom")
+
+
+def is_adapter_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
+
+
+def is_model_dir(path: str) -> bool:
+    return is_adapter_dir(path) or os.path.isfile(os.path.join(path, "config.json"))
+
+
+def read_results(path: str) -> dict[str, Any]:
+    results_file = os.path.join(path, "all_results.json")
+    if not os.path.isfile(results_file):
+        return {}
+    with open(results_file) as f:
+        return json.load(f)
+
+
+def load_classifier_dir(path: str, name: str | None = None, device: str | torch.device = "cpu") -> LoadedClassifier:
+    """Load a saved full model or PEFT adapter in eval mode (safetensors only, never remote code)."""
+    if not os.path.isdir(path) or not is_model_dir(path):
+        raise UsageError(f"{path}: not a model directory (expected config.json or {ADAPTER_CONFIG})")
+    adapter = is_adapter_dir(path)
+    if adapter:
+        from peft import AutoPeftModelForSequenceClassification
+
+        model = AutoPeftModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    config = model.config
+    return LoadedClassifier(
+        name=name or os.path.basename(os.path.normpath(path)),
+        path=path,
+        model=model,
+        tokenizer=tokenizer,
+        is_adapter=adapter,
+        record=dict(getattr(config, "training_record", None) or {}),
+        results=read_results(path),
+    )
+
+
+def _model_dirs_in(directory: str) -> list[str]:
+    found = []
+    for entry in sorted(os.listdir(directory)):
+        path = os.path.join(directory, entry)
+        if not os.path.isdir(path) or not is_model_dir(path) or entry.startswith("checkpoint-"):
+            continue
+        if list_checkpoints(path) and not is_finished_run(path):
+            logger.warning(f"{path}: an unfinished run (checkpoints, no {FINISHED_MARKER}): left out")
+            continue
+        found.append(path)
+        merged = os.path.join(path, "merged")
+        if os.path.isdir(merged) and is_model_dir(merged):
+            found.append(merged)
+    return found
+
+
+def find_model_dirs(experiment_dir: str) -> list[str]:
+    """Every model directory inside an experiment directory, sorted: teacher/, odd/, even/, lora/, lora/merged, ...
+
+    Sub-folders that are not models themselves (one per seed: seed42/teacher, seed43/teacher, ...) are searched
+    one level down; unfinished runs (checkpoints but no all_results.json) are left out.
+    """
+    if not os.path.isdir(experiment_dir):
+        raise UsageError(f"--experiment_dir {experiment_dir}: no such directory")
+    found = _model_dirs_in(experiment_dir)
+    for entry in sorted(os.listdir(experiment_dir)):
+        path = os.path.join(experiment_dir, entry)
+        # A run still training has only checkpoint-N/ folders: those are not models to compare.
+        if os.path.isdir(path) and not is_model_dir(path) and not list_checkpoints(path):
+            found += _model_dirs_in(path)
+    if not found:
+        raise UsageError(f"--experiment_dir {experiment_dir}: holds no model directories (teacher/, even/, ...)")
+    return found

@@ -1,0 +1,364 @@
+"""Model cards: the `README.md` (Hub YAML metadata + prose) that makes every saved directory explain itself.
+
+`write_model_card(output_dir)` reads everything from the directory itself — `config.json`'s `training_record`,
+`all_results.json`, `trainer_state.json`, `adapter_config.json` for a PEFT adapter (a `merged/` model reads its
+adapter's from the parent directory) — so any script can call it once its model is saved. Numbers are copied
+from `all_results.json` unrounded, so the card's `model-index` equals the run's records exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .loading import ADAPTER_CONFIG, is_adapter_dir, read_results
+
+CARD_NAME = "README.md"
+MERGED_SUBDIR = "merged"
+
+# all_results.json key suffix -> (Hub metric id, metric config, display name). The f1 config depends on the task.
+METRICS: dict[str, tuple[str, str | None, str]] = {
+    "accuracy": ("accuracy", None, "Accuracy"),
+    "f1": ("f1", None, "F1"),
+    "precision": ("precision", None, "Precision"),
+    "recall": ("recall", None, "Recall"),
+    "macro_f1": ("f1", "macro", "Macro F1"),
+    "weighted_f1": ("f1", "weighted", "Weighted F1"),
+    "roc_auc": ("roc_auc", None, "ROC AUC"),
+}
+SPLITS = (("eval", "validation"), ("test", "test"))  # all_results.json prefix -> split name
+# How a run was made, as a LoRA run records it in all_results.json (an adapter has no config of its own).
+RECORD_KEYS = ("method", "teacher", "layers", "alpha_ce", "alpha_kl", "alpha_cos", "temperature", "dataset", "seed")
+
+
+@dataclass
+class RunRecords:
+    """What a saved directory (and, for a merged model, its adapter's directory) recorded about its run."""
+
+    path: str
+    config: dict[str, Any] = field(default_factory=dict)  # config.json
+    record: dict[str, Any] = field(default_factory=dict)  # config.json's training_record
+    results: dict[str, Any] = field(default_factory=dict)  # all_results.json
+    adapter: dict[str, Any] | None = None  # adapter_config.json (of this dir, or of the adapter a merge came from)
+    merged: bool = False
+    trainer_state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return str(self.results.get("method") or self.record.get("method") or "custom")
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        source = self.record.get("dataset") or self.results.get("dataset")
+        return source if isinstance(source, dict) else {"dataset": source} if source else {}
+
+    @property
+    def id2label(self) -> dict[str, str]:
+        # A LoRA run records its labels in all_results.json: an adapter directory has no config of its own.
+        return self.config.get("id2label") or self.results.get("id2label") or {}
+
+    @property
+    def num_labels(self) -> int | None:
+        return len(self.id2label) or None
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_run_records(output_dir: str) -> RunRecords:
+    """Collect the records a card is built from; fails clearly if `output_dir` holds no saved model."""
+    config = _read_json(os.path.join(output_dir, "config.json"))
+    adapter = _read_json(os.path.join(output_dir, ADAPTER_CONFIG)) or None
+    if not config and adapter is None:
+        raise FileNotFoundError(f"{output_dir}: no config.json or {ADAPTER_CONFIG}, so no saved model to describe")
+    results = read_results(output_dir)
+    state = _read_json(os.path.join(output_dir, "trainer_state.json"))
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    merged = adapter is None and (
+        bool((config.get("training_record") or {}).get("merged"))
+        or (os.path.basename(os.path.normpath(output_dir)) == MERGED_SUBDIR and is_adapter_dir(parent))
+    )
+    if merged and is_adapter_dir(parent):
+        # A merged model is its adapter folded into the base weights: same run, same records.
+        adapter = _read_json(os.path.join(parent, ADAPTER_CONFIG))
+        results = results or read_results(parent)
+        state = state or _read_json(os.path.join(parent, "trainer_state.json"))
+    record = dict(config.get("training_record") or {})
+    if adapter is not None and (not merged or record.get("method") != results.get("method")):
+        # A config.json beside an adapter is its base model's: this run's record is in all_results.json.
+        record = {k: results[k] for k in RECORD_KEYS if k in results}
+    return RunRecords(
+        path=output_dir,
+        config=config,
+        record=record,
+        results=results,
+        adapter=adapter,
+        merged=merged,
+        trainer_state=state,
+    )
+
+
+def _hub_id(name: Any) -> str | None:
+    """`name` if it can only mean a Hub repo id; local paths are not valid Hub metadata."""
+    if not isinstance(name, str) or not name or os.path.exists(name) or name.startswith((".", "/", "~")):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def base_model_of(records: RunRecords) -> str | None:
+    """The model this one was made from: the adapter's base, else the teacher's origin, else the fine-tuned base."""
+    candidates = [
+        (records.adapter or {}).get("base_model_name_or_path"),
+        records.record.get("base_model"),
+        records.record.get("teacher_base_model"),
+        records.record.get("teacher"),
+    ]
+    return next((c for c in candidates if c), None)
+
+
+def _f1_config(records: RunRecords, key: str, default: str | None) -> str | None:
+    if key != "f1" or records.num_labels is None:
+        return default
+    return "binary" if records.num_labels == 2 else "macro"
+
+
+def eval_results(records: RunRecords, dataset_name: str, dataset_type: str) -> list[EvalResult]:
+    """One `model-index` entry per metric per split, values copied unrounded from all_results.json."""
+    out = []
+    for prefix, split in SPLITS:
+        for key, (metric_type, metric_config, label) in METRICS.items():
+            value = records.results.get(f"{prefix}_{key}")
+            if value is None:
+                continue
+            out.append(
+                EvalResult(
+                    task_type="text-classification",
+                    task_name="Text Classification",
+                    dataset_type=dataset_type,
+                    dataset_name=dataset_name,
+                    dataset_config=records.dataset.get("config"),
+                    dataset_split=split,
+                    metric_type=metric_type,
+                    metric_config=_f1_config(records, key, metric_config),
+                    metric_value=value,
+                    metric_name=f"{split.capitalize()} {label}",
+                )
+            )
+    return out
+
+
+def _tags(records: RunRecords) -> list[str]:
+    tags = ["text-classification"]
+    if "layers" in records.record:
+        tags.append("distillation")
+    if records.adapter is not None:
+        tags += ["lora", "merged"] if records.merged else ["lora", "peft"]
+    if records.config.get("model_type"):
+        tags.append(records.config["model_type"])
+    return tags
+
+
+def card_metadata(records: RunRecords, model_name: str) -> ModelCardData:
+    """The Hub YAML header: library, base model, data set, metrics, tags, pipeline and a model-index."""
+    data_source = records.dataset.get("dataset")
+    hub_dataset = _hub_id(data_source)
+    # model-index needs a data set name even for local data; only a Hub id goes into `datasets` (a link).
+    dataset_name = hub_dataset or (os.path.basename(os.path.normpath(str(data_source))) if data_source else "unknown")
+    results = eval_results(records, dataset_name, hub_dataset or dataset_name)
+    is_adapter = records.adapter is not None and not records.merged
+    return ModelCardData(
+        library_name="peft" if is_adapter else "transformers",
+        base_model=_hub_id(base_model_of(records)),
+        datasets=[hub_dataset] if hub_dataset else None,
+        metrics=sorted({METRICS[k][0] for k in METRICS if any(f"{p}_{k}" in records.results for p, _ in SPLITS)}),
+        tags=_tags(records),
+        pipeline_tag="text-classification",
+        model_name=model_name,
+        eval_results=results or None,
+    )
+
+
+def _summary(records: RunRecords) -> str:
+    rec, base = records.record, base_model_of(records)
+    if records.adapter is not None:
+        what = "A LoRA adapter" if not records.merged else "A model with a LoRA adapter merged into its weights"
+        return f"{what} for text classification, trained on top of `{base}`."
+    if "layers" in rec:
+        origin = rec.get("teacher_base_model")
+        origin = f" (fine-tuned from `{origin}`)" if origin and origin != rec.get("teacher") else ""
+        return (
+            f"A {len(rec['layers'])}-layer student distilled from the {rec.get('teacher_num_layers', '?')}-layer "
+            f"teacher `{rec.get('teacher')}`{origin}, keeping teacher layers "
+            f"{', '.join(str(k) for k in rec['layers'])} (1-based)."
+        )
+    if records.method == "teacher":
+        return f"A text classifier fine-tuned from `{base}` (the teacher of the distillation runs)."
+    return f"A text classifier (`{records.method}`) made from `{base}`."
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows if v is not None]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _training_section(records: RunRecords) -> str:
+    rec, res = records.record, records.results
+    rows: list[tuple[str, Any]] = [("method", f"`{records.method}`")]
+    if "layers" in rec:
+        rows += [
+            ("teacher", f"`{rec.get('teacher')}`"),
+            ("teacher layers kept (1-based)", ", ".join(str(k) for k in rec["layers"])),
+            ("teacher depth", rec.get("teacher_num_layers")),
+        ]
+    for name in ("alpha_ce", "alpha_kl", "alpha_cos", "temperature"):
+        if name in rec:
+            rows.append((f"loss weight `{name}`" if name != "temperature" else "KL temperature", rec[name]))
+    if records.adapter is not None:
+        lora = records.adapter
+        rows += [
+            ("base model", f"`{lora.get('base_model_name_or_path')}`"),
+            ("LoRA rank `r`", lora.get("r")),
+            ("`lora_alpha`", lora.get("lora_alpha")),
+            ("`lora_dropout`", lora.get("lora_dropout")),
+            ("target modules", ", ".join(sorted(lora.get("target_modules") or [])) or None),
+            ("also trained and saved", ", ".join(lora.get("modules_to_save") or []) or None),
+        ]
+    if "trainable_params" in res:
+        total = res.get("total_params") or 0
+        share = f" ({100 * res['trainable_params'] / total:.2f}% of {_fmt(total)})" if total else ""
+        rows.append(("trainable parameters", f"{_fmt(res['trainable_params'])}{share}"))
+        rows.append(("total parameters", _fmt(total)))
+    state = records.trainer_state
+    rows += [
+        ("epochs", state.get("num_train_epochs")),
+        ("optimizer steps", state.get("global_step")),
+        ("batch size per device", state.get("train_batch_size")),
+        ("seed", rec.get("seed")),
+    ]
+    if "train_loss" in res:
+        rows.append(("final mean training loss", _fmt(res["train_loss"])))
+    return "## Training\n\n" + _table(rows)
+
+
+def _data_section(records: RunRecords) -> str:
+    source, res = records.dataset, records.results
+    rows: list[tuple[str, Any]] = [("data set", f"`{source.get('dataset')}`" if source.get("dataset") else None)]
+    rows += [
+        (k.replace("_", " "), f"`{source[k]}`") for k in ("config", "text_column", "label_column") if source.get(k)
+    ]
+    if source.get("label_threshold") is not None:
+        rows.append(("label threshold", source["label_threshold"]))
+    for split, key in (("train", "train_samples"), ("validation", "eval_samples"), ("test", "test_samples")):
+        n = res.get(key, (source.get("rows") or {}).get(split))
+        rows.append((f"{split} rows", _fmt(n) if n is not None else None))
+    id2label = records.id2label
+    if id2label:
+        rows.append(("labels", ", ".join(f"{k} = `{v}`" for k, v in sorted(id2label.items(), key=lambda x: int(x[0])))))
+    return "## Data\n\n" + _table(rows)
+
+
+def _results_section(records: RunRecords) -> str:
+    res = records.results
+    keys = [k for k in METRICS if any(f"{p}_{k}" in res for p, _ in SPLITS)]
+    if not keys:
+        return "## Results\n\nThis run recorded no evaluation metrics."
+    head = "| split | " + " | ".join(METRICS[k][2] for k in keys) + " |"
+    lines = [head, "|---" * (len(keys) + 1) + "|"]
+    for prefix, split in SPLITS:
+        if any(f"{prefix}_{k}" in res for k in keys):
+            cells = [_fmt(res[f"{prefix}_{k}"]) if f"{prefix}_{k}" in res else "–" for k in keys]
+            lines.append(f"| {split} | " + " | ".join(cells) + " |")
+    note = (
+        "F1, precision and recall are for the positive class on binary tasks and macro averages otherwise; "
+        "full-precision values are in `all_results.json` and in this card's metadata."
+    )
+    return "## Results\n\n" + "\n".join(lines) + "\n\n" + note
+
+
+def usage_snippet(records: RunRecords, reference: str) -> str:
+    """How to load this directory (or its Hub copy) and classify a comment."""
+    if records.adapter is not None and not records.merged:
+        return (
+            "```python\n"
+            "from peft import AutoPeftModelForSequenceClassification\n"
+            "from transformers import AutoTokenizer, pipeline\n\n"
+            f'model = AutoPeftModelForSequenceClassification.from_pretrained("{reference}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{reference}")\n'
+            'classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
+            'print(classifier("thanks for fixing the citation"))\n'
+            "```\n\n"
+            "The adapter loads on top of its base model (`base_model_name_or_path` in `adapter_config.json`), "
+            "which must be reachable from where you load it."
+        )
+    return (
+        "```python\n"
+        "from transformers import pipeline\n\n"
+        f'classifier = pipeline("text-classification", model="{reference}")\n'
+        'print(classifier("thanks for fixing the citation"))\n'
+        "```"
+    )
+
+
+def _record_files(records: RunRecords) -> list[str]:
+    files = ["config.json"] if records.config else []
+    files += [
+        name
+        for name, present in (("all_results.json", records.results), ("trainer_state.json", records.trainer_state))
+        if present
+    ]
+    return files + ([ADAPTER_CONFIG] if records.adapter is not None else [])
+
+
+def build_model_card(output_dir: str, repo_id: str | None = None) -> ModelCard:
+    """The card for a saved directory; `repo_id` (its Hub name) is what the usage snippet loads, else the path."""
+    records = read_run_records(output_dir)
+    path = os.path.normpath(os.path.abspath(output_dir))
+    default_name = os.path.basename(path)
+    if records.merged and default_name == MERGED_SUBDIR:  # EXP/lora/merged -> lora-merged, its Hub name
+        default_name = os.path.basename(os.path.dirname(path)) + "-merged"
+    model_name = repo_id or default_name
+    metadata = card_metadata(records, model_name)
+    reference = repo_id or os.path.abspath(output_dir)
+    body = "\n\n".join(
+        [
+            f"# {model_name}",
+            _summary(records),
+            "## How to use\n\n" + usage_snippet(records, reference),
+            _results_section(records),
+            _training_section(records),
+            _data_section(records),
+            "## Records\n\nThis card was generated from the run's own files ("
+            + ", ".join(f"`{name}`" for name in _record_files(records))
+            + "). Made with distillkit (Hugging Face `Trainer`).",
+        ]
+    )
+    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{body}\n")
+
+
+def write_model_card(output_dir: str, repo_id: str | None = None) -> str:
+    """Write `README.md` into a saved model, adapter or merged directory; returns its path.
+
+    Call it after the model and `all_results.json` are saved (the card copies the metrics from there).
+    """
+    card = build_model_card(output_dir, repo_id)
+    path = os.path.join(output_dir, CARD_NAME)
+    card.save(path)
+    return path

@@ -1,0 +1,102 @@
+"""The train → evaluate → test → save flow every script ends with, and the records it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from datasets import DatasetDict
+from transformers import Trainer
+
+from .cli import FINISHED_MARKER, clear_stale_checkpoints
+from .hub import defer_push_to_hub, push_run, wants_push
+from .model_card import write_model_card
+from .students import count_parameters
+
+logger = logging.getLogger(__name__)
+
+
+def train_evaluate_save(
+    trainer: Trainer,
+    tokenized: DatasetDict,
+    resume_from_checkpoint: str | None,
+    extra_results: dict[str, Any] | None = None,
+    push: bool = True,
+) -> dict[str, Any]:
+    """Train (resuming if asked), save the model, evaluate on validation and test, write the records.
+
+    With --push_to_hub the finished run is pushed last; `push=False` leaves that to a caller that saves more
+    first (a LoRA run's merged model), so a failed push never costs it a file.
+
+    `all_results.json`, written last, marks the run as finished; `trainer_state.json` keeps the loss history.
+    """
+    args = trainer.args
+    results: dict[str, Any] = {}
+    if getattr(args, "overwrite_output_dir", False) and resume_from_checkpoint is None and args.should_save:
+        clear_stale_checkpoints(args.output_dir)
+    if args.do_train:
+        if resume_from_checkpoint:
+            logger.warning(f"Resuming training from {resume_from_checkpoint}")
+        train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        trainer.save_model()  # model (safetensors), config and tokenizer
+        metrics = dict(train_result.metrics, train_samples=len(tokenized["train"]))
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics, combined=False)
+        trainer.save_state()
+        results.update(metrics)
+    if args.do_eval:
+        metrics = trainer.evaluate(eval_dataset=tokenized["validation"], metric_key_prefix="eval")
+        metrics["eval_samples"] = len(tokenized["validation"])
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics, combined=False)
+        results.update(metrics)
+    if args.do_predict:
+        metrics = trainer.predict(tokenized["test"], metric_key_prefix="test").metrics
+        metrics["test_samples"] = len(tokenized["test"])
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics, combined=False)
+        results.update(metrics)
+    trainable, total = count_parameters(trainer.model)
+    results.update({"trainable_params": trainable, "total_params": total})
+    results.update(extra_results or {})
+    if args.should_save:
+        with open(os.path.join(args.output_dir, FINISHED_MARKER), "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True, default=str)
+        write_model_card(args.output_dir)  # README.md from the records just written
+    if push and wants_push(args):
+        push_run(args)  # last: a failed push leaves the finished run on disk
+    return results
+
+
+def build_trainer(
+    model,
+    training_args,
+    tokenized: DatasetDict,
+    tokenizer,
+    teacher_model=None,
+    layer_map: list[int] | None = None,
+    **kwargs: Any,
+) -> Trainer:
+    """A `DistillationTrainer` on our splits, with dynamic padding and our metrics (no teacher = fine-tuning)."""
+    from transformers import DataCollatorWithPadding
+
+    from distill_trainer import DistillationTrainer
+
+    from .metrics import compute_metrics
+
+    # Multiples of 8 let fp16/bf16 kernels use tensor cores; on fp32 exact lengths pad least.
+    pad_to = 8 if (training_args.fp16 or training_args.bf16) else None
+    return DistillationTrainer(
+        model=model,
+        args=defer_push_to_hub(training_args),  # see distillkit/hub.py: we push once, at the end
+        teacher_model=teacher_model,
+        layer_map=layer_map,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to),
+        compute_metrics=compute_metrics,
+        **kwargs,
+    )

@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Distil a fine-tuned 12-layer BERT teacher into a student made of some of its layers.
+
+    accelerate launch run_distill.py --layers even --dataset_name OxAISH-AL-LLM/wiki_toxic --output_dir EXP/even
+
+Stage 1 (only when needed): fine-tune the teacher into EXP/teacher (reused by later runs).
+Stage 2: build the student from the chosen teacher layers and train it with CE + KL + hidden-state cosine.
+Any argument may also come from one .json/.yaml file: `python run_distill.py args.yaml`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+from distill_trainer import DistillationTrainingArguments
+from distillkit.cli import exit_on_usage_error, parse_args, resolve_output_dir, setup_logging
+from distillkit.data import DataTrainingArguments, load_text_classification_data, tokenize_splits
+from distillkit.students import NAMED_LAYER_CHOICES, build_student, layer_stack, select_layers
+from distillkit.teacher import (
+    TeacherArguments,
+    default_teacher_dir,
+    finetune_classifier,
+    plan_teacher,
+    teacher_training_args,
+)
+from distillkit.training import build_trainer, train_evaluate_save
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudentArguments:
+    layers: str = field(
+        default="even",
+        metadata={"help": "Teacher layers the student keeps (1-based): odd, even, top, bottom, or a list like 2,4,6."},
+    )
+    student_num_layers: int | None = field(
+        default=None, metadata={"help": "Depth for the named choices (default: half the teacher's layers)."}
+    )
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> dict:
+    teacher_args, student_args, data_args, training_args = parse_args(
+        (TeacherArguments, StudentArguments, DataTrainingArguments, DistillationTrainingArguments), argv
+    )
+    setup_logging(training_args)
+    # Everything below up to training only reads: bad input fails before anything is written.
+    resume_from = resolve_output_dir(
+        training_args.output_dir, training_args.overwrite_output_dir, training_args.resume_from_checkpoint
+    )
+    set_seed(training_args.seed)
+    with training_args.main_process_first(desc="loading the data set"):
+        data = load_text_classification_data(
+            data_args, seed=training_args.seed, cache_dir=teacher_args.cache_dir, class_names=training_args.class_names
+        )
+    teacher_dir = teacher_args.teacher_output_dir or default_teacher_dir(training_args.output_dir)
+    plan = plan_teacher(teacher_args, teacher_dir, data.num_labels)
+    layers = select_layers(student_args.layers, plan.config.num_hidden_layers, student_args.student_num_layers)
+    logger.info(f"student: teacher layers {layers} of {plan.config.num_hidden_layers}")
+
+    tokenizer_source = teacher_args.tokenizer_name or (plan.finetune_from or plan.source)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, cache_dir=teacher_args.cache_dir)
+    with training_args.main_process_first(desc="tokenizing"):
+        tokenized = tokenize_splits(
+            data,
+            tokenizer,
+            data_args.max_seq_length,
+            data_args.preprocessing_num_workers,
+            not data_args.overwrite_cache,
+        )
+
+    # Stage 1: the teacher.
+    if plan.needs_finetuning:
+        teacher, _ = finetune_classifier(
+            plan.finetune_from,
+            data,
+            tokenized,
+            tokenizer,
+            teacher_training_args(training_args, teacher_dir, teacher_args),
+            plan.resume_from_checkpoint,
+            record={
+                "method": "teacher",
+                "base_model": plan.finetune_from,
+                "dataset": data.source,
+                "seed": training_args.seed,
+            },
+            cache_dir=teacher_args.cache_dir,
+            revision=teacher_args.model_revision,
+        )
+    else:
+        teacher = AutoModelForSequenceClassification.from_pretrained(plan.source, cache_dir=teacher_args.cache_dir)
+    layer_stack(teacher)  # fails early, with the supported list, for an architecture we cannot cut
+
+    # Stage 2: the student.
+    set_seed(training_args.seed)
+    student = build_student(teacher, layers)
+    # The data set's class names: a reused teacher may have been saved with generic LABEL_i names.
+    student.config.id2label, student.config.label2id = data.id2label, data.label2id
+    method = student_args.layers if student_args.layers in NAMED_LAYER_CHOICES else "custom"
+    student.config.training_record = {
+        "method": method,
+        "teacher": plan.source,
+        "teacher_base_model": plan.finetune_from or plan.source,
+        "layers": layers,
+        "teacher_num_layers": plan.config.num_hidden_layers,
+        "alpha_ce": training_args.alpha_ce,
+        "alpha_kl": training_args.alpha_kl,
+        "alpha_cos": training_args.alpha_cos,
+        "temperature": training_args.temperature,
+        "dataset": data.source,
+        "seed": training_args.seed,
+    }
+    trainer = build_trainer(student, training_args, tokenized, tokenizer, teacher_model=teacher, layer_map=layers)
+    return train_evaluate_save(
+        trainer, tokenized, resume_from, extra_results={"method": method, "layers": layers, "teacher": plan.source}
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Fully fine-tune a classifier on the task: the "teacher" row of every comparison.
+
+    python run_finetune.py --model_name_or_path bert-base-uncased --dataset_name hate_speech18 --output_dir EXP/teacher
+
+run_distill.py runs this same code path as its stage 1 when its teacher has no trained head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import AutoTokenizer, set_seed
+
+from distill_trainer import DistillationTrainingArguments
+from distillkit.cli import UsageError, exit_on_usage_error, parse_args, resolve_output_dir, setup_logging
+from distillkit.data import DataTrainingArguments, load_text_classification_data, tokenize_splits
+from distillkit.teacher import finetune_classifier, load_config
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(default="bert-base-uncased", metadata={"help": "Hub id or local directory."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache models and data from the Hub."})
+    model_revision: str = field(default="main", metadata={"help": "Hub revision of the model."})
+
+
+@dataclass
+class FinetuneTrainingArguments(DistillationTrainingArguments):
+    """Plain fine-tuning: the same arguments with the teacher's terms off."""
+
+    alpha_kl: float = field(default=0.0, metadata={"help": "Must stay 0: there is no teacher here."})
+    alpha_cos: float = field(default=0.0, metadata={"help": "Must stay 0: there is no teacher here."})
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_args(
+        (ModelArguments, DataTrainingArguments, FinetuneTrainingArguments), argv
+    )
+    if training_args.uses_teacher:
+        raise UsageError("run_finetune.py has no teacher: --alpha_kl and --alpha_cos must be 0 (use run_distill.py)")
+    setup_logging(training_args)
+    resume_from = resolve_output_dir(
+        training_args.output_dir, training_args.overwrite_output_dir, training_args.resume_from_checkpoint
+    )
+    set_seed(training_args.seed)
+    with training_args.main_process_first(desc="loading the data set"):
+        data = load_text_classification_data(
+            data_args, seed=training_args.seed, cache_dir=model_args.cache_dir, class_names=training_args.class_names
+        )
+    load_config(model_args.model_name_or_path, "--model_name_or_path", model_args.cache_dir, model_args.model_revision)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir
+    )
+    with training_args.main_process_first(desc="tokenizing"):
+        tokenized = tokenize_splits(
+            data,
+            tokenizer,
+            data_args.max_seq_length,
+            data_args.preprocessing_num_workers,
+            not data_args.overwrite_cache,
+        )
+    _, results = finetune_classifier(
+        model_args.model_name_or_path,
+        data,
+        tokenized,
+        tokenizer,
+        training_args,
+        resume_from,
+        record={
+            "method": "teacher",
+            "base_model": model_args.model_name_or_path,
+            "dataset": data.source,
+            "seed": training_args.seed,
+        },
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+    )
+    return results
+
+
+if __name__ == "__main__":
+    main()

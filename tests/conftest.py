@@ -1,0 +1,131 @@
+"""Fixtures: tiny random BERTs, a tiny tokenizer and small synthetic data sets, all built on the fly."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO))
+
+TOXIC_WORDS = ["idiot", "stupid", "hate", "moron", "loser", "dumb", "trash", "ugly"]
+NEUTRAL_WORDS = ["thanks", "article", "citation", "edit", "page", "source", "fixed", "please", "good", "section"]
+FILLER = ["the", "a", "this", "you", "is", "are", "and", "of", "to", "it"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_bert_config(num_layers: int = 4, num_labels: int = 2, vocab_size: int | None = None, **kw) -> BertConfig:
+    sizes = dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    sizes.update(kw)
+    return BertConfig(
+        vocab_size=vocab_size or len(SPECIAL + TOXIC_WORDS + NEUTRAL_WORDS + FILLER),
+        num_hidden_layers=num_layers,
+        num_labels=num_labels,
+        **sizes,
+    )
+
+
+def make_tokenizer(directory: Path) -> BertTokenizer:
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {word: i for i, word in enumerate(SPECIAL + TOXIC_WORDS + NEUTRAL_WORDS + FILLER)}
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=64)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def synthetic_rows(n: int, seed: int, num_labels: int = 2) -> pd.DataFrame:
+    """Comments whose label is learnable: toxic rows contain insults, others do not."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % num_labels
+        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 8))]
+        if num_labels == 2:
+            words += [rng.choice(TOXIC_WORDS if label else NEUTRAL_WORDS) for _ in range(rng.randint(1, 3))]
+        else:
+            words += [(TOXIC_WORDS + NEUTRAL_WORDS)[label]] * 2
+        rng.shuffle(words)
+        rows.append({"id": f"r{seed}-{i}", "text": " ".join(words), "label": label})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("tokenizer")
+    make_tokenizer(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model_dir(tmp_path_factory) -> Path:
+    """A 4-layer pretrained-style BertModel checkpoint: no classification head (stage 1 must fine-tune it)."""
+    directory = tmp_path_factory.mktemp("tiny_base")
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config()).save_pretrained(directory)
+    make_tokenizer(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory) -> Path:
+    """A 4-layer BertForSequenceClassification with 2 labels: used as a teacher as it is."""
+    directory = tmp_path_factory.mktemp("tiny_classifier")
+    torch.manual_seed(0)
+    config = tiny_bert_config(id2label={0: "non-toxic", 1: "toxic"}, label2id={"non-toxic": 0, "toxic": 1})
+    BertForSequenceClassification(config).save_pretrained(directory)
+    make_tokenizer(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny_data")
+    for split, n, seed in (("train", 96, 1), ("validation", 24, 2), ("test", 24, 3)):
+        synthetic_rows(n, seed).to_csv(directory / f"{split}.csv", index=False)
+    return directory
+
+
+def common_args(data_dir: Path, output_dir: Path, **overrides) -> list[str]:
+    """Arguments for a seconds-long run on CPU."""
+    args = {
+        "dataset_name": str(data_dir),
+        "output_dir": str(output_dir),
+        "max_seq_length": "32",
+        "per_device_train_batch_size": "8",
+        "per_device_eval_batch_size": "16",
+        "num_train_epochs": "1",
+        "learning_rate": "1e-3",
+        "logging_steps": "2",
+        "save_strategy": "no",
+        "use_cpu": "true",
+        "seed": "0",
+        "report_to": "none",
+        "disable_tqdm": "true",
+    }
+    args.update({k: str(v) for k, v in overrides.items()})
+    out = []
+    for key, value in args.items():
+        out += [f"--{key}", value]
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    # Tests never reach the Hub: a forgotten hub id must fail fast, not hang.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+requires_shared = pytest.mark.skipif(
+    not (SHARED / "models" / "all-MiniLM-L6-v2").is_dir() or not (SHARED / "data" / "wiki_toxic_small").is_dir(),
+    reason="needs the real assets in ../shared (models/all-MiniLM-L6-v2, data/wiki_toxic_small) beside the repo",
+)

@@ -1,0 +1,150 @@
+"""DistillationTrainer: what runs when, what is logged, and that the loss scale is right."""
+
+import pytest
+import torch
+from conftest import tiny_bert_config
+from transformers import AutoTokenizer, BertForSequenceClassification
+
+from distill_trainer import DistillationTrainingArguments
+from distillkit.data import DataTrainingArguments, load_text_classification_data, tokenize_splits
+from distillkit.losses import LossWeights, distillation_loss
+from distillkit.students import build_student
+from distillkit.training import build_trainer
+
+
+@pytest.fixture()
+def setup(tiny_data_dir, tiny_tokenizer_dir):
+    data = load_text_classification_data(
+        DataTrainingArguments(dataset_name=str(tiny_data_dir), max_seq_length=32), seed=0
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenized = tokenize_splits(data, tokenizer, 32)
+    torch.manual_seed(0)
+    # No dropout: with lr 0 every step's loss is then a fixed function of its batch.
+    teacher = BertForSequenceClassification(tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    return tokenized, tokenizer, teacher
+
+
+def make_args(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
+    base.update(kw)
+    return DistillationTrainingArguments(**base)
+
+
+class CountingForward:
+    def __init__(self, module):
+        self.calls = 0
+        module.register_forward_hook(self)
+
+    def __call__(self, *args):
+        self.calls += 1
+
+
+def test_components_are_logged_and_eval_runs_the_student_alone(setup, tmp_path):
+    tokenized, tokenizer, teacher = setup
+    student = build_student(teacher, [2, 4])
+    trainer = build_trainer(student, make_args(tmp_path), tokenized, tokenizer, teacher_model=teacher)
+    counter = CountingForward(teacher)
+    trainer.train()
+    steps = trainer.state.global_step
+    assert counter.calls == steps  # one teacher forward per training step
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert logs and all({"loss_ce", "loss_kl", "loss_cos"} <= h.keys() for h in logs)
+    for h in logs:  # the logged total is the weighted sum of the logged parts (weights 1)
+        assert h["loss"] == pytest.approx(h["loss_ce"] + h["loss_kl"] + h["loss_cos"], rel=1e-4)
+    metrics = trainer.evaluate()
+    assert counter.calls == steps  # evaluation never touches the teacher
+    # The eval loss is the student's own cross-entropy.
+    student.eval()
+    batch = trainer.data_collator([tokenized["validation"][i] for i in range(len(tokenized["validation"]))])
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(
+            student(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"]
+        )
+    assert metrics["eval_loss"] == pytest.approx(ce.item(), rel=1e-4)
+    assert {"eval_f1", "eval_roc_auc", "eval_accuracy"} <= metrics.keys()
+
+
+def test_zero_weights_skip_the_teacher(setup, tmp_path):
+    tokenized, tokenizer, teacher = setup
+    student = build_student(teacher, [1, 3])
+    args = make_args(tmp_path, alpha_kl=0.0, alpha_cos=0.0)
+    trainer = build_trainer(student, args, tokenized, tokenizer, teacher_model=teacher)
+    counter = CountingForward(teacher)
+    trainer.train()
+    assert counter.calls == 0
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert all("loss_kl" not in h and "loss_cos" not in h for h in logs)
+    assert all(h["loss"] == pytest.approx(h["loss_ce"], rel=1e-5) for h in logs)
+
+
+def test_only_kl_skips_hidden_states(setup, tmp_path):
+    tokenized, tokenizer, teacher = setup
+    student = build_student(teacher, [1, 3])
+    trainer = build_trainer(student, make_args(tmp_path, alpha_cos=0.0), tokenized, tokenizer, teacher_model=teacher)
+    seen = []
+    teacher.register_forward_hook(lambda m, a, kw, out: seen.append(out.hidden_states is None), with_kwargs=True)
+    trainer.train()
+    assert seen and all(seen)
+
+
+def test_compute_loss_equals_the_pure_loss(setup, tmp_path):
+    tokenized, tokenizer, teacher = setup
+    student = build_student(teacher, [2, 4])
+    args = make_args(tmp_path, alpha_ce=0.3, alpha_kl=0.5, alpha_cos=2.0, temperature=3.0)
+    trainer = build_trainer(student, args, tokenized, tokenizer, teacher_model=teacher)
+    batch = trainer.data_collator([tokenized["train"][i] for i in range(6)])
+    student.train()
+    got = trainer.compute_loss(student, dict(batch))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        s = student(**inputs, output_hidden_states=True)
+        t = teacher(**inputs, output_hidden_states=True)
+    expected, _ = distillation_loss(
+        s.logits, batch["labels"], LossWeights(0.3, 0.5, 2.0), 3.0, t.logits,
+        s.hidden_states[1:], [t.hidden_states[2], t.hidden_states[4]], batch["attention_mask"],
+    )  # fmt: skip
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_logged_loss_is_not_rescaled_by_gradient_accumulation(setup, tmp_path, accumulation):
+    tokenized, tokenizer, teacher = setup
+    student = build_student(teacher, [2, 4])
+    args = make_args(tmp_path, learning_rate=0.0, per_device_train_batch_size=4, gradient_accumulation_steps=accumulation,
+                     train_sampling_strategy="sequential", logging_steps=100)  # fmt: skip
+    trainer = build_trainer(student, args, tokenized, tokenizer, teacher_model=teacher)
+    train_loss = trainer.train().training_loss
+    # With lr 0 the model never changes, so the mean over all 4-row batches is the reference.
+    student.train()
+    reference = []
+    for start in range(0, len(tokenized["train"]), 4):
+        batch = trainer.data_collator([tokenized["train"][i] for i in range(start, start + 4)])
+        batch = {k: v.to(trainer.args.device) for k, v in batch.items()}
+        with torch.no_grad():
+            reference.append(trainer.compute_loss(student, batch).item())
+    assert train_loss == pytest.approx(sum(reference) / len(reference), rel=1e-4)
+
+
+def test_mismatched_hidden_size_is_refused_for_the_cosine_term(setup, tmp_path):
+    tokenized, tokenizer, teacher = setup
+    other = BertForSequenceClassification(tiny_bert_config(num_layers=2, hidden_size=16, num_attention_heads=2))
+    with pytest.raises(ValueError, match="hidden_size 16 != teacher 32; set --alpha_cos 0"):
+        build_trainer(other, make_args(tmp_path), tokenized, tokenizer, teacher_model=teacher)
+    build_trainer(other, make_args(tmp_path, alpha_cos=0.0), tokenized, tokenizer, teacher_model=teacher)
+
+
+def test_teacher_required_when_distilling(setup, tmp_path):
+    tokenized, tokenizer, teacher = setup
+    with pytest.raises(ValueError, match="no teacher_model"):
+        build_trainer(build_student(teacher, [1]), make_args(tmp_path), tokenized, tokenizer)

@@ -1,0 +1,183 @@
+"""--push_to_hub: what would be uploaded, in what order, and clear errors that lose nothing.
+
+The Hub is unreachable from here. Only `HfApi.create_repo` / `HfApi.upload_folder` (the huggingface_hub boundary)
+are replaced, in one test; the file list is computed with huggingface_hub's own filter, as upload_folder does.
+The failure tests use the real library with no stand-ins.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, common_args
+from huggingface_hub import HfApi, ModelCard, RepoUrl, constants
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
+import run_distill
+from distill_trainer import DistillationTrainingArguments
+from distillkit.hub import (
+    HubPushError,
+    defer_push_to_hub,
+    push_directory,
+    push_run,
+    wants_push,
+)
+
+RUN_FILES = {
+    "README.md",
+    "all_results.json",
+    "config.json",
+    "eval_results.json",
+    "model.safetensors",
+    "test_results.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "train_results.json",
+    "trainer_state.json",
+    "training_args.bin",
+}
+
+
+class HubCalls:
+    """Records the two Hub calls and snapshots what upload_folder would send."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        monkeypatch.setattr(HfApi, "create_repo", lambda api, *args, **kwargs: self.create_repo(*args, **kwargs))
+        monkeypatch.setattr(HfApi, "upload_folder", lambda api, **kwargs: self.upload_folder(**kwargs))
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        name = repo_id if "/" in repo_id else f"me/{repo_id}"
+        return RepoUrl(f"https://huggingface.co/{name}")
+
+    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, allow_patterns=None, **kwargs):
+        files = sorted(
+            os.path.relpath(os.path.join(root, f), folder_path).replace(os.sep, "/")
+            for root, _, names in os.walk(folder_path)
+            for f in names
+        )
+        ignore = list(ignore_patterns or []) + DEFAULT_IGNORE_PATTERNS
+        uploaded = set(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore))
+        with open(os.path.join(folder_path, "README.md")) as f:
+            card = f.read()
+        self.calls.append(("upload_folder", repo_id, dict(kwargs, files=uploaded, all_files=set(files), card=card)))
+        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"})()
+
+
+def test_push_uploads_the_finished_run_once(tmp_path, tiny_classifier_dir, tiny_data_dir, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_from_environment")
+    hub = HubCalls(monkeypatch)
+    out = tmp_path / "even"
+    argv = common_args(
+        tiny_data_dir,
+        out,
+        teacher_name_or_path=tiny_classifier_dir,
+        save_strategy="epoch",  # a checkpoint-N/ folder exists and must not be uploaded
+        push_to_hub="true",
+        hub_model_id="someone/tiny-even",
+        hub_private_repo="true",
+    )
+    run_distill.main(argv)
+
+    # The Trainer did not create the repo at init or push at save: exactly one create, then one upload.
+    assert [c[0] for c in hub.calls] == ["create_repo", "upload_folder"]
+    _, repo_id, create = hub.calls[0]
+    assert repo_id == "someone/tiny-even"
+    assert create["token"] == "hf_from_environment" and create["private"] is True and create["exist_ok"] is True
+    _, repo_id, upload = hub.calls[1]
+    assert repo_id == "someone/tiny-even" and upload["token"] == "hf_from_environment"
+    assert any(f.startswith("checkpoint-") for f in upload["all_files"])
+    assert upload["files"] == RUN_FILES
+
+    # The uploaded card names the Hub repo, and its numbers are the run's.
+    card = ModelCard(upload["card"])
+    results = json.loads((out / "all_results.json").read_text())
+    assert card.data.model_name == "someone/tiny-even"
+    assert 'pipeline("text-classification", model="someone/tiny-even")' in card.text
+    test_acc = [
+        r.metric_value for r in card.data.eval_results if r.dataset_split == "test" and r.metric_type == "accuracy"
+    ]
+    assert test_acc == [results["test_accuracy"]]
+
+
+def test_unreachable_hub_fails_after_saving(tmp_path, tiny_classifier_dir, tiny_data_dir):
+    out = tmp_path / "even"
+    argv = common_args(
+        tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, push_to_hub="true", hub_token="hf_not_a_token"
+    )
+    proc = subprocess.run(
+        [sys.executable, "run_distill.py", *argv], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--push_to_hub: pushing to even failed" in errors[0]
+    assert f"the model is saved in {out}" in errors[0] and f"hf upload even {out}" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert RUN_FILES <= set(os.listdir(out))  # everything is on disk, the run counts as finished
+
+
+@pytest.fixture()
+def no_token(monkeypatch, tmp_path):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_token_here"))
+
+
+def test_missing_token_is_a_clear_error_and_changes_nothing(tmp_path, tiny_classifier_dir, no_token):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_classifier_dir, run)
+    before = {f: (run / f).stat().st_mtime_ns for f in os.listdir(run)}
+    with pytest.raises(HubPushError, match=r"no Hugging Face token \(pass --hub_token, set HF_TOKEN") as err:
+        push_directory(str(run), repo_id="someone/x")
+    assert f"the model is saved in {run}" in str(err.value) and "\n" not in str(err.value)
+    assert {f: (run / f).stat().st_mtime_ns for f in os.listdir(run)} == before
+
+
+def test_defer_push_keeps_the_request_off_the_trainer(tmp_path):
+    args = DistillationTrainingArguments(
+        output_dir=str(tmp_path), push_to_hub=True, hub_model_id="someone/x", use_cpu=True, report_to="none"
+    )
+    deferred = defer_push_to_hub(args)
+    assert deferred.push_to_hub is False and wants_push(deferred)
+    assert args.push_to_hub is True  # the caller's arguments are untouched
+    assert deferred.hub_model_id == "someone/x"
+    plain = DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert defer_push_to_hub(plain) is plain and not wants_push(plain)
+
+
+def test_lora_run_pushes_adapter_and_merged_model_to_two_repos(tmp_path, tiny_classifier_dir, monkeypatch):
+    """An adapter dir's merged/ copy is not part of the adapter repo; it goes to `<hub_model_id>-merged`."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from distillkit.hub import MERGED_REPO_SUFFIX
+
+    out = tmp_path / "lora"
+    model = get_peft_model(
+        AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir),
+        LoraConfig(task_type=TaskType.SEQ_CLS, r=2, target_modules=["query"]),
+    )
+    model.save_pretrained(out)
+    model.merge_and_unload().save_pretrained(out / "merged")
+    (out / "all_results.json").write_text(json.dumps({"method": "lora"}))
+    hub = HubCalls(monkeypatch)
+    args = DistillationTrainingArguments(
+        output_dir=str(out), push_to_hub=True, hub_model_id="someone/lora", hub_token="hf_x", use_cpu=True
+    )
+    push_run(args)
+    push_run(args, output_dir=str(out / "merged"), repo_suffix=MERGED_REPO_SUFFIX)
+    uploads = [c for c in hub.calls if c[0] == "upload_folder"]
+    assert [u[1] for u in uploads] == ["someone/lora", "someone/lora-merged"]
+    assert uploads[0][2]["files"] == {
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "all_results.json",
+    }
+    assert uploads[1][2]["files"] == {"README.md", "config.json", "model.safetensors"}
+    assert ModelCard(uploads[0][2]["card"]).data.library_name == "peft"
+    assert ModelCard(uploads[1][2]["card"]).data.library_name == "transformers"

@@ -1,0 +1,186 @@
+"""Model cards: written into every saved directory, YAML the Hub parses, numbers equal to all_results.json."""
+
+import json
+import re
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import common_args
+from huggingface_hub import ModelCard
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+import run_distill
+from distillkit.metrics import classification_metrics, softmax
+from distillkit.model_card import METRICS, SPLITS, read_run_records, write_model_card
+from distillkit.students import count_parameters
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory, tiny_classifier_dir, tiny_data_dir):
+    out = tmp_path_factory.mktemp("card") / "even"
+    run_distill.main(common_args(tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, layers="even"))
+    return out
+
+
+def front_matter(path) -> dict:
+    text = path.read_text()
+    match = re.match(r"^---\n(.*?)\n---\n", text, re.DOTALL)
+    assert match, "the card must start with a YAML block"
+    return yaml.safe_load(match.group(1))
+
+
+def assert_model_index_equals_results(card: ModelCard, results: dict) -> None:
+    """Every eval_/test_ metric of all_results.json is in the model-index, with exactly its value."""
+    found = {}
+    for r in card.data.eval_results:
+        prefix = {split: p for p, split in SPLITS}[r.dataset_split]
+        key = next(
+            k for k, (_, _, label) in METRICS.items() if r.metric_name == f"{r.dataset_split.capitalize()} {label}"
+        )
+        found[f"{prefix}_{key}"] = r.metric_value
+    expected = {f"{p}_{k}": results[f"{p}_{k}"] for p, _ in SPLITS for k in METRICS if f"{p}_{k}" in results}
+    assert expected, "the run recorded metrics"
+    assert found == expected
+
+
+def python_block(text: str) -> str:
+    return re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
+
+
+def test_distilled_student_card(student_dir, capsys):
+    results = json.loads((student_dir / "all_results.json").read_text())
+    record = json.loads((student_dir / "config.json").read_text())["training_record"]
+    meta = front_matter(student_dir / "README.md")
+    assert meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == "text-classification"
+    assert {"distillation", "text-classification", "bert"} <= set(meta["tags"])
+    assert {"accuracy", "f1", "roc_auc"} <= set(meta["metrics"])
+    # Local paths are not Hub ids: they stay out of base_model/datasets (the body names them).
+    assert "base_model" not in meta and "datasets" not in meta
+
+    card = ModelCard.load(student_dir / "README.md")  # what the Hub's parser sees
+    assert card.data.model_name == "even"
+    assert {r.dataset_split for r in card.data.eval_results} == {"validation", "test"}
+    assert_model_index_equals_results(card, results)
+
+    body = card.text
+    assert f"teacher `{record['teacher']}`" in body
+    assert "keeping teacher layers 2, 4" in body
+    for name in ("alpha_ce", "alpha_kl", "alpha_cos"):
+        assert f"loss weight `{name}` | {record[name]} |" in body
+    assert f"trainable parameters | {results['trainable_params']:,}" in body
+    assert (
+        f"train rows | {results['train_samples']:,} |" in body and f"test rows | {results['test_samples']:,} |" in body
+    )
+    saved = json.loads((student_dir / "config.json").read_text()).get("id2label")
+    if saved:  # transformers leaves the default LABEL_0/LABEL_1 out of config.json
+        assert f"labels | 0 = `{saved['0']}`, 1 = `{saved['1']}` |" in body
+    id2label = AutoConfig.from_pretrained(student_dir).id2label
+
+    # The usage snippet runs as written against the saved directory.
+    exec(python_block(body), {})  # noqa: S102 -- the card's own snippet, run as a reader would
+    printed = capsys.readouterr().out
+    assert any(f"'label': '{name}'" in printed for name in id2label.values()), printed
+
+
+def test_hub_ids_become_metadata(student_dir, tmp_path):
+    """A teacher fine-tuned from a Hub model and Hub data: base_model, datasets and the model-index name them."""
+    copy = tmp_path / "even"
+    shutil.copytree(student_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["training_record"]["teacher_base_model"] = "google-bert/bert-base-uncased"
+    config["training_record"]["dataset"]["dataset"] = "OxAISH-AL-LLM/wiki_toxic"
+    config["id2label"] = {"0": "non-toxic", "1": "toxic"}
+    (copy / "config.json").write_text(json.dumps(config))
+    write_model_card(str(copy), repo_id="someone/bert-even-wiki-toxic")
+    card = ModelCard.load(copy / "README.md")
+    assert card.data.base_model == "google-bert/bert-base-uncased"
+    assert card.data.datasets == ["OxAISH-AL-LLM/wiki_toxic"]
+    assert card.data.model_name == "someone/bert-even-wiki-toxic"
+    assert {r.dataset_type for r in card.data.eval_results} == {"OxAISH-AL-LLM/wiki_toxic"}
+    assert 'pipeline("text-classification", model="someone/bert-even-wiki-toxic")' in card.text
+    assert "labels | 0 = `non-toxic`, 1 = `toxic` |" in card.text
+
+
+def _evaluate(model, tokenizer, csv_path) -> dict:
+    frame = pd.read_csv(csv_path)
+    batch = tokenizer(list(frame["text"]), padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits.numpy()
+    return classification_metrics(softmax(logits), frame["label"].to_numpy())
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory, tiny_classifier_dir, tiny_data_dir):
+    """A real PEFT LoRA adapter with a merged copy, laid out as a LoRA run saves it (EXP/lora, EXP/lora/merged)."""
+    out = tmp_path_factory.mktemp("lora_run") / "lora"
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier_dir)
+    model = get_peft_model(
+        base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["query", "value"])
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    trainable, total = count_parameters(model)
+    results = {"method": "lora", "trainable_params": trainable, "total_params": total, "train_samples": 96}
+    model.eval()
+    for prefix, split in SPLITS:
+        metrics = _evaluate(model, tokenizer, tiny_data_dir / f"{split}.csv")
+        results.update({f"{prefix}_{k}": v for k, v in metrics.items()})
+    (out / "all_results.json").write_text(json.dumps(results))
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out / "merged")
+    tokenizer.save_pretrained(out / "merged")
+    return out
+
+
+def test_adapter_card(adapter_dir, tiny_classifier_dir, capsys):
+    write_model_card(str(adapter_dir))
+    results = json.loads((adapter_dir / "all_results.json").read_text())
+    meta = front_matter(adapter_dir / "README.md")
+    assert meta["library_name"] == "peft"
+    assert {"lora", "peft", "text-classification"} <= set(meta["tags"])
+    card = ModelCard.load(adapter_dir / "README.md")
+    assert_model_index_equals_results(card, results)
+    assert "LoRA rank `r` | 4 |" in card.text and "`lora_alpha` | 8 |" in card.text
+    assert "target modules | query, value |" in card.text
+    assert f"trainable parameters | {results['trainable_params']:,}" in card.text
+    exec(python_block(card.text), {})  # noqa: S102 -- the card's snippet: AutoPeftModel… on its local base
+    assert "'label':" in capsys.readouterr().out
+
+
+def test_adapter_base_model_from_adapter_config(adapter_dir, tmp_path):
+    copy = tmp_path / "lora"
+    shutil.copytree(adapter_dir, copy)
+    adapter_config = json.loads((copy / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = "sentence-transformers/all-MiniLM-L6-v2"
+    (copy / "adapter_config.json").write_text(json.dumps(adapter_config))
+    write_model_card(str(copy))
+    assert ModelCard.load(copy / "README.md").data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    write_model_card(str(copy / "merged"))
+    assert ModelCard.load(copy / "merged" / "README.md").data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_merged_card_reads_its_adapter_records(adapter_dir, capsys):
+    merged = adapter_dir / "merged"
+    write_model_card(str(merged))
+    records = read_run_records(str(merged))
+    assert records.merged and records.adapter["r"] == 4
+    meta = front_matter(merged / "README.md")
+    assert meta["library_name"] == "transformers"
+    assert {"lora", "merged"} <= set(meta["tags"])
+    card = ModelCard.load(merged / "README.md")
+    assert card.data.model_name == "lora-merged" and "peft" not in meta["tags"]
+    assert_model_index_equals_results(card, json.loads((adapter_dir / "all_results.json").read_text()))
+    exec(python_block(card.text), {})  # noqa: S102 -- the card's snippet: a plain pipeline
+    assert "'label':" in capsys.readouterr().out
+
+
+def test_a_directory_without_a_model_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json or adapter_config.json"):
+        write_model_card(str(tmp_path))

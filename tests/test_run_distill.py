@@ -1,0 +1,207 @@
+"""run_distill.py end to end on tiny models: outputs, teacher reuse, refusal, argument files, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, common_args
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+import run_distill
+import run_finetune
+
+FAST = dict(teacher_num_train_epochs=2, teacher_learning_rate=1e-3)
+
+
+def run_main(module, argv):
+    return module.main([str(a) for a in argv])
+
+
+def test_teacher_stage_then_even_and_odd_students(tmp_path, tiny_base_model_dir, tiny_data_dir, caplog):
+    exp = tmp_path / "EXP"
+    argv = common_args(tiny_data_dir, exp / "even", teacher_name_or_path=tiny_base_model_dir, layers="even", **FAST)
+    results = run_main(run_distill, argv + ["--label_names", "non-toxic,toxic"])
+
+    teacher_dir, even = exp / "teacher", exp / "even"
+    for directory in (teacher_dir, even):
+        for name in (
+            "model.safetensors",
+            "config.json",
+            "tokenizer_config.json",
+            "all_results.json",
+            "trainer_state.json",
+        ):
+            assert (directory / name).is_file(), f"{directory}/{name}"
+        assert not (directory / "pytorch_model.bin").exists()
+    config = json.loads((even / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2 and config["distillation_layers"] == [2, 4]
+    assert config["id2label"] == {"0": "non-toxic", "1": "toxic"}
+    record = config["training_record"]
+    assert record["teacher"] == str(teacher_dir) and record["layers"] == [2, 4]
+    assert (record["alpha_ce"], record["alpha_kl"], record["alpha_cos"], record["temperature"]) == (1.0, 1.0, 1.0, 2.0)
+    saved = json.loads((even / "all_results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    for key in (
+        "train_loss",
+        "train_runtime",
+        "eval_accuracy",
+        "eval_f1",
+        "eval_roc_auc",
+        "test_accuracy",
+        "test_f1",
+        "test_roc_auc",
+    ):
+        assert isinstance(saved[key], float), key
+    history = json.loads((even / "trainer_state.json").read_text())["log_history"]
+    assert any({"loss", "loss_ce", "loss_kl", "loss_cos"} <= h.keys() for h in history)
+    teacher_record = json.loads((teacher_dir / "config.json").read_text())["training_record"]
+    assert teacher_record["method"] == "teacher"
+    teacher_state = json.loads((teacher_dir / "trainer_state.json").read_text())
+    assert teacher_state["global_step"] == 2 * 12  # 2 epochs of 96 rows in batches of 8
+
+    # The odd student reuses EXP/teacher: nothing in it is rewritten.
+    stamp = (teacher_dir / "model.safetensors").stat().st_mtime_ns
+    with caplog.at_level("INFO"):
+        run_main(
+            run_distill,
+            common_args(tiny_data_dir, exp / "odd", teacher_name_or_path=tiny_base_model_dir, layers="odd", **FAST),
+        )
+    assert "Reusing the fine-tuned teacher" in caplog.text
+    assert (teacher_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((exp / "odd" / "config.json").read_text())["distillation_layers"] == [1, 3]
+
+    # Plain transformers.pipeline loads the student and predicts what the model does.
+    texts = ["you stupid idiot", "thanks for the citation fix"]
+    classifier = pipeline("text-classification", model=str(even), top_k=None)
+    model = AutoModelForSequenceClassification.from_pretrained(even).eval()
+    tokenizer = AutoTokenizer.from_pretrained(even)
+    with torch.no_grad():
+        probs = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.softmax(-1)
+    for row, p in zip(classifier(texts), probs):
+        by_label = {r["label"]: r["score"] for r in row}
+        assert by_label["toxic"] == pytest.approx(p[1].item(), abs=1e-5)
+
+
+def test_a_finetuned_teacher_is_used_as_it_is(tmp_path, tiny_classifier_dir, tiny_data_dir):
+    exp = tmp_path / "EXP"
+    run_main(
+        run_distill,
+        common_args(tiny_data_dir, exp / "bottom", teacher_name_or_path=tiny_classifier_dir, layers="bottom"),
+    )
+    assert not (exp / "teacher").exists()
+    config = json.loads((exp / "bottom" / "config.json").read_text())
+    assert config["distillation_layers"] == [1, 2] and config["training_record"]["teacher"] == str(tiny_classifier_dir)
+
+
+def test_run_finetune_is_the_teacher_code_path(tmp_path, tiny_base_model_dir, tiny_data_dir):
+    out = tmp_path / "teacher"
+    results = run_main(run_finetune, common_args(tiny_data_dir, out, model_name_or_path=tiny_base_model_dir))
+    assert results["method"] == "teacher" and "test_roc_auc" in results
+    assert json.loads((out / "config.json").read_text())["training_record"]["method"] == "teacher"
+
+
+def test_yaml_and_json_argument_files(tmp_path, tiny_classifier_dir, tiny_data_dir):
+    argv = common_args(
+        tiny_data_dir,
+        tmp_path / "y",
+        teacher_name_or_path=tiny_classifier_dir,
+        layers="1,3",
+        lr_scheduler_type="constant",
+    )
+    # Written the way a person writes YAML: unquoted (so `no` and `1e-3` are YAML 1.1 traps we must handle).
+    pairs = [(argv[i][2:], argv[i + 1]) for i in range(0, len(argv), 2)]
+    (tmp_path / "args.yaml").write_text("".join(f"{k}: {v}\n" for k, v in pairs))
+    run_main(run_distill, [tmp_path / "args.yaml"])
+    assert json.loads((tmp_path / "y" / "config.json").read_text())["distillation_layers"] == [1, 3]
+    as_json = {k: json.loads(v) if v in ("true", "false") or v.isdigit() else v for k, v in pairs}
+    as_json["learning_rate"] = float(as_json["learning_rate"])
+    as_json["output_dir"] = str(tmp_path / "j")
+    (tmp_path / "args.json").write_text(json.dumps(as_json))
+    run_main(run_distill, [tmp_path / "args.json"])
+    assert (tmp_path / "j" / "all_results.json").is_file()
+
+
+def _expect_usage_error(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(run_distill, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: ") and message in err[-1], err
+
+
+def test_bad_inputs_fail_before_writing(tmp_path, tiny_classifier_dir, tiny_data_dir, capsys):
+    out = tmp_path / "EXP" / "even"
+
+    def argv(**kw):
+        kw.setdefault("teacher_name_or_path", tiny_classifier_dir)
+        return common_args(kw.pop("data", tiny_data_dir), out, **kw)
+
+    _expect_usage_error(capsys, argv(layers="0,2"), "--layers 0,2: teacher layers are numbered 1..4")
+    _expect_usage_error(capsys, argv(layers="2,2"), "appears twice")
+    _expect_usage_error(
+        capsys, argv(text_column="comment"), "no such column; the data set has columns: id, text, label"
+    )
+    _expect_usage_error(capsys, argv(data=tmp_path / "missing-dir"), "could not load it from the Hugging Face Hub")
+    _expect_usage_error(capsys, argv(alpha_ce=0, alpha_kl=0, alpha_cos=0), "at least one loss term")
+    _expect_usage_error(capsys, argv(teacher_name_or_path=tmp_path / "nowhere"), "--teacher_name_or_path")
+    bad_labels = tmp_path / "bad"
+    bad_labels.mkdir()
+    (bad_labels / "train.csv").write_text("text,label\n" + "".join(f"row {i},{i % 3}\n" for i in range(30)))
+    _expect_usage_error(capsys, argv(data=bad_labels, label_names="a,b"), "label 2 in split 'train' is outside [0, 2)")
+    assert not (tmp_path / "EXP").exists()
+
+
+def test_finished_run_is_refused_unless_overwrite(tmp_path, tiny_classifier_dir, tiny_data_dir):
+    out = tmp_path / "even"
+    argv = [str(a) for a in common_args(tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir)]
+    run_main(run_distill, argv)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    proc = subprocess.run([sys.executable, "run_distill.py", *argv], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: --output_dir {out} already holds a finished run")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    run_main(run_distill, argv + ["--overwrite_output_dir", "true"])
+    assert (out / "model.safetensors").stat().st_mtime_ns > before["model.safetensors"]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_classifier_dir, tiny_data_dir):
+    out = tmp_path / "even"
+    argv = common_args(
+        tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, num_train_epochs=10, save_strategy="steps",
+        save_steps=3, save_total_limit=50, logging_steps=1,
+    )  # fmt: skip
+    cmd = [sys.executable, "run_distill.py", *[str(a) for a in argv]]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "checkpoint-3" / "trainer_state.json").exists():
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "all_results.json").exists()
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = [line for line in (done.stdout + done.stderr).splitlines() if "Resuming training from" in line]
+    assert resumed and "checkpoint-" in resumed[0]
+    step = int(resumed[0].rsplit("checkpoint-", 1)[1].split()[0])
+    assert step >= 3
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 10 * 12
+    # The resumed run did not redo the steps before the checkpoint: its log starts after them.
+    assert (out / "all_results.json").is_file()
+
+
+@pytest.mark.parametrize("script", ["run_distill", "run_finetune", "run_lora", "run_eval", "run_compare"])
+def test_every_script_prints_its_help(script, capsys):
+    module = __import__(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--output_dir" in capsys.readouterr().out or script == "run_compare"
