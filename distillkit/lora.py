@@ -1,0 +1,205 @@
+"""LoRA adapters on any sequence classifier: config building, target-module validation, counting, merging.
+
+The adapter is PEFT's (`TaskType.SEQ_CLS`): LoRA matrices on the chosen linear modules plus a fully trained
+classification head (`modules_to_save`), so a base without a head (a pretrained encoder) gets a fresh one that is
+trained and saved with the adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from .cli import UsageError
+
+logger = logging.getLogger(__name__)
+
+ALL_LINEAR = "all-linear"
+MERGED_SUBDIR = "merged"
+
+
+@dataclass
+class LoraArguments:
+    """The LoRA adapter: rank, scaling, dropout, which modules it adapts, and what is trained in full."""
+
+    lora_r: int = field(default=8, metadata={"help": "Rank of the LoRA update matrices."})
+    lora_alpha: float = field(default=32, metadata={"help": "LoRA scaling: the update is multiplied by alpha / r."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch's input."})
+    lora_target_modules: str = field(
+        default="query,value",
+        metadata={
+            "help": "Comma-separated names (or dotted suffixes) of the linear modules to adapt, or 'all-linear' (every linear layer but the head)."
+        },
+    )
+    modules_to_save: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated modules trained in full and saved with the adapter, besides the classification head (always trained)."
+        },
+    )
+    merge: bool = field(
+        default=False,
+        metadata={
+            "help": f"Also write the adapter merged into its base as a plain model in OUTPUT_DIR/{MERGED_SUBDIR}."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.lora_r < 1:
+            raise UsageError(f"--lora_r {self.lora_r}: the rank must be at least 1")
+        if self.lora_alpha <= 0:
+            raise UsageError(f"--lora_alpha {self.lora_alpha}: must be > 0")
+        if not 0 <= self.lora_dropout < 1:
+            raise UsageError(f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
+        if not split_names(self.lora_target_modules):
+            raise UsageError("--lora_target_modules is empty: give module names like query,value or all-linear")
+
+    @property
+    def target_modules(self) -> list[str] | str:
+        names = split_names(self.lora_target_modules)
+        return ALL_LINEAR if names == [ALL_LINEAR] else names
+
+    @property
+    def extra_modules_to_save(self) -> list[str] | None:
+        return split_names(self.modules_to_save) or None
+
+
+def split_names(spec: str | None) -> list[str]:
+    return [name.strip() for name in (spec or "").split(",") if name.strip()]
+
+
+def _matches(module_name: str, target: str) -> bool:
+    # PEFT's rule for a list of targets: the full name, or its last dotted components.
+    return module_name == target or module_name.endswith("." + target)
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Full names of the model's `nn.Linear` modules, the layers LoRA can adapt here."""
+    return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+
+
+def head_module_names(model: torch.nn.Module) -> list[str]:
+    """Modules PEFT's SEQ_CLS task trains in full as the classification head (BERT's `classifier`)."""
+    heads = ("classifier", "score")
+    return [name for name, _ in model.named_modules() if name.split(".")[-1] in heads]
+
+
+def validate_target_modules(
+    model: torch.nn.Module, targets: list[str] | str, flag: str = "--lora_target_modules"
+) -> None:
+    """Fail with the model's linear module names when a target matches none of them (or only the head)."""
+    if targets == ALL_LINEAR:
+        return
+    linear = linear_module_names(model)
+    short = sorted({name.split(".")[-1] for name in linear})
+    heads = set(head_module_names(model))
+    spec = ",".join(targets)
+    for target in targets:
+        matched = [name for name in linear if _matches(name, target)]
+        if not matched:
+            others = [name for name, _ in model.named_modules() if name and _matches(name, target)]
+            what = (
+                f"is not a linear module ({type(model.get_submodule(others[0])).__name__})"
+                if others
+                else "matches no module"
+            )
+            raise UsageError(
+                f"{flag} {spec}: {target!r} {what} of this {model.config.model_type} model; its linear modules are "
+                f"named {', '.join(short)} (a dotted suffix such as {_example_suffix(linear)} also works), or use {ALL_LINEAR}"
+            )
+        if set(matched) <= heads:
+            raise UsageError(
+                f"{flag} {spec}: {target!r} is the classification head, which is trained in full (modules_to_save); "
+                "leave it out"
+            )
+
+
+def _example_suffix(linear: list[str]) -> str:
+    deep = [name for name in linear if name.count(".") >= 2]
+    return ".".join(deep[0].split(".")[-3:]) if deep else (linear[0] if linear else "query")
+
+
+def build_lora_config(model: torch.nn.Module, args: LoraArguments) -> LoraConfig:
+    """A validated SEQ_CLS `LoraConfig` for `model`: its head is added to `modules_to_save` by PEFT."""
+    targets = args.target_modules
+    validate_target_modules(model, targets)
+    extra = args.extra_modules_to_save
+    if extra:
+        names = [name for name, _ in model.named_modules()]
+        for module in extra:
+            if not any(_matches(name, module) for name in names):
+                raise UsageError(
+                    f"--modules_to_save {args.modules_to_save}: {module!r} matches no module of this model "
+                    f"(top-level modules: {', '.join(n for n in names if n and '.' not in n)})"
+                )
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=targets,
+        modules_to_save=extra,
+    )
+
+
+def loadable_name_or_path(name_or_path: str) -> str:
+    """Local directories become absolute, so the adapter's `base_model_name_or_path` loads from anywhere."""
+    return os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else name_or_path
+
+
+def apply_lora(model: PreTrainedModel, args: LoraArguments) -> PeftModel:
+    """Wrap `model` with a LoRA adapter. The base records where it came from (its `name_or_path`) for reloading."""
+    config = build_lora_config(model, args)
+    peft_model = get_peft_model(model, config)
+    counts = parameter_counts(peft_model)
+    logger.info(
+        f"LoRA r={args.lora_r} alpha={args.lora_alpha} on {config.target_modules}: trainable params "
+        f"{counts['trainable_params']:,} || all params {counts['total_params']:,} || trainable% {counts['trainable_pct']:.4f}"
+    )
+    return peft_model
+
+
+def parameter_counts(peft_model: PeftModel) -> dict[str, Any]:
+    """The figures `print_trainable_parameters` prints (the head's frozen original copy counts in the total)."""
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    return {"trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / total}
+
+
+def is_distilled_student(config: PretrainedConfig) -> bool:
+    """A student written by run_distill.py records the teacher layers it kept."""
+    return getattr(config, "distillation_layers", None) is not None
+
+
+def cosine_term_problem(model_config: PretrainedConfig, teacher_config: PretrainedConfig) -> str | None:
+    """Why the hidden-state cosine term cannot compare this model with this teacher, or None when it can."""
+    hidden, teacher_hidden = getattr(model_config, "hidden_size", None), getattr(teacher_config, "hidden_size", None)
+    if hidden != teacher_hidden:
+        return f"its hidden size {hidden} differs from the teacher's {teacher_hidden}"
+    layers = getattr(model_config, "distillation_layers", None)
+    depth, teacher_depth = model_config.num_hidden_layers, teacher_config.num_hidden_layers
+    if layers is None and depth != teacher_depth:
+        return f"it has {depth} layers and the teacher {teacher_depth}, and no distillation_layers map between them"
+    if layers is not None and any(not 1 <= k <= teacher_depth for k in layers):
+        return f"its distillation_layers {layers} do not exist in the {teacher_depth}-layer teacher"
+    return None
+
+
+def merge_and_save(
+    peft_model: PeftModel, tokenizer: PreTrainedTokenizerBase, output_dir: str, record: dict[str, Any]
+) -> PreTrainedModel:
+    """Fold the adapter into its base (in place) and save a plain model that `pipeline()` loads.
+
+    The merged config's `training_record` is the LoRA run's, so the merged model says how it was made.
+    """
+    merged = peft_model.merge_and_unload()
+    merged.config.training_record = record
+    merged.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    logger.info(f"merged model written to {output_dir}")
+    return merged
