@@ -1,0 +1,343 @@
+"""Scoring saved models on one split, the same way for every model: predictions, metrics, speed, a results row."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .cli import UsageError
+from .data import TextClassificationData
+from .loading import ADAPTER_CONFIG, LoadedClassifier, read_results
+from .metrics import classification_metrics, softmax
+from .students import count_parameters
+
+logger = logging.getLogger(__name__)
+
+SPEED_BATCH_SIZE = 32  # the `throughput_b32` column
+_GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
+_SEED_DIR = re.compile(r"^seed[_-]?(\d+)$")
+
+
+@dataclass
+class SpeedSettings:
+    """How latency and throughput are timed: identical for every model of one evaluation."""
+
+    device: str = "cpu"
+    latency_runs: int = 100  # single-text calls; the median is reported
+    throughput_texts: int = 256  # texts timed in batches of SPEED_BATCH_SIZE
+    warmup: int = 5
+    max_length: int = 128
+
+
+def model_name(path: str, experiment_dir: str | None = None) -> str:
+    """A readable unique name: the path inside the experiment (`seed42-odd`, `lora-merged`), else the folder name."""
+    path = os.path.normpath(path)
+    if experiment_dir and os.path.commonpath([os.path.abspath(path), os.path.abspath(experiment_dir)]) == (
+        os.path.abspath(experiment_dir)
+    ):
+        rel = os.path.relpath(path, experiment_dir)
+        if rel != ".":
+            return rel.replace(os.sep, "-")
+    base = os.path.basename(path)
+    if base == "merged":
+        return f"{os.path.basename(os.path.dirname(path))}-merged"
+    return base
+
+
+def unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return out
+
+
+def _merged_parent(path: str) -> str | None:
+    """`OUT/merged` written by run_lora.py --merge: its records live in the adapter directory above it."""
+    parent = os.path.dirname(os.path.normpath(path))
+    if os.path.basename(os.path.normpath(path)) == "merged" and os.path.isfile(os.path.join(parent, ADAPTER_CONFIG)):
+        return parent
+    return None
+
+
+def run_records(clf: LoadedClassifier) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(results, training record, method) of a model; a merged LoRA model inherits its adapter's records."""
+    results, record = dict(clf.results), dict(clf.record)
+    method = clf.method
+    parent = _merged_parent(clf.path)
+    if parent is not None:
+        parent_results = read_results(parent)
+        results = {**parent_results, **results}
+        base_method = str(parent_results.get("method") or "lora")
+        method = base_method if base_method.endswith("_merged") else f"{base_method}_merged"
+    elif clf.is_adapter:
+        # An adapter's config.training_record is its base model's: only all_results.json speaks for the adapter.
+        method = str(results.get("method") or "lora")
+    return results, record, method
+
+
+def model_seed(clf: LoadedClassifier, results: dict[str, Any], record: dict[str, Any]) -> int | None:
+    """The training seed: the run's own records first, then a `seed42/` folder in its path."""
+    candidates = [results.get("seed")]
+    if not clf.is_adapter:
+        candidates.append(record.get("seed"))
+    for value in candidates:
+        if value is not None:
+            return int(value)
+    for part in reversed(os.path.abspath(clf.path).split(os.sep)):
+        match = _SEED_DIR.match(part)
+        if match:
+            return int(match.group(1))
+    if clf.is_adapter and record.get("seed") is not None:
+        return int(record["seed"])  # the base's seed: the best we know
+    return None
+
+
+def _is_generic(names: dict[int, str]) -> bool:
+    return all(_GENERIC_LABEL.match(str(n)) for n in names.values())
+
+
+def check_labels(clf: LoadedClassifier, data: TextClassificationData) -> None:
+    """A model is only scored on a data set with its own label set: same count, and same names when both have names."""
+    model_labels = clf.id2label
+    data_labels = data.id2label
+    if len(model_labels) != data.num_labels:
+        raise UsageError(
+            f"model {clf.path} predicts {len(model_labels)} labels ({', '.join(map(str, model_labels.values()))}) "
+            f"but the data set has {data.num_labels} ({', '.join(map(str, data_labels.values()))}); "
+            "evaluate it with the --dataset_name it was trained on"
+        )
+    if not _is_generic(model_labels) and not _is_generic(data_labels):
+        model_names = [str(model_labels[i]) for i in range(len(model_labels))]
+        data_names = [str(data_labels[i]) for i in range(len(data_labels))]
+        if model_names != data_names:
+            raise UsageError(
+                f"model {clf.path} has labels {model_names} but the data set has {data_names}; "
+                "evaluate it with the --dataset_name it was trained on, or pass --label_names if only the names differ"
+            )
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, device: str) -> dict:
+    batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_length: int,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Logits (n, num_labels) in the order of `texts`; batches of similar length pad least."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    chunks = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        logits = model(**_encode(tokenizer, [texts[i] for i in idx], max_length, device)).logits
+        chunks.append((idx, logits.float().cpu().numpy()))
+    out = np.zeros((len(texts), chunks[0][1].shape[-1]), dtype=np.float64)
+    for idx, logits in chunks:
+        out[idx] = logits
+    return out
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def measure_speed(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], settings: SpeedSettings
+) -> dict[str, float]:
+    """Median single-text latency (ms) and batch-32 throughput (texts/s) of the model's forward pass.
+
+    Inputs are tokenised beforehand (tokenisation is the same for every model), the same texts in the same order
+    for every model, after a warm-up. Wall-clock figures are what a user waits; the `_cpu` twins count this
+    process's CPU time instead, which stays comparable when other jobs share the machine (the 1-minute load
+    average is recorded beside them).
+    """
+    device = settings.device
+    singles = [texts[i % len(texts)] for i in range(settings.latency_runs)]
+    single_inputs = [_encode(tokenizer, [t], settings.max_length, device) for t in singles]
+    bulk = [texts[i % len(texts)] for i in range(settings.throughput_texts)]
+    batches = [
+        _encode(tokenizer, bulk[i : i + SPEED_BATCH_SIZE], settings.max_length, device)
+        for i in range(0, len(bulk), SPEED_BATCH_SIZE)
+    ]
+    for inputs in single_inputs[: settings.warmup] + batches[:1]:
+        model(**inputs)
+    _sync(device)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    wall, cpu = [], []
+    for inputs in single_inputs:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        model(**inputs)
+        _sync(device)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for inputs in batches:
+        model(**inputs)
+    _sync(device)
+    elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    return {
+        "latency_ms_b1": 1000 * statistics.median(wall),
+        "throughput_b32": len(bulk) / elapsed,
+        "latency_ms_b1_cpu": 1000 * statistics.median(cpu),
+        "throughput_b32_cpu": len(bulk) / elapsed_cpu if elapsed_cpu > 0 else math.nan,
+        "load_avg_1m": load,
+    }
+
+
+def weights_size_mb(path: str) -> float:
+    """Size on disk (MiB) of the weight files in a model or adapter directory."""
+    if not os.path.isdir(path):
+        return math.nan
+    total = sum(
+        os.path.getsize(os.path.join(path, f))
+        for f in os.listdir(path)
+        if f.endswith((".safetensors", ".bin", ".pt")) and f != "training_args.bin"
+    )
+    return total / 2**20
+
+
+def adapter_base(path: str) -> str | None:
+    with open(os.path.join(path, ADAPTER_CONFIG)) as f:
+        return json.load(f).get("base_model_name_or_path")
+
+
+def _adapter_trainable_params(path: str) -> int | None:
+    from safetensors import safe_open
+
+    weights = os.path.join(path, "adapter_model.safetensors")
+    if not os.path.isfile(weights):
+        return None
+    with safe_open(weights, framework="pt") as f:
+        return sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
+
+
+def loss_history(path: str) -> list[dict[str, float]]:
+    """Training-log entries (step, epoch, loss and its components) from the run's trainer_state.json."""
+    state = os.path.join(path, "trainer_state.json")
+    if not os.path.isfile(state):
+        return []
+    with open(state) as f:
+        history = json.load(f).get("log_history", [])
+    return [entry for entry in history if "loss" in entry]
+
+
+def layers_text(layers: Any) -> str:
+    if layers is None:
+        return "all"
+    if isinstance(layers, (list, tuple)):
+        return ",".join(str(x) for x in layers)
+    return str(layers)
+
+
+def evaluate_model(
+    clf: LoadedClassifier,
+    data: TextClassificationData,
+    split: str,
+    settings: SpeedSettings,
+    batch_size: int = 64,
+    bootstrap: int = 200,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """One results row and the per-text predictions of one model on `split`."""
+    check_labels(clf, data)
+    results, record, method = run_records(clf)
+    ds = data.splits[split]
+    texts, labels = list(ds["text"]), np.asarray(ds["label"], dtype=np.int64)
+
+    logits = predict_logits(clf.model, clf.tokenizer, texts, settings.max_length, batch_size, settings.device)
+    probs = softmax(logits)
+    metrics = classification_metrics(probs, labels)
+    intervals = bootstrap_intervals(probs, labels, n=bootstrap, seed=0)
+    log_probs = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = log_probs - np.log(np.exp(log_probs).sum(axis=-1, keepdims=True))
+    eval_loss = float(-log_probs[np.arange(len(labels)), labels].mean())
+    speed = measure_speed(clf.model, clf.tokenizer, texts, settings)
+
+    _, params = count_parameters(clf.model)
+    if clf.is_adapter:
+        trainable = results.get("trainable_params") or _adapter_trainable_params(clf.path)
+        base = results.get("base_model") or adapter_base(clf.path)
+        serving_mb = weights_size_mb(clf.path) + (weights_size_mb(base) if base and os.path.isdir(base) else math.nan)
+    else:
+        trainable = results.get("trainable_params", params)
+        base = results.get("base_model") or record.get("teacher") or record.get("base_model")
+        serving_mb = weights_size_mb(clf.path)
+    layers = results.get("layers", record.get("layers", getattr(clf.model.config, "distillation_layers", None)))
+    config = clf.model.config
+    row: dict[str, Any] = {
+        "model": clf.name,
+        "method": method,
+        "base": base,
+        "layers": layers_text(layers),
+        "num_layers": getattr(config, "num_hidden_layers", None),
+        "params": params,
+        "trainable_params": trainable,
+        "trainable_pct": 100.0 * trainable / params if trainable is not None and params else math.nan,
+        "size_mb": weights_size_mb(clf.path),
+        "serving_size_mb": serving_mb,
+        **metrics,
+        **intervals,
+        "eval_loss": eval_loss,
+        "train_loss": results.get("train_loss", math.nan),
+        "train_runtime_s": results.get("train_runtime", math.nan),
+        **speed,
+        "seed": model_seed(clf, results, record),
+        "split": split,
+        "samples": len(texts),
+        "device": settings.device,
+        "num_threads": torch.get_num_threads(),
+        "path": os.path.abspath(clf.path),
+    }
+    id2label = data.id2label
+    preds = probs.argmax(axis=-1)
+    frame = pd.DataFrame(
+        {
+            "text": texts,
+            "label": labels,
+            "label_name": [id2label[i] for i in labels],
+            "pred": preds,
+            "pred_name": [id2label[i] for i in preds],
+            **{f"prob_{i}": probs[:, i] for i in range(probs.shape[1])},
+        }
+    )
+    return row, frame
+
+
+def bootstrap_intervals(
+    probs: np.ndarray, labels: np.ndarray, metrics: tuple[str, ...] = ("f1", "roc_auc"), n: int = 200, seed: int = 0
+) -> dict[str, float]:
+    """95% percentile intervals of test-set metrics over bootstrap resamples of the texts: the test set's own noise."""
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {m: [] for m in metrics}
+    for _ in range(n):
+        idx = rng.integers(0, len(labels), len(labels))
+        scores = classification_metrics(probs[idx], labels[idx])
+        for m in metrics:
+            if not math.isnan(scores[m]):
+                values[m].append(scores[m])
+    out = {}
+    for m, vals in values.items():
+        out[f"{m}_ci_low"] = float(np.percentile(vals, 2.5)) if vals else math.nan
+        out[f"{m}_ci_high"] = float(np.percentile(vals, 97.5)) if vals else math.nan
+    return out

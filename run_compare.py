@@ -1,0 +1,268 @@
+#!/usr/bin/env python
+"""The main job: teacher → odd → even → LoRA → LoRA on the even student → run_eval.py, for one or several seeds.
+
+    python run_compare.py --teacher_name_or_path ../shared/models/all-MiniLM-L6-v2 \\
+        --dataset_name ../shared/data/wiki_toxic --experiment_dir EXP --seeds 42 43 44 --num_train_epochs 1
+
+Layout: EXP/seed42/{teacher,odd,even,lora,lora_even}/ for each seed, and the comparison in EXP/report/
+(results.csv, summary.csv, predictions/, plots/, report.md). Each stage is its own subprocess (`python script.py`,
+or `accelerate launch script.py` with --launcher accelerate); a stage whose directory holds a finished run
+(all_results.json) is skipped, an interrupted one resumes from its last checkpoint, so re-running the same
+command finishes a killed job. Flags this script does not know (batch sizes, epochs, --use_cpu, ...) go to
+every training stage; data flags go to every stage and to run_eval.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
+
+from distill_trainer import DistillationTrainingArguments
+from distillkit.cli import UsageError, exit_on_usage_error, is_finished_run, list_checkpoints
+from distillkit.data import DataTrainingArguments, load_raw_splits
+from distillkit.loading import find_model_dirs
+
+logger = logging.getLogger("run_compare")
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+STAGES = ("teacher", "odd", "even", "lora", "lora_even", "eval")
+SET_HERE = ("--output_dir", "--seed", "--learning_rate", "--model_name_or_path", "--teacher_name_or_path")
+
+
+@dataclass
+class CompareArguments:
+    experiment_dir: str = field(metadata={"help": "Root of the experiment: seed*/ stage folders and report/."})
+    teacher_name_or_path: str = field(
+        default="bert-base-uncased",
+        metadata={"help": "Pretrained model the teacher is fine-tuned from (hub id or dir)."},
+    )
+    seeds: list[int] = field(default_factory=lambda: [42], metadata={"help": "One run of every stage per seed."})
+    stages: list[str] = field(
+        default_factory=lambda: list(STAGES),
+        metadata={"help": f"Stages to run, in this order: {' '.join(STAGES)}.", "choices": list(STAGES)},
+    )
+    student_num_layers: int | None = field(
+        default=None, metadata={"help": "Depth of the odd/even students (default: half the teacher's)."}
+    )
+    teacher_learning_rate: float = field(default=2e-5, metadata={"help": "Learning rate of the teacher stage."})
+    student_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the odd/even students (default: the scripts' 5e-5)."}
+    )
+    lora_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the LoRA stages (default: run_lora.py's)."}
+    )
+    lora_base: str = field(
+        default="pretrained",
+        metadata={
+            "help": "What the `lora` stage adapts: the pretrained --teacher_name_or_path (LoRA instead of full fine-tuning) or the fine-tuned teacher.",
+            "choices": ["pretrained", "finetuned"],
+        },
+    )
+    merge_lora: bool = field(default=False, metadata={"help": "Also write merged LoRA models (OUT/merged)."})
+    lora_args: str = field(default="", metadata={"help": "Extra flags for run_lora.py, quoted: '--lora_r 16'."})
+    eval_args: str = field(default="", metadata={"help": "Extra flags for run_eval.py, quoted: '--num_threads 1'."})
+    launcher: str = field(
+        default="python",
+        metadata={
+            "help": "How training stages start: python, or accelerate (accelerate launch).",
+            "choices": ["python", "accelerate"],
+        },
+    )
+    accelerate_args: str = field(
+        default="", metadata={"help": "Flags for accelerate launch, quoted: '--config_file configs/ddp_cpu.yaml'."}
+    )
+    report_dir: str | None = field(default=None, metadata={"help": "Where run_eval.py writes (default EXP/report)."})
+    dry_run: bool = field(default=False, metadata={"help": "Print the stage commands without running them."})
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise UsageError("--seeds: give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UsageError(f"--seeds {' '.join(map(str, self.seeds))}: a seed appears twice")
+        self.report_dir = self.report_dir or os.path.join(self.experiment_dir, "report")
+
+
+def data_flags(data_args: DataTrainingArguments) -> list[str]:
+    """The data flags the user gave, to hand on unchanged to every stage."""
+    flags = []
+    for f in dataclasses.fields(data_args):
+        value = getattr(data_args, f.name)
+        if value != f.default and value is not None:
+            flags += [f"--{f.name}", str(value)]
+    return flags
+
+
+def check_training_flags(flags: list[str]) -> None:
+    """Typos and flags this script sets itself fail here, before the first stage starts."""
+    for flag in flags:
+        name = flag.split("=")[0]
+        if name in SET_HERE:
+            raise UsageError(
+                f"{name} is set per stage by run_compare.py; use --experiment_dir, --seeds, --teacher_name_or_path, "
+                "--teacher_learning_rate / --student_learning_rate / --lora_learning_rate"
+            )
+    try:
+        HfArgumentParser(DistillationTrainingArguments).parse_args_into_dataclasses(
+            args=flags + ["--output_dir", os.path.join(os.sep, "nonexistent")]
+        )
+    except ValueError as err:
+        raise UsageError(f"training flags {' '.join(flags)}: {str(err).splitlines()[0]}") from err
+
+
+def check_splits_for_seeds(data_args: DataTrainingArguments, seeds: list[int], cache_dir: str | None) -> None:
+    if len(seeds) < 2:
+        return
+    raw = load_raw_splits(data_args, cache_dir)
+    if "test" not in raw:
+        raise UsageError(
+            f"--seeds {' '.join(map(str, seeds))}: --dataset_name {data_args.dataset_name} has no test split, so each seed "
+            "would hold out a different test set (overlapping the other seeds' training data); use a data set with "
+            "train/validation/test files for a multi-seed comparison"
+        )
+
+
+class Runner:
+    def __init__(self, args: CompareArguments, data: list[str], training: list[str]):
+        self.args, self.data, self.training = args, data, training
+        self.log_path = os.path.join(args.experiment_dir, "compare_commands.log")
+
+    def command(self, script: str, flags: list[str], training: bool = True) -> list[str]:
+        path = os.path.join(REPO, script)
+        if training and self.args.launcher == "accelerate":
+            head = [sys.executable, "-m", "accelerate.commands.launch", *shlex.split(self.args.accelerate_args), path]
+        else:
+            head = [sys.executable, path]
+        return head + flags + self.data + (self.training if training else [])
+
+    def run(self, name: str, cmd: list[str], output_dir: str) -> str:
+        if is_finished_run(output_dir):
+            logger.info(f"[{name}] skipped: {output_dir} holds a finished run")
+            return "skipped"
+        if (
+            os.path.isdir(output_dir)
+            and os.listdir(output_dir)
+            and not list_checkpoints(output_dir)
+            and "--overwrite_output_dir" not in cmd
+        ):
+            # Killed before its first checkpoint: nothing to resume, so start the stage again.
+            logger.warning(f"[{name}] {output_dir} holds an unfinished run without checkpoints: starting it again")
+            cmd = cmd + ["--overwrite_output_dir", "true"]
+        return self.execute(name, cmd)
+
+    def execute(self, name: str, cmd: list[str]) -> str:
+        line = shlex.join(cmd)
+        logger.info(f"[{name}] {line}")
+        if self.args.dry_run:
+            return "dry_run"
+        os.makedirs(self.args.experiment_dir, exist_ok=True)
+        with open(self.log_path, "a") as f:
+            f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {name}\n{line}\n")
+        start = time.time()
+        code = subprocess.call(cmd, cwd=REPO)
+        if code != 0:
+            sys.exit(
+                f"error: stage {name} failed (exit code {code}); fix the cause and run the same command again to resume"
+            )
+        logger.info(f"[{name}] done in {time.time() - start:.0f} s")
+        return "ran"
+
+
+def report_is_current(report_dir: str, experiment_dir: str) -> bool:
+    """The report is newer than every model's all_results.json."""
+    results = os.path.join(report_dir, "results.csv")
+    if not os.path.isfile(results):
+        return False
+    try:
+        dirs = find_model_dirs(experiment_dir)
+    except UsageError:
+        return False
+    newest = max((os.path.getmtime(os.path.join(d, "all_results.json")) for d in dirs if is_finished_run(d)), default=0)
+    return os.path.getmtime(results) > newest
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> dict[str, str]:
+    """Run the stages; returns {"seed42/teacher": "ran" | "skipped" | "missing" | ..., "eval": ...}."""
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    parser = HfArgumentParser((CompareArguments, DataTrainingArguments))
+    try:
+        args, data_args, training = parser.parse_args_into_dataclasses(
+            args=sys.argv[1:] if argv is None else argv, return_remaining_strings=True
+        )
+    except ValueError as err:
+        raise UsageError(str(err).splitlines()[0]) from err
+    check_training_flags(training)
+    check_splits_for_seeds(data_args, args.seeds, None)
+    runner = Runner(args, data_flags(data_args), training)
+    have_lora = os.path.isfile(os.path.join(REPO, "run_lora.py"))
+    status: dict[str, str] = {}
+
+    for seed in args.seeds:
+        root = os.path.join(args.experiment_dir, f"seed{seed}")
+        teacher = os.path.join(root, "teacher")
+        common = ["--seed", str(seed)]
+        if "teacher" in args.stages:
+            cmd = runner.command(
+                "run_finetune.py",
+                ["--model_name_or_path", args.teacher_name_or_path, "--output_dir", teacher, *common]
+                + ["--learning_rate", str(args.teacher_learning_rate)],
+            )
+            status[f"seed{seed}/teacher"] = runner.run(f"seed{seed}/teacher", cmd, teacher)
+        for layers in ("odd", "even"):
+            if layers not in args.stages:
+                continue
+            if not is_finished_run(teacher) and not args.dry_run:
+                raise UsageError(f"the {layers} student needs a finished teacher in {teacher}: add teacher to --stages")
+            flags = ["--teacher_name_or_path", teacher, "--teacher_output_dir", teacher, "--layers", layers]
+            flags += ["--output_dir", os.path.join(root, layers), *common]
+            if args.student_num_layers is not None:
+                flags += ["--student_num_layers", str(args.student_num_layers)]
+            if args.student_learning_rate is not None:
+                flags += ["--learning_rate", str(args.student_learning_rate)]
+            status[f"seed{seed}/{layers}"] = runner.run(
+                f"seed{seed}/{layers}", runner.command("run_distill.py", flags), os.path.join(root, layers)
+            )
+        lora_bases = {
+            "lora": args.teacher_name_or_path if args.lora_base == "pretrained" else teacher,
+            "lora_even": os.path.join(root, "even"),
+        }
+        for stage, base in lora_bases.items():
+            if stage not in args.stages:
+                continue
+            key = f"seed{seed}/{stage}"
+            if not have_lora:
+                logger.warning(f"[{key}] skipped: run_lora.py is not in {REPO}")
+                status[key] = "missing"
+                continue
+            flags = ["--model_name_or_path", base, "--output_dir", os.path.join(root, stage), *common]
+            if args.lora_learning_rate is not None:
+                flags += ["--learning_rate", str(args.lora_learning_rate)]
+            if args.merge_lora:
+                flags += ["--merge"]
+            flags += shlex.split(args.lora_args)
+            status[key] = runner.run(key, runner.command("run_lora.py", flags), os.path.join(root, stage))
+
+    if "eval" in args.stages:
+        if not any(v == "ran" for v in status.values()) and report_is_current(args.report_dir, args.experiment_dir):
+            logger.info(f"[eval] skipped: {args.report_dir}/results.csv is newer than every model")
+            status["eval"] = "skipped"
+        else:
+            flags = ["--experiment_dir", args.experiment_dir, "--output_dir", args.report_dir]
+            flags += ["--seed", str(args.seeds[0]), "--overwrite_output_dir", "true", *shlex.split(args.eval_args)]
+            status["eval"] = runner.execute("eval", runner.command("run_eval.py", flags, training=False))
+    logger.info(f"stages: {status}")
+    if "eval" in status and not args.dry_run:
+        logger.info(f"report: {os.path.join(args.report_dir, 'report.md')}")
+    return status
+
+
+if __name__ == "__main__":
+    main()

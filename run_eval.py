@@ -1,0 +1,237 @@
+#!/usr/bin/env python
+"""Score every model of a comparison on the same split and machine: results.csv, predictions, plots, report.md.
+
+    python run_eval.py --experiment_dir EXP --dataset_name ../shared/data/wiki_toxic --output_dir EXP/report
+    python run_eval.py --model_dirs EXP/teacher EXP/even EXP/lora --dataset_name hate_speech18 --output_dir OUT
+
+Models are full classifiers, PEFT adapter directories or merged models. With several seeds (EXP/seed42/...,
+EXP/seed43/...) rows are grouped by method in summary.csv (mean ± std).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from distillkit.cli import UsageError, exit_on_usage_error, parse_args
+from distillkit.data import DataTrainingArguments, load_text_classification_data
+from distillkit.evaluation import SpeedSettings, evaluate_model, loss_history, model_name, unique_names
+from distillkit.loading import find_model_dirs, is_model_dir, load_classifier_dir
+from distillkit.report import (
+    plot_confusion,
+    plot_loss_curves,
+    plot_quality_vs,
+    sort_results,
+    summarize,
+    write_report,
+)
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FILES = ("results.csv", "summary.csv", "report.md")
+
+
+@dataclass
+class EvalArguments:
+    output_dir: str = field(metadata={"help": "Where results.csv, summary.csv, predictions/, plots/ and report.md go."})
+    model_dirs: list[str] | None = field(
+        default=None, metadata={"help": "Model directories: full models, PEFT adapter directories, merged models."}
+    )
+    experiment_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate every model directory inside it (teacher/, odd/, even/, lora/, lora/merged, and seed*/ sub-folders)."
+        },
+    )
+    split: str = field(default="test", metadata={"help": "Split to score.", "choices": ["train", "validation", "test"]})
+    seed: int = field(
+        default=42,
+        metadata={
+            "help": "Seed of the held-out splits when the data set lacks validation/test files (use the training runs' --seed)."
+        },
+    )
+    label_names: list[str] | None = field(
+        default=None, metadata={"help": "Class names in label-id order, as given to training (--label_names)."}
+    )
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size of the prediction pass."})
+    latency_runs: int = field(
+        default=100, metadata={"help": "Single-text forward passes timed per model (the median is reported); >= 50."}
+    )
+    throughput_texts: int = field(default=256, metadata={"help": "Texts timed in batches of 32 for throughput."})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads, fixed for every model (default: torch's current setting)."}
+    )
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N: where every model is scored and timed."})
+    bootstrap_samples: int = field(
+        default=200, metadata={"help": "Bootstrap resamples of the split for the 95%% intervals of F1 and ROC-AUC."}
+    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing report in --output_dir."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache data sets from the Hub."})
+
+    def __post_init__(self) -> None:
+        if not self.model_dirs and not self.experiment_dir:
+            raise UsageError("give --model_dirs DIR [DIR ...] or --experiment_dir EXP")
+        if self.latency_runs < 50:
+            raise UsageError(f"--latency_runs {self.latency_runs}: use at least 50 for a stable median")
+        if self.throughput_texts < 32:
+            raise UsageError(f"--throughput_texts {self.throughput_texts}: must be at least one batch of 32")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise UsageError(f"--num_threads {self.num_threads}: must be at least 1")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device {self.device}: CUDA is not available on this machine; use --device cpu")
+        if self.label_names:
+            self.label_names = [n.strip() for part in self.label_names for n in part.split(",") if n.strip()]
+
+
+def collect_model_dirs(args: EvalArguments) -> list[str]:
+    dirs = list(args.model_dirs or [])
+    for path in dirs:
+        if not is_model_dir(path):
+            raise UsageError(
+                f"--model_dirs {path}: not a model directory (expected config.json or adapter_config.json)"
+            )
+    if args.experiment_dir:
+        dirs += find_model_dirs(args.experiment_dir)
+    return list(dict.fromkeys(os.path.normpath(d) for d in dirs))
+
+
+def check_output_dir(args: EvalArguments) -> None:
+    existing = [f for f in OUTPUT_FILES if os.path.isfile(os.path.join(args.output_dir, f))]
+    if existing and not args.overwrite_output_dir:
+        raise UsageError(
+            f"--output_dir {args.output_dir} already holds a report ({', '.join(existing)}); "
+            "pass --overwrite_output_dir to replace it, or choose another --output_dir"
+        )
+
+
+def clear_old_outputs(output_dir: str) -> None:
+    """Stale predictions and plots of models no longer compared must not linger beside the new report."""
+    for sub, ext in (("predictions", ".csv"), ("plots", ".png")):
+        folder = os.path.join(output_dir, sub)
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if name.endswith(ext):
+                    os.remove(os.path.join(folder, name))
+
+
+def warn_if_other_data(path: str, record: dict, data_source: dict) -> None:
+    trained_on = (record.get("dataset") or {}) if isinstance(record.get("dataset"), dict) else {}
+    if trained_on and trained_on.get("rows") and trained_on.get("rows") != data_source.get("rows"):
+        logger.warning(
+            f"{path} was trained on {trained_on.get('dataset')} with splits {trained_on.get('rows')}; "
+            f"scoring it on {data_source['dataset']} with {data_source['rows']} (check --dataset_name / --max_*_samples)"
+        )
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    eval_args, data_args = parse_args((EvalArguments, DataTrainingArguments), argv)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        level=logging.INFO,
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    # Everything up to the writing below only reads: bad input fails before anything is written.
+    check_output_dir(eval_args)
+    model_dirs = collect_model_dirs(eval_args)
+    data = load_text_classification_data(
+        data_args, seed=eval_args.seed, cache_dir=eval_args.cache_dir, class_names=eval_args.label_names
+    )
+    if eval_args.num_threads:
+        torch.set_num_threads(eval_args.num_threads)
+    settings = SpeedSettings(
+        device=eval_args.device,
+        latency_runs=eval_args.latency_runs,
+        throughput_texts=eval_args.throughput_texts,
+        max_length=data_args.max_seq_length,
+    )
+    logger.info(f"scoring {len(model_dirs)} models on {eval_args.split} with {torch.get_num_threads()} thread(s)")
+
+    names = unique_names([model_name(d, eval_args.experiment_dir) for d in model_dirs])
+    rows, predictions, histories = [], {}, {}
+    for path, name in zip(model_dirs, names):
+        logger.info(f"evaluating {name} ({path})")
+        clf = load_classifier_dir(path, name=name, device=eval_args.device)
+        warn_if_other_data(path, clf.record, data.source)
+        row, frame = evaluate_model(
+            clf, data, eval_args.split, settings, eval_args.per_device_eval_batch_size, eval_args.bootstrap_samples
+        )
+        rows.append(row)
+        predictions[name] = frame
+        histories[name] = loss_history(path)
+        logger.info(
+            f"{name}: f1 {row['f1']:.4f} roc_auc {row['roc_auc']:.4f} latency {row['latency_ms_b1']:.2f} ms "
+            f"throughput {row['throughput_b32']:.1f}/s"
+        )
+        del clf
+
+    results = sort_results(pd.DataFrame(rows))
+    summary = summarize(results)
+
+    out = eval_args.output_dir
+    os.makedirs(os.path.join(out, "predictions"), exist_ok=True)
+    os.makedirs(os.path.join(out, "plots"), exist_ok=True)
+    clear_old_outputs(out)
+    for name, frame in predictions.items():
+        frame.to_csv(os.path.join(out, "predictions", f"{name}.csv"), index=False)
+    label_names = [data.id2label[i] for i in range(data.num_labels)]
+    plots = {
+        "confusion": {
+            name: plot_confusion(
+                frame.label.to_numpy(),
+                frame.pred.to_numpy(),
+                label_names,
+                name,
+                os.path.join(out, "plots", f"confusion_{name}.png"),
+            )
+            for name, frame in predictions.items()
+        },
+        "loss_curves": plot_loss_curves(
+            {n: h for n, h in histories.items() if h}, os.path.join(out, "plots", "loss_curves.png")
+        ),
+        "quality_vs_size": plot_quality_vs(
+            results,
+            "serving_size_mb",
+            "weights needed to serve (MB)",
+            os.path.join(out, "plots", "quality_vs_size.png"),
+        ),
+        "quality_vs_latency": plot_quality_vs(
+            results,
+            "latency_ms_b1",
+            "single-text latency (ms, median)",
+            os.path.join(out, "plots", "quality_vs_latency.png"),
+        ),
+    }
+    results.to_csv(os.path.join(out, "results.csv"), index=False)
+    summary.to_csv(os.path.join(out, "summary.csv"), index=False)
+    report = write_report(
+        out,
+        results,
+        summary,
+        plots,
+        {
+            "dataset": data_args.dataset_name,
+            "split": eval_args.split,
+            "label_names": label_names,
+            "cpu_count": os.cpu_count(),
+            "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPU(s)".replace("  ", " "),
+            "torch": torch.__version__,
+            "num_threads": torch.get_num_threads(),
+            "device": eval_args.device
+            + (f" ({torch.cuda.get_device_name(eval_args.device)})" if eval_args.device.startswith("cuda") else ""),
+            "latency_runs": settings.latency_runs,
+            "throughput_texts": settings.throughput_texts,
+        },
+    )
+    logger.info(f"wrote {os.path.join(out, 'results.csv')}, summary.csv, predictions/, plots/ and {report}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""run_compare.py: the main job end to end on tiny data, re-runs that skip finished stages, bad flags."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from conftest import REPO
+
+import run_compare
+
+HAVE_LORA = (REPO / "run_lora.py").is_file()
+
+
+def compare_argv(base_dir, data_dir, exp, *extra: str) -> list[str]:
+    return [
+        "--teacher_name_or_path", str(base_dir),
+        "--dataset_name", str(data_dir),
+        "--experiment_dir", str(exp),
+        "--max_seq_length", "32",
+        "--teacher_learning_rate", "1e-3",
+        "--student_learning_rate", "1e-3",
+        "--eval_args", "--latency_runs 50 --throughput_texts 32 --num_threads 1 --bootstrap_samples 10",
+        "--max_steps", "3",
+        "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "16",
+        "--do_eval", "false",
+        "--do_predict", "false",
+        "--logging_steps", "1",
+        "--save_strategy", "no",
+        "--use_cpu", "true",
+        "--report_to", "none",
+        "--disable_tqdm", "true",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_main_job_end_to_end_then_skips_finished_stages(tmp_path, tiny_base_model_dir, tiny_data_dir):
+    exp = tmp_path / "exp"
+    status = run_compare.main(compare_argv(tiny_base_model_dir, tiny_data_dir, exp, "--seeds", "0"))
+    trained = ["seed0/teacher", "seed0/odd", "seed0/even"] + (["seed0/lora", "seed0/lora_even"] if HAVE_LORA else [])
+    assert all(status[k] == "ran" for k in trained), status
+    if not HAVE_LORA:
+        assert status["seed0/lora"] == status["seed0/lora_even"] == "missing"
+    assert status["eval"] == "ran"
+
+    results = pd.read_csv(exp / "report" / "results.csv")
+    expected = {"teacher", "odd", "even"} | ({"lora", "lora_student"} if HAVE_LORA else set())
+    assert set(results.method) == expected
+    assert set(results.model) == {f"seed0-{k.split('/')[1]}" for k in trained}
+    assert (results.seed == 0).all()
+    assert (exp / "report" / "report.md").is_file() and (exp / "report" / "summary.csv").is_file()
+    assert "run_distill.py" in (exp / "compare_commands.log").read_text()
+
+    # The same command again: every stage is finished, so nothing is trained or re-scored.
+    mtime = (exp / "report" / "results.csv").stat().st_mtime
+    again = run_compare.main(compare_argv(tiny_base_model_dir, tiny_data_dir, exp, "--seeds", "0"))
+    assert all(again[k] == "skipped" for k in trained) and again["eval"] == "skipped"
+    assert (exp / "report" / "results.csv").stat().st_mtime == mtime
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--learning_rate", "1e-4"], "--learning_rate is set per stage"),
+        (["--no_such_flag", "1"], "--no_such_flag"),
+        (["--seeds", "1", "1"], "a seed appears twice"),
+    ],
+)
+def test_bad_flags_fail_before_anything_runs(tmp_path, capsys, tiny_base_model_dir, tiny_data_dir, extra, message):
+    exp = tmp_path / "exp"
+    with pytest.raises(SystemExit) as exit_info:
+        run_compare.main(compare_argv(tiny_base_model_dir, tiny_data_dir, exp, *extra))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not exp.exists()
+
+
+def test_several_seeds_need_a_fixed_test_split(tmp_path, capsys, tiny_base_model_dir, tiny_data_dir):
+    only_train = tmp_path / "data"
+    only_train.mkdir()
+    (only_train / "train.csv").write_text((tiny_data_dir / "train.csv").read_text())
+    with pytest.raises(SystemExit):
+        run_compare.main(compare_argv(tiny_base_model_dir, only_train, tmp_path / "exp", "--seeds", "0", "1"))
+    assert "has no test split" in capsys.readouterr().err
+
+
+def test_dry_run_lays_out_seed_folders(tmp_path, caplog, tiny_base_model_dir, tiny_data_dir):
+    exp = tmp_path / "exp"
+    with caplog.at_level("INFO", logger="run_compare"):
+        status = run_compare.main(
+            compare_argv(tiny_base_model_dir, tiny_data_dir, exp, "--seeds", "1", "2", "--dry_run", "true")
+        )
+    assert not exp.exists()
+    assert {k for k in status if k != "eval"} >= {f"seed{s}/{st}" for s in (1, 2) for st in ("teacher", "odd", "even")}
+    log = caplog.text
+    assert str(exp / "seed2" / "odd") in log and "--layers odd" in log and "run_eval.py" in log
