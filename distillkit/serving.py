@@ -1,0 +1,374 @@
+"""Serving trained models side by side: a registry loaded once, request validation, batched inference.
+
+Every forward pass runs on one inference thread (`InferenceWorker`), so concurrent requests never share a model
+at once and the event loop never blocks; requests that wait together for the same model are merged into a batch.
+
+Nothing here knows about HTTP: `app.py` turns a `RequestError` into a JSON error with its status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .cli import UsageError
+from .evaluation import _is_generic, layers_text, model_name, predict_logits, run_records, unique_names
+from .loading import LoadedClassifier, find_model_dirs, load_classifier_dir
+from .metrics import softmax
+from .students import count_parameters
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """What one request may ask for: the bounds that keep a shared server up."""
+
+    max_text_chars: int = 5000  # longer texts are refused (413), not silently cut
+    max_texts: int = 256  # texts per request
+    max_seq_length: int = 128  # tokens the model sees; longer texts are truncated like in training and evaluation
+    batch_size: int = 32  # texts per forward pass; concurrent requests for one model are merged up to this
+    max_pending_texts: int = 4096  # texts waiting for the models before requests are refused with 503
+
+    def __post_init__(self):
+        if self.max_pending_texts < self.max_texts:
+            raise UsageError(f"--max_pending_texts {self.max_pending_texts}: must be at least --max_texts")
+
+    @property
+    def max_body_bytes(self) -> int:
+        # Every text at its longest, as \uXXXX\uXXXX JSON escapes (12 bytes a character at worst), plus slack.
+        return self.max_texts * (self.max_text_chars * 12 + 16) + 65536
+
+
+class RequestError(Exception):
+    """A bad request: `status` is the HTTP status the client gets, the message says what to change."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class PredictRequest:
+    texts: list[str]
+    models: list[str]
+
+
+def validate_predict_request(payload: Any, limits: ServingLimits, known_models: list[str]) -> PredictRequest:
+    """Check a decoded JSON body `{"texts": [...], "models": [...optional...]}`; raise `RequestError` if it is bad."""
+    if not isinstance(payload, dict):
+        raise RequestError(422, 'the body must be a JSON object like {"texts": ["some text"]}')
+    unknown = sorted(set(payload) - {"texts", "models"})
+    if unknown:
+        raise RequestError(422, f"unknown field(s) {', '.join(unknown)}: expected texts and optionally models")
+    texts = payload.get("texts")
+    if texts is None:
+        raise RequestError(422, 'missing field texts: send {"texts": ["some text", ...]}')
+    if not isinstance(texts, list) or not texts:
+        raise RequestError(422, "texts must be a non-empty list of strings")
+    if len(texts) > limits.max_texts:
+        raise RequestError(413, f"{len(texts)} texts in one request: at most {limits.max_texts}; split the batch")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise RequestError(422, f"texts[{i}] is {type(text).__name__}: every text must be a string")
+        if not _is_valid_unicode(text):
+            raise RequestError(422, f"texts[{i}] is not valid Unicode (a lone surrogate): send UTF-8 text")
+        if len(text) > limits.max_text_chars:
+            raise RequestError(413, f"texts[{i}] has {len(text)} characters: at most {limits.max_text_chars} per text")
+    models = payload.get("models")
+    if models is None:
+        return PredictRequest(texts=texts, models=list(known_models))
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+        raise RequestError(422, "models must be a non-empty list of model names (leave it out for every model)")
+    missing = [m for m in models if m not in known_models]
+    if missing:
+        raise RequestError(404, f"unknown model(s) {', '.join(missing)}: served are {', '.join(known_models)}")
+    return PredictRequest(texts=texts, models=list(dict.fromkeys(models)))  # duplicates asked once
+
+
+def _is_valid_unicode(text: str) -> bool:
+    # JSON may carry "\\ud800" escapes that decode to a lone surrogate: no tokenizer or response can encode it.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@dataclass
+class ServedModel:
+    """One loaded model, its class names and what its run recorded about it."""
+
+    clf: LoadedClassifier
+    labels: list[str]  # class names by id
+    info: dict[str, Any]
+    max_length: int
+
+    @property
+    def name(self) -> str:
+        return self.clf.name
+
+
+@dataclass
+class BatchOutput:
+    """One request's share of a forward pass."""
+
+    probs: np.ndarray  # (texts of this request, classes)
+    forward_ms: float  # the forward passes that carried these texts (tokenising included)
+    batch_texts: int  # texts in those passes, this request's and those merged in from others
+    queue_ms: float  # waiting for the inference thread
+
+
+@dataclass
+class _Job:
+    model: str
+    texts: list[str]
+    future: Future
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class InferenceWorker:
+    """The one thread that runs every forward pass, one at a time, for every model.
+
+    One at a time because a CPU forward pass already uses every core: two at once only slow each other down and
+    blur each model's latency. Concurrent requests for the same model that wait together are merged into one
+    batch (up to `max_batch_texts` texts), which is where throughput under load comes from; a request is never
+    split. At most `max_pending_texts` texts may wait: beyond that `submit` refuses with 503 instead of queueing
+    without bound.
+    """
+
+    def __init__(
+        self, run: Callable[[str, list[str]], np.ndarray], max_batch_texts: int, max_pending_texts: int
+    ) -> None:
+        self._run = run
+        self.max_batch_texts = max_batch_texts
+        self.max_pending_texts = max_pending_texts
+        self._cond = threading.Condition()
+        self._queue: deque[_Job] = deque()
+        self._pending_texts = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+        self._thread.start()
+
+    def submit(self, model: str, texts: list[str]) -> Future:
+        """A future of the `BatchOutput` for `texts`; raises RequestError(503) when too much is waiting."""
+        job = _Job(model, texts, Future())
+        with self._cond:
+            if self._closed:
+                raise RequestError(503, "the server is shutting down")
+            if self._pending_texts + len(texts) > self.max_pending_texts:
+                raise RequestError(
+                    503, f"server busy: {self._pending_texts} texts are waiting for the models; retry shortly"
+                )
+            self._queue.append(job)
+            self._pending_texts += len(texts)
+            self._cond.notify()
+        return job.future
+
+    def _take(self) -> list[_Job] | None:
+        """The oldest job and every waiting job for the same model that fits in its batch; None once closed."""
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            # A request whose client went away was cancelled: it costs no forward pass and takes no batch space.
+            first = None
+            while self._queue and first is None:
+                job = self._queue.popleft()
+                self._pending_texts -= len(job.texts)
+                if job.future.set_running_or_notify_cancel():
+                    first = job
+            if first is None:
+                return []
+            batch, size, kept = [first], len(first.texts), deque()
+            for job in self._queue:
+                if job.model == first.model and size + len(job.texts) <= self.max_batch_texts:
+                    self._pending_texts -= len(job.texts)
+                    if job.future.set_running_or_notify_cancel():
+                        batch.append(job)
+                        size += len(job.texts)
+                else:
+                    kept.append(job)
+            self._queue = kept
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            if not batch:
+                continue
+            texts = [text for job in batch for text in job.texts]
+            start = time.perf_counter()
+            try:
+                probs = self._run(batch[0].model, texts)
+            except Exception as err:  # a failed batch fails its own requests, never the worker
+                logger.exception(f"inference on {batch[0].model} failed")
+                for job in batch:
+                    job.future.set_exception(err)
+                continue
+            forward_ms = 1000 * (time.perf_counter() - start)
+            offset = 0
+            for job in batch:
+                n = len(job.texts)
+                queue_ms = 1000 * (start - job.submitted)
+                job.future.set_result(BatchOutput(probs[offset : offset + n], forward_ms, len(texts), queue_ms))
+                offset += n
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+
+def describe(clf: LoadedClassifier, labels: list[str]) -> dict[str, Any]:
+    """What `/api/models` shows of a model: all from its own records and config."""
+    results, record, method = run_records(clf)
+    config = clf.model.config
+    layers = results.get("layers", record.get("layers", getattr(config, "distillation_layers", None)))
+    _, params = count_parameters(clf.model)
+    return {
+        "name": clf.name,
+        "method": method,
+        "layers": layers_text(layers),
+        "num_layers": getattr(config, "num_hidden_layers", None),
+        "params": params,
+        "trainable_params": results.get("trainable_params"),
+        "adapter": clf.is_adapter,
+        "labels": labels,
+        "test_f1": results.get("test_f1"),
+        "test_accuracy": results.get("test_accuracy"),
+        "test_roc_auc": results.get("test_roc_auc"),
+    }
+
+
+def display_labels(clf: LoadedClassifier, label_names: list[str] | None) -> list[str]:
+    """The model's class names; `label_names` only names a model saved with generic ones (LABEL_0, LABEL_1, ...)."""
+    own = [str(clf.id2label[i]) for i in range(len(clf.id2label))]
+    if not label_names or not _is_generic(clf.id2label):
+        return own
+    if len(label_names) != len(own):
+        raise UsageError(
+            f"--label_names {','.join(label_names)}: {len(label_names)} names, but model {clf.name} has "
+            f"{len(own)} classes"
+        )
+    return list(label_names)
+
+
+class ModelRegistry:
+    """Every served model, loaded once at start-up, by unique name in a stable order."""
+
+    def __init__(
+        self, classifiers: list[LoadedClassifier], limits: ServingLimits, label_names: list[str] | None = None
+    ):
+        if not classifiers:
+            raise UsageError("no models to serve")
+        self.limits = limits
+        self.models: dict[str, ServedModel] = {}
+        for clf in classifiers:
+            labels = display_labels(clf, label_names)
+            max_positions = getattr(clf.model.config, "max_position_embeddings", None) or limits.max_seq_length
+            self.models[clf.name] = ServedModel(
+                clf=clf,
+                labels=labels,
+                info=describe(clf, labels),
+                max_length=min(limits.max_seq_length, max_positions),
+            )
+        self.worker = InferenceWorker(self._forward, limits.batch_size, limits.max_pending_texts)
+        for name in self.models:  # a model's first forward pass is slow: not a user's request
+            self.predict(PredictRequest(texts=["warm-up"], models=[name]))
+
+    @classmethod
+    def from_dirs(
+        cls,
+        model_dirs: list[str],
+        limits: ServingLimits,
+        experiment_dir: str | None = None,
+        label_names: list[str] | None = None,
+    ) -> ModelRegistry:
+        paths = list(model_dirs)
+        if experiment_dir:
+            paths += find_model_dirs(experiment_dir)
+        paths = list(dict.fromkeys(os.path.abspath(p) for p in paths))
+        if not paths:
+            raise UsageError("nothing to serve: pass --experiment_dir EXP or --model_dirs DIR [DIR ...]")
+        names = unique_names([model_name(p, experiment_dir) for p in paths])
+        classifiers = []
+        for path, name in zip(paths, names):
+            logger.info(f"loading {name} from {path}")
+            classifiers.append(load_classifier_dir(path, name=name))
+        return cls(classifiers, limits, label_names)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.models)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [m.info for m in self.models.values()]
+
+    def _forward(self, name: str, texts: list[str]) -> np.ndarray:
+        """Class probabilities (texts, classes) of one model; runs on the inference thread only."""
+        served = self.models[name]
+        clf = served.clf
+        logits = predict_logits(clf.model, clf.tokenizer, texts, served.max_length, self.limits.batch_size)
+        return softmax(logits)
+
+    def predict(self, request: PredictRequest) -> dict[str, Any]:
+        """The `/api/predict` answer, blocking (for scripts and tests)."""
+        outputs = {}
+        for name in request.models:  # one model after the other: each model's latency is its own
+            outputs[name] = self.worker.submit(name, request.texts).result()
+        return self.answer(request, outputs)
+
+    async def predict_async(self, request: PredictRequest) -> dict[str, Any]:
+        """The `/api/predict` answer; the event loop awaits the inference thread and keeps serving meanwhile."""
+        outputs = {}
+        for name in request.models:
+            outputs[name] = await asyncio.wrap_future(self.worker.submit(name, request.texts))
+        return self.answer(request, outputs)
+
+    def answer(self, request: PredictRequest, outputs: dict[str, BatchOutput]) -> dict[str, Any]:
+        """For each text, each model's label, class probabilities and latency (its batch's time per text)."""
+        per_model = {}
+        for name, out in outputs.items():
+            labels = self.models[name].labels
+            per_text_ms = out.forward_ms / out.batch_texts
+            per_model[name] = [
+                {
+                    "model": name,
+                    "label": labels[int(row.argmax())],
+                    "label_id": int(row.argmax()),
+                    "probability": float(row.max()),
+                    "probabilities": {labels[i]: float(p) for i, p in enumerate(row)},
+                    "latency_ms": per_text_ms,
+                }
+                for row in out.probs
+            ]
+        results = [
+            {"text": text, "predictions": [per_model[name][i] for name in request.models]}
+            for i, text in enumerate(request.texts)
+        ]
+        timing = {
+            name: {
+                "forward_ms": out.forward_ms,
+                "queue_ms": out.queue_ms,
+                "texts": len(request.texts),
+                "batch_texts": out.batch_texts,
+            }
+            for name, out in outputs.items()
+        }
+        return {"models": request.models, "results": results, "timing": timing}
+
+    def close(self) -> None:
+        self.worker.close()

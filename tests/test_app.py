@@ -1,0 +1,356 @@
+"""The web app's API on tiny models: shapes, probabilities, every bad input, concurrency, the CLI and the load script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from conftest import make_tokenizer, tiny_bert_config
+from fastapi.testclient import TestClient
+from transformers import BertForSequenceClassification
+
+import app as app_module
+from distillkit.cli import UsageError
+from distillkit.evaluation import predict_logits
+from distillkit.metrics import softmax
+from distillkit.serving import InferenceWorker, ModelRegistry, RequestError, ServingLimits
+
+EMOTIONS = ["joy", "anger", "fear", "sadness", "neutral"]
+
+
+def save_results(directory: Path, **results) -> None:
+    (directory / "all_results.json").write_text(json.dumps(results))
+
+
+def make_experiment(exp: Path, classifier_dir: Path) -> Path:
+    """EXP/teacher (full model), EXP/lora (a PEFT LoRA adapter on it), EXP/emotions (5 named classes)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    teacher = exp / "teacher"
+    shutil.copytree(classifier_dir, teacher)
+    save_results(teacher, method="teacher", test_f1=0.75, test_accuracy=0.8)
+
+    torch.manual_seed(1)
+    base = BertForSequenceClassification.from_pretrained(teacher)
+    lora = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["query"]))
+    with torch.no_grad():  # as if trained: B is not zero and the adapter's own classifier head differs
+        for name, param in lora.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                param.normal_(0, 0.5)
+    lora.save_pretrained(exp / "lora")
+    make_tokenizer(exp / "lora")
+    save_results(exp / "lora", method="lora", test_f1=0.7)
+
+    torch.manual_seed(2)
+    config = tiny_bert_config(
+        num_layers=2,
+        num_labels=len(EMOTIONS),
+        id2label=dict(enumerate(EMOTIONS)),
+        label2id={n: i for i, n in enumerate(EMOTIONS)},
+    )
+    BertForSequenceClassification(config).save_pretrained(exp / "emotions")
+    make_tokenizer(exp / "emotions")
+    return exp
+
+
+@pytest.fixture(scope="module")
+def experiment_dir(tmp_path_factory, tiny_classifier_dir) -> Path:
+    return make_experiment(tmp_path_factory.mktemp("exp"), tiny_classifier_dir)
+
+
+@pytest.fixture(scope="module")
+def registry(experiment_dir) -> ModelRegistry:
+    return ModelRegistry.from_dirs([], ServingLimits(), experiment_dir=str(experiment_dir))
+
+
+@pytest.fixture(scope="module")
+def client(registry):
+    with TestClient(app_module.create_app(registry)) as test_client:
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def real_server(fastapi_app):
+    """The app under a real uvicorn on a free loopback port, in a background thread."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(fastapi_app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_defaults_are_the_documented_limits():
+    limits = ServingLimits()
+    assert (limits.max_text_chars, limits.max_texts) == (5000, 256)
+
+
+def test_healthz_and_models(client):
+    assert client.get("/healthz").json() == {"status": "ok", "models": 3}
+    body = client.get("/api/models").json()
+    models = {m["name"]: m for m in body["models"]}
+    assert list(models) == ["emotions", "lora", "teacher"]  # find_model_dirs order
+    assert models["teacher"]["method"] == "teacher" and models["teacher"]["test_f1"] == 0.75
+    assert models["teacher"]["num_layers"] == 4 and models["teacher"]["params"] > 0
+    assert models["lora"]["adapter"] is True and models["lora"]["method"] == "lora"
+    assert models["lora"]["test_f1"] == 0.7
+    assert models["emotions"]["labels"] == EMOTIONS and models["emotions"]["test_f1"] is None
+    assert models["teacher"]["labels"] == ["non-toxic", "toxic"]
+    assert body["limits"] == {"max_text_chars": 5000, "max_texts": 256}
+
+
+def test_page_and_static_files_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="classify"' in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+
+
+TEXTS = [
+    "thanks for the good citation",
+    "you stupid idiot",
+    "🙂 ☃ 日本語 — ça va? ",
+    "   \t\n ",
+    "",
+]
+
+
+def test_predict_shapes_probabilities_and_labels(client, registry):
+    texts = TEXTS + ["idiot " * 800]  # 4,800 characters: under the limit, far over the models' 64 positions
+    response = client.post("/api/predict", json={"texts": texts})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["models"] == ["emotions", "lora", "teacher"]
+    assert [r["text"] for r in body["results"]] == texts
+    for result in body["results"]:
+        assert [p["model"] for p in result["predictions"]] == body["models"]
+        for pred in result["predictions"]:
+            labels = registry.models[pred["model"]].labels
+            probs = pred["probabilities"]
+            assert list(probs) == labels
+            assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
+            assert all(0.0 <= p <= 1.0 for p in probs.values())
+            assert pred["label"] == labels[pred["label_id"]] == max(probs, key=probs.get)
+            assert pred["probability"] == probs[pred["label"]]
+            assert pred["latency_ms"] > 0
+    assert set(body["timing"]) == set(body["models"])
+    assert all(t["texts"] == len(texts) and t["batch_texts"] >= len(texts) for t in body["timing"].values())
+    emotions = body["results"][0]["predictions"][0]
+    assert emotions["label"] in EMOTIONS and len(emotions["probabilities"]) == 5
+
+
+def test_predictions_are_each_models_own_output(client, registry):
+    """Batched, length-sorted inference gives each text the same probabilities as running it alone."""
+    texts = ["you stupid idiot and moron", "thanks", "the article section is good and fixed please"]
+    body = client.post("/api/predict", json={"texts": texts, "models": ["lora", "teacher"]}).json()
+    outputs = {}
+    for k, name in enumerate(["lora", "teacher"]):
+        clf = registry.models[name].clf
+        for i, text in enumerate(texts):
+            expected = softmax(predict_logits(clf.model, clf.tokenizer, [text], max_length=64))[0]
+            got = [
+                body["results"][i]["predictions"][k]["probabilities"][label] for label in registry.models[name].labels
+            ]
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+            outputs[name, i] = got
+    # The adapter is loaded as an adapter (not silently as its base): its outputs differ from the teacher's.
+    assert any(not np.allclose(outputs["lora", i], outputs["teacher", i], atol=1e-4) for i in range(len(texts)))
+
+
+def test_models_subset_in_the_order_asked_and_deduplicated(client):
+    body = client.post("/api/predict", json={"texts": ["hi"], "models": ["teacher", "lora", "teacher"]}).json()
+    assert body["models"] == ["teacher", "lora"]
+    assert [p["model"] for p in body["results"][0]["predictions"]] == ["teacher", "lora"]
+
+
+BAD_REQUESTS = [
+    ("not json", b"this is not json", 400, "not valid JSON"),
+    ("truncated json", b'{"texts": ["a"', 400, "not valid JSON"),
+    ("invalid utf-8", b'{"texts": ["\xff\xfe"]}', 400, "not valid JSON"),
+    ("empty body", b"", 400, "not valid JSON"),
+    ("json array", b'["a", "b"]', 422, "JSON object"),
+    ("missing texts", b"{}", 422, "missing field texts"),
+    ("empty texts", b'{"texts": []}', 422, "non-empty list"),
+    ("texts is a string", b'{"texts": "hello"}', 422, "non-empty list"),
+    ("a text is a number", b'{"texts": ["ok", 3]}', 422, "texts[1] is int"),
+    ("a text is null", b'{"texts": [null]}', 422, "texts[0] is NoneType"),
+    ("lone surrogate", b'{"texts": ["\\ud800"]}', 422, "not valid Unicode"),
+    ("typo in a field", b'{"texts": ["a"], "model": ["teacher"]}', 422, "unknown field(s) model"),
+    ("text too long", json.dumps({"texts": ["a" * 5001]}).encode(), 413, "5001 characters: at most 5000"),
+    ("too many texts", json.dumps({"texts": ["a"] * 257}).encode(), 413, "257 texts in one request: at most 256"),
+    ("unknown model", b'{"texts": ["a"], "models": ["teacher", "nope"]}', 404, "unknown model(s) nope"),
+    ("empty model list", b'{"texts": ["a"], "models": []}', 422, "models must be a non-empty list"),
+    ("model not a string", b'{"texts": ["a"], "models": [1]}', 422, "models must be a non-empty list"),
+]
+
+
+@pytest.mark.parametrize("body,status,message", [b[1:] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(client, body, status, message):
+    response = client.post("/api/predict", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    error = response.json()
+    assert message in error["error"] and error["status"] == status
+    ok = client.post("/api/predict", json={"texts": ["still serving"]})
+    assert ok.status_code == 200
+
+
+def test_oversized_body_is_refused_before_it_is_parsed(registry):
+    small = ModelRegistry([registry.models["teacher"].clf], ServingLimits(max_texts=2, max_text_chars=10))
+    with TestClient(app_module.create_app(small)) as test_client:
+        limit = small.limits.max_body_bytes
+        response = test_client.post("/api/predict", content=b'{"texts": ["' + b"a" * limit + b'"]}')
+        assert response.status_code == 413 and f"over {limit} bytes" in response.json()["error"]
+        assert test_client.post("/api/predict", json={"texts": ["a" * 10, "b"]}).status_code == 200
+        assert test_client.post("/api/predict", json={"texts": ["a" * 11]}).status_code == 413
+    small.close()
+
+
+def test_other_http_errors_are_json_too(client):
+    missing = client.get("/api/nothing")
+    assert missing.status_code == 404 and missing.json()["error"] == "Not Found"
+    wrong_method = client.get("/api/predict")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+
+
+def test_concurrent_requests_on_a_real_server_get_their_own_answers(registry):
+    import httpx
+
+    texts = [
+        f"{w} {v}" for w in ("you idiot", "thanks for the edit", "moron", "good source") for v in ("a", "the page")
+    ]
+    with real_server(app_module.create_app(registry)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        expected = {t: http.post("/api/predict", json={"texts": [t]}).json()["results"][0] for t in texts}
+
+        def ask(i: int) -> tuple[list[str], dict]:
+            batch = [texts[(i + j) % len(texts)] for j in range(1 + i % 3)]
+            return batch, http.post("/api/predict", json={"texts": batch}).json()
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(ask, range(48)))
+        assert http.get("/healthz").status_code == 200
+    for batch, body in answers:
+        for text, result in zip(batch, body["results"]):
+            assert result["text"] == text
+            for got, want in zip(result["predictions"], expected[text]["predictions"]):
+                assert got["label"] == want["label"]
+                for label, p in want["probabilities"].items():
+                    assert got["probabilities"][label] == pytest.approx(p, abs=1e-5)
+
+
+def test_inference_worker_merges_waiting_requests_per_model_and_survives_failures():
+    release, calls = threading.Event(), []
+
+    def run(model: str, texts: list[str]) -> np.ndarray:
+        calls.append((model, list(texts)))
+        if texts == ["block"]:
+            release.wait(10)
+        if "boom" in texts:
+            raise ValueError("boom")
+        return np.array([[len(t), 1.0] for t in texts])
+
+    worker = InferenceWorker(run, max_batch_texts=4, max_pending_texts=8)
+    try:
+        worker.submit("a", ["block"])
+        deadline = time.time() + 10
+        while not calls:  # the worker is busy with "block" from here on
+            assert time.time() < deadline
+            time.sleep(0.01)
+        b = worker.submit("a", ["bb", "ccc"])
+        c = worker.submit("other", ["x"])
+        gone = worker.submit("a", ["cancelled"])
+        d = worker.submit("a", ["dddd", "e"])
+        e = worker.submit("a", ["fffff"])
+        assert gone.cancel()
+        with pytest.raises(RequestError) as busy:  # 7 texts wait: 3 more would pass max_pending_texts
+            worker.submit("a", ["1", "2"])
+        assert busy.value.status == 503 and "server busy" in busy.value.message
+        release.set()
+        assert b.result(10).probs[:, 0].tolist() == [2, 3] and d.result(10).probs[:, 0].tolist() == [4, 1]
+        assert b.result().batch_texts == d.result().batch_texts == 4  # merged: same model, fits in a batch
+        assert c.result(10).batch_texts == 1 and e.result(10).batch_texts == 1
+        assert calls[1:] == [("a", ["bb", "ccc", "dddd", "e"]), ("other", ["x"]), ("a", ["fffff"])]
+        with pytest.raises(ValueError, match="boom"):
+            worker.submit("a", ["boom"]).result(10)
+        assert worker.submit("a", ["still working"]).result(10).probs.shape == (1, 2)
+    finally:
+        release.set()
+        worker.close()
+
+
+def test_label_names_only_rename_generic_labels(tmp_path, experiment_dir):
+    torch.manual_seed(0)
+    BertForSequenceClassification(tiny_bert_config(num_layers=1)).save_pretrained(tmp_path / "generic")
+    make_tokenizer(tmp_path / "generic")
+    dirs = [str(tmp_path / "generic"), str(experiment_dir / "teacher"), str(experiment_dir / "emotions")]
+    registry = ModelRegistry.from_dirs(dirs, ServingLimits(), label_names=["ok", "bad"])
+    assert registry.models["generic"].labels == ["ok", "bad"]
+    assert registry.models["emotions"].labels == EMOTIONS  # its own names win
+    with pytest.raises(UsageError, match="3 names, but model generic has 2 classes"):
+        ModelRegistry.from_dirs(dirs[:1], ServingLimits(), label_names=["a", "b", "c"])
+
+
+def test_main_refuses_bad_arguments_with_one_line(capsys, experiment_dir):
+    with pytest.raises(SystemExit) as exit_info:
+        app_module.main([])
+    assert exit_info.value.code == 2 and "nothing to serve" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        app_module.main(["--model_dirs", str(experiment_dir)])  # an experiment, not a model directory
+    assert "not a model directory" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit):
+            app_module.main(["--model_dirs", str(experiment_dir / "teacher"), "--port", str(port)])
+    assert f"--port {port}: cannot bind" in capsys.readouterr().err
+
+
+def test_load_script_against_a_real_server(registry, tmp_path, capsys):
+    from bench import load_test
+
+    out = tmp_path / "load"
+    with real_server(app_module.create_app(registry)) as url:
+        summary = load_test.main(
+            ["--url", url, "--clients", "4", "--duration", "1.5", "--models", "teacher", "--output_dir", str(out)]
+        )
+        assert summary["requests"] > 0 and summary["errors"] == 0
+        assert 0 < summary["p50_ms"] <= summary["p99_ms"]
+        rows = (out / "requests.csv").read_text().splitlines()
+        assert len(rows) == summary["requests"] + 1
+        assert "p99_ms" in (out / "load_test.csv").read_text()
+        with pytest.raises(SystemExit):  # its results are not overwritten without asking
+            load_test.main(["--url", url, "--duration", "1", "--output_dir", str(out)])
+        assert "already holds load_test.csv" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            load_test.main(["--url", url, "--models", "nope", "--duration", "1", "--output_dir", str(tmp_path / "x")])
+        assert "--models nope: not served" in capsys.readouterr().err
+    for bad, message in (
+        (["--url", "http://example.com:80"], "only a server on this machine"),
+        (["--clients", "0"], "--clients 0"),
+    ):
+        with pytest.raises(SystemExit):
+            load_test.main(bad + ["--output_dir", str(tmp_path / "y")])
+        assert message in capsys.readouterr().err
