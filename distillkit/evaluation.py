@@ -106,7 +106,8 @@ def model_seed(clf: LoadedClassifier, results: dict[str, Any], record: dict[str,
     return None
 
 
-def _is_generic(names: dict[int, str]) -> bool:
+def has_generic_label_names(names: dict[int, str]) -> bool:
+    """True when every class is the Hugging Face placeholder LABEL_<i>: such names carry no meaning to compare."""
     return all(_GENERIC_LABEL.match(str(n)) for n in names.values())
 
 
@@ -120,7 +121,7 @@ def check_labels(clf: LoadedClassifier, data: TextClassificationData) -> None:
             f"but the data set has {data.num_labels} ({', '.join(map(str, data_labels.values()))}); "
             "evaluate it with the --dataset_name it was trained on"
         )
-    if not _is_generic(model_labels) and not _is_generic(data_labels):
+    if not has_generic_label_names(model_labels) and not has_generic_label_names(data_labels):
         model_names = [str(model_labels[i]) for i in range(len(model_labels))]
         data_names = [str(data_labels[i]) for i in range(len(data_labels))]
         if model_names != data_names:

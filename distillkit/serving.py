@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .cli import UsageError
-from .evaluation import _is_generic, layers_text, model_name, predict_logits, run_records, unique_names
+from .evaluation import has_generic_label_names, layers_text, model_name, predict_logits, run_records, unique_names
 from .loading import LoadedClassifier, find_model_dirs, load_classifier_dir
 from .metrics import softmax
 from .students import count_parameters
@@ -256,7 +256,7 @@ def describe(clf: LoadedClassifier, labels: list[str]) -> dict[str, Any]:
 def display_labels(clf: LoadedClassifier, label_names: list[str] | None) -> list[str]:
     """The model's class names; `label_names` only names a model saved with generic ones (LABEL_0, LABEL_1, ...)."""
     own = [str(clf.id2label[i]) for i in range(len(clf.id2label))]
-    if not label_names or not _is_generic(clf.id2label):
+    if not label_names or not has_generic_label_names(clf.id2label):
         return own
     if len(label_names) != len(own):
         raise UsageError(
