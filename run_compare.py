@@ -77,7 +77,10 @@ class CompareArguments:
         },
     )
     accelerate_args: str = field(
-        default="", metadata={"help": "Flags for accelerate launch, quoted: '--config_file configs/ddp_cpu.yaml'."}
+        default="",
+        metadata={
+            "help": "Flags for accelerate launch, quoted: '--config_file configs/accelerate/cpu_ddp_2proc.yaml'."
+        },
     )
     report_dir: str | None = field(default=None, metadata={"help": "Where run_eval.py writes (default EXP/report)."})
     dry_run: bool = field(default=False, metadata={"help": "Print the stage commands without running them."})
