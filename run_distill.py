@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+from transformers import AutoModelForSequenceClassification, set_seed
 
 from distill_trainer import DistillationTrainingArguments
-from distillkit.cli import exit_on_usage_error, parse_args, resolve_output_dir, setup_logging
-from distillkit.data import DataTrainingArguments, load_text_classification_data, tokenize_splits
+from distillkit.cli import exit_on_usage_error, parse_args
+from distillkit.data import DataTrainingArguments
 from distillkit.students import NAMED_LAYER_CHOICES, build_student, layer_stack, select_layers
 from distillkit.teacher import (
     TeacherArguments,
@@ -26,7 +26,7 @@ from distillkit.teacher import (
     plan_teacher,
     teacher_training_args,
 )
-from distillkit.training import build_trainer, train_evaluate_save
+from distillkit.training import build_trainer, load_tokenized, start_run, train_evaluate_save
 
 logger = logging.getLogger(__name__)
 
@@ -47,31 +47,15 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_args, student_args, data_args, training_args = parse_args(
         (TeacherArguments, StudentArguments, DataTrainingArguments, DistillationTrainingArguments), argv
     )
-    setup_logging(training_args)
     # Everything below up to training only reads: bad input fails before anything is written.
-    resume_from = resolve_output_dir(
-        training_args.output_dir, training_args.overwrite_output_dir, training_args.resume_from_checkpoint
-    )
-    set_seed(training_args.seed)
-    with training_args.main_process_first(desc="loading the data set"):
-        data = load_text_classification_data(
-            data_args, seed=training_args.seed, cache_dir=teacher_args.cache_dir, class_names=training_args.class_names
-        )
+    resume_from, data = start_run(training_args, data_args, teacher_args.cache_dir)
     teacher_dir = teacher_args.teacher_output_dir or default_teacher_dir(training_args.output_dir)
     plan = plan_teacher(teacher_args, teacher_dir, data.num_labels)
     layers = select_layers(student_args.layers, plan.config.num_hidden_layers, student_args.student_num_layers)
     logger.info(f"student: teacher layers {layers} of {plan.config.num_hidden_layers}")
 
     tokenizer_source = teacher_args.tokenizer_name or (plan.finetune_from or plan.source)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, cache_dir=teacher_args.cache_dir)
-    with training_args.main_process_first(desc="tokenizing"):
-        tokenized = tokenize_splits(
-            data,
-            tokenizer,
-            data_args.max_seq_length,
-            data_args.preprocessing_num_workers,
-            not data_args.overwrite_cache,
-        )
+    tokenizer, tokenized = load_tokenized(tokenizer_source, data, data_args, training_args, teacher_args.cache_dir)
 
     # Stage 1: the teacher.
     if plan.needs_finetuning:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transformers import AutoTokenizer, set_seed
-
 from distill_trainer import DistillationTrainingArguments
-from distillkit.cli import UsageError, exit_on_usage_error, parse_args, resolve_output_dir, setup_logging
-from distillkit.data import DataTrainingArguments, load_text_classification_data, tokenize_splits
+from distillkit.cli import UsageError, exit_on_usage_error, parse_args
+from distillkit.data import DataTrainingArguments
 from distillkit.teacher import finetune_classifier, load_config
+from distillkit.training import load_tokenized, start_run
 
 
 @dataclass
@@ -41,27 +40,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if training_args.uses_teacher:
         raise UsageError("run_finetune.py has no teacher: --alpha_kl and --alpha_cos must be 0 (use run_distill.py)")
-    setup_logging(training_args)
-    resume_from = resolve_output_dir(
-        training_args.output_dir, training_args.overwrite_output_dir, training_args.resume_from_checkpoint
-    )
-    set_seed(training_args.seed)
-    with training_args.main_process_first(desc="loading the data set"):
-        data = load_text_classification_data(
-            data_args, seed=training_args.seed, cache_dir=model_args.cache_dir, class_names=training_args.class_names
-        )
+    resume_from, data = start_run(training_args, data_args, model_args.cache_dir)
     load_config(model_args.model_name_or_path, "--model_name_or_path", model_args.cache_dir, model_args.model_revision)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir
+    tokenizer, tokenized = load_tokenized(
+        model_args.tokenizer_name or model_args.model_name_or_path, data, data_args, training_args, model_args.cache_dir
     )
-    with training_args.main_process_first(desc="tokenizing"):
-        tokenized = tokenize_splits(
-            data,
-            tokenizer,
-            data_args.max_seq_length,
-            data_args.preprocessing_num_workers,
-            not data_args.overwrite_cache,
-        )
     _, results = finetune_classifier(
         model_args.model_name_or_path,
         data,

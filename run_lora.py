@@ -16,11 +16,11 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+from transformers import AutoModelForSequenceClassification
 
 from distill_trainer import DistillationTrainingArguments
-from distillkit.cli import UsageError, exit_on_usage_error, parse_args, resolve_output_dir, setup_logging
-from distillkit.data import DataTrainingArguments, load_text_classification_data, tokenize_splits
+from distillkit.cli import UsageError, exit_on_usage_error, parse_args
+from distillkit.data import DataTrainingArguments
 from distillkit.lora import (
     MERGED_SUBDIR,
     LoraArguments,
@@ -32,7 +32,7 @@ from distillkit.lora import (
     parameter_counts,
 )
 from distillkit.teacher import has_trained_head, load_classifier, load_config
-from distillkit.training import build_trainer, train_evaluate_save
+from distillkit.training import build_trainer, load_tokenized, start_run, train_evaluate_save
 from run_finetune import ModelArguments
 
 logger = logging.getLogger(__name__)
@@ -81,16 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, lora_args, data_args, training_args = parse_args(
         (ModelArguments, LoraArguments, DataTrainingArguments, LoraTrainingArguments), argv
     )
-    setup_logging(training_args)
     # Everything below up to training only reads: bad input fails before anything is written.
-    resume_from = resolve_output_dir(
-        training_args.output_dir, training_args.overwrite_output_dir, training_args.resume_from_checkpoint
-    )
-    set_seed(training_args.seed)
-    with training_args.main_process_first(desc="loading the data set"):
-        data = load_text_classification_data(
-            data_args, seed=training_args.seed, cache_dir=model_args.cache_dir, class_names=training_args.class_names
-        )
+    resume_from, data = start_run(training_args, data_args, model_args.cache_dir)
     base = loadable_name_or_path(model_args.model_name_or_path)
     config = load_config(base, "--model_name_or_path", model_args.cache_dir, model_args.model_revision)
     student = is_distilled_student(config)
@@ -112,15 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
             raise UsageError("--teacher_name_or_path is given but --alpha_kl and --alpha_cos are both 0")
         teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path, cache_dir=model_args.cache_dir)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or base, cache_dir=model_args.cache_dir)
-    with training_args.main_process_first(desc="tokenizing"):
-        tokenized = tokenize_splits(
-            data,
-            tokenizer,
-            data_args.max_seq_length,
-            data_args.preprocessing_num_workers,
-            not data_args.overwrite_cache,
-        )
+    tokenizer, tokenized = load_tokenized(
+        model_args.tokenizer_name or base, data, data_args, training_args, model_args.cache_dir
+    )
 
     # A classifier already trained for these labels (a distilled student) keeps its head and id2label;
     # a pretrained encoder gets a fresh head with the data set's labels.

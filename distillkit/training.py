@@ -1,21 +1,66 @@
-"""The train → evaluate → test → save flow every script ends with, and the records it leaves behind."""
+"""What every script starts with (logging, output directory, seed, data, tokens) and the train → evaluate → test →
+save flow it ends with, with the records it leaves behind."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datasets import DatasetDict
-from transformers import Trainer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, set_seed
 
-from .cli import FINISHED_MARKER, clear_stale_checkpoints
+from .cli import FINISHED_MARKER, clear_stale_checkpoints, resolve_output_dir, setup_logging
+from .data import DataTrainingArguments, TextClassificationData, load_text_classification_data, tokenize_splits
 from .hub import defer_push_to_hub, push_run, wants_push
 from .model_card import write_model_card
 from .students import count_parameters
 
+if TYPE_CHECKING:
+    from distill_trainer import DistillationTrainingArguments
+
 logger = logging.getLogger(__name__)
+
+
+def start_run(
+    training_args: DistillationTrainingArguments, data_args: DataTrainingArguments, cache_dir: str | None = None
+) -> tuple[str | None, TextClassificationData]:
+    """Logging, the output-directory decision, the seed and the data: how every script starts.
+
+    Returns (checkpoint to resume from or None, the data). Only reads: bad input fails here before anything is
+    written. The data is loaded by the main process first, so the others reuse its datasets cache.
+    """
+    setup_logging(training_args)
+    resume_from = resolve_output_dir(
+        training_args.output_dir, training_args.overwrite_output_dir, training_args.resume_from_checkpoint
+    )
+    set_seed(training_args.seed)
+    with training_args.main_process_first(desc="loading the data set"):
+        data = load_text_classification_data(
+            data_args, seed=training_args.seed, cache_dir=cache_dir, class_names=training_args.class_names
+        )
+    return resume_from, data
+
+
+def load_tokenized(
+    tokenizer_name_or_path: str,
+    data: TextClassificationData,
+    data_args: DataTrainingArguments,
+    training_args: DistillationTrainingArguments,
+    cache_dir: str | None = None,
+) -> tuple[PreTrainedTokenizerBase, DatasetDict]:
+    """The tokenizer and every split tokenised with it (by the main process first)."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path, cache_dir=cache_dir)
+    with training_args.main_process_first(desc="tokenizing"):
+        tokenized = tokenize_splits(
+            data,
+            tokenizer,
+            data_args.max_seq_length,
+            data_args.preprocessing_num_workers,
+            not data_args.overwrite_cache,
+        )
+    return tokenizer, tokenized
 
 
 def train_evaluate_save(
