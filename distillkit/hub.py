@@ -18,12 +18,12 @@ from typing import Any
 from huggingface_hub import HfApi, get_token
 
 from .cli import UsageError
-from .model_card import write_model_card
+from .model_card import MERGED_SUBDIR, write_model_card
 
 logger = logging.getLogger(__name__)
 
 # What the Trainer never uploads (private files, checkpoints), plus a LoRA run's merged model (its own repo).
-IGNORE_PATTERNS = ["_*", "checkpoint-*", "merged/*"]
+IGNORE_PATTERNS = ["_*", "checkpoint-*", f"{MERGED_SUBDIR}/*"]
 MERGED_REPO_SUFFIX = "-merged"
 _PUSH_AT_END = "_push_to_hub_at_end"
 

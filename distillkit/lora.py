@@ -17,11 +17,11 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .cli import UsageError
+from .model_card import MERGED_SUBDIR, write_model_card
 
 logger = logging.getLogger(__name__)
 
 ALL_LINEAR = "all-linear"
-MERGED_SUBDIR = "merged"
 
 
 @dataclass
@@ -193,13 +193,15 @@ def cosine_term_problem(model_config: PretrainedConfig, teacher_config: Pretrain
 def merge_and_save(
     peft_model: PeftModel, tokenizer: PreTrainedTokenizerBase, output_dir: str, record: dict[str, Any]
 ) -> PreTrainedModel:
-    """Fold the adapter into its base (in place) and save a plain model that `pipeline()` loads.
+    """Fold the adapter into its base (in place) and save a plain model that `pipeline()` loads, with its card.
 
-    The merged config's `training_record` is the LoRA run's, so the merged model says how it was made.
+    The merged config's `training_record` is the LoRA run's, so the merged model says how it was made. Call it
+    after the run's `all_results.json` is written beside the adapter: the card copies its metrics from there.
     """
     merged = peft_model.merge_and_unload()
     merged.config.training_record = record
     merged.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
+    write_model_card(output_dir)
     logger.info(f"merged model written to {output_dir}")
     return merged

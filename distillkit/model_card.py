@@ -224,7 +224,7 @@ def _training_section(records: RunRecords) -> str:
     rows: list[tuple[str, Any]] = [("method", f"`{records.method}`")]
     if "layers" in rec:
         rows += [
-            ("teacher", f"`{rec.get('teacher')}`"),
+            ("teacher", f"`{rec['teacher']}`" if rec.get("teacher") else None),  # LoRA on a student: none
             ("teacher layers kept (1-based)", ", ".join(str(k) for k in rec["layers"])),
             ("teacher depth", rec.get("teacher_num_layers")),
         ]

@@ -4,26 +4,43 @@ import json
 import re
 import shutil
 
-import pandas as pd
 import pytest
-import torch
 import yaml
 from conftest import common_args
 from huggingface_hub import ModelCard
-from peft import LoraConfig, TaskType, get_peft_model
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig
 
 import run_distill
-from distillkit.metrics import classification_metrics, softmax
+import run_lora
 from distillkit.model_card import METRICS, SPLITS, read_run_records, write_model_card
-from distillkit.students import count_parameters
 
 
 @pytest.fixture(scope="module")
-def student_dir(tmp_path_factory, tiny_classifier_dir, tiny_data_dir):
-    out = tmp_path_factory.mktemp("card") / "even"
-    run_distill.main(common_args(tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, layers="even"))
-    return out
+def experiment(tmp_path_factory, tiny_base_model_dir, tiny_data_dir):
+    """Every kind of saved directory, as the scripts write it: run_distill.py from a headless base (EXP/teacher,
+    EXP/even), then run_lora.py --merge on the student (EXP/lora_even, EXP/lora_even/merged)."""
+    exp = tmp_path_factory.mktemp("card") / "EXP"
+    run_distill.main(
+        common_args(
+            tiny_data_dir, exp / "even", teacher_name_or_path=tiny_base_model_dir, layers="even",
+            teacher_num_train_epochs=1, teacher_learning_rate=1e-3,
+        )
+    )  # fmt: skip
+    run_lora.main(
+        common_args(tiny_data_dir, exp / "lora_even", model_name_or_path=exp / "even", lora_r=4, lora_alpha=8)
+        + ["--merge", "true"]
+    )
+    return exp
+
+
+@pytest.fixture(scope="module")
+def student_dir(experiment):
+    return experiment / "even"
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(experiment):
+    return experiment / "lora_even"
 
 
 def front_matter(path) -> dict:
@@ -49,6 +66,24 @@ def assert_model_index_equals_results(card: ModelCard, results: dict) -> None:
 
 def python_block(text: str) -> str:
     return re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
+
+
+@pytest.mark.parametrize("saved", ["teacher", "even", "lora_even", "lora_even/merged"])
+def test_every_saved_directory_has_a_card_equal_to_its_results(experiment, saved):
+    """The card the scripts themselves wrote (nothing here rewrites it): YAML that parses, the run's numbers."""
+    directory = experiment / saved
+    assert (directory / "README.md").is_file(), f"{saved} has no model card"
+    meta = front_matter(directory / "README.md")
+    assert meta["pipeline_tag"] == "text-classification" and meta["model-index"]
+    # A merged model has no all_results.json of its own: its numbers are the adapter run's.
+    results_dir = directory.parent if saved.endswith("/merged") else directory
+    results = json.loads((results_dir / "all_results.json").read_text())
+    card = ModelCard.load(directory / "README.md")
+    assert_model_index_equals_results(card, results)
+    assert f"trainable parameters | {results['trainable_params']:,}" in card.text
+    assert f"total parameters | {results['total_params']:,} |" in card.text
+    for split, key in (("train", "train_samples"), ("validation", "eval_samples"), ("test", "test_samples")):
+        assert f"{split} rows | {results[key]:,} |" in card.text
 
 
 def test_distilled_student_card(student_dir, capsys):
@@ -106,40 +141,7 @@ def test_hub_ids_become_metadata(student_dir, tmp_path):
     assert "labels | 0 = `non-toxic`, 1 = `toxic` |" in card.text
 
 
-def _evaluate(model, tokenizer, csv_path) -> dict:
-    frame = pd.read_csv(csv_path)
-    batch = tokenizer(list(frame["text"]), padding=True, truncation=True, max_length=32, return_tensors="pt")
-    with torch.no_grad():
-        logits = model(**batch).logits.numpy()
-    return classification_metrics(softmax(logits), frame["label"].to_numpy())
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory, tiny_classifier_dir, tiny_data_dir):
-    """A real PEFT LoRA adapter with a merged copy, laid out as a LoRA run saves it (EXP/lora, EXP/lora/merged)."""
-    out = tmp_path_factory.mktemp("lora_run") / "lora"
-    torch.manual_seed(0)
-    base = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier_dir)
-    model = get_peft_model(
-        base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["query", "value"])
-    )
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    trainable, total = count_parameters(model)
-    results = {"method": "lora", "trainable_params": trainable, "total_params": total, "train_samples": 96}
-    model.eval()
-    for prefix, split in SPLITS:
-        metrics = _evaluate(model, tokenizer, tiny_data_dir / f"{split}.csv")
-        results.update({f"{prefix}_{k}": v for k, v in metrics.items()})
-    (out / "all_results.json").write_text(json.dumps(results))
-    merged = model.merge_and_unload()
-    merged.save_pretrained(out / "merged")
-    tokenizer.save_pretrained(out / "merged")
-    return out
-
-
-def test_adapter_card(adapter_dir, tiny_classifier_dir, capsys):
+def test_adapter_card(adapter_dir, capsys):
     write_model_card(str(adapter_dir))
     results = json.loads((adapter_dir / "all_results.json").read_text())
     meta = front_matter(adapter_dir / "README.md")
@@ -147,7 +149,10 @@ def test_adapter_card(adapter_dir, tiny_classifier_dir, capsys):
     assert {"lora", "peft", "text-classification"} <= set(meta["tags"])
     card = ModelCard.load(adapter_dir / "README.md")
     assert_model_index_equals_results(card, results)
-    assert "LoRA rank `r` | 4 |" in card.text and "`lora_alpha` | 8 |" in card.text
+    lora = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert lora["r"] == 4 and "LoRA rank `r` | 4 |" in card.text
+    assert f"`lora_alpha` | {lora['lora_alpha']} |" in card.text
+    assert "teacher | `None`" not in card.text  # no KD teacher in this run: no teacher row
     assert "target modules | query, value |" in card.text
     assert f"trainable parameters | {results['trainable_params']:,}" in card.text
     exec(python_block(card.text), {})  # noqa: S102 -- the card's snippet: AutoPeftModel… on its local base
@@ -175,7 +180,7 @@ def test_merged_card_reads_its_adapter_records(adapter_dir, capsys):
     assert meta["library_name"] == "transformers"
     assert {"lora", "merged"} <= set(meta["tags"])
     card = ModelCard.load(merged / "README.md")
-    assert card.data.model_name == "lora-merged" and "peft" not in meta["tags"]
+    assert card.data.model_name == f"{adapter_dir.name}-merged" and "peft" not in meta["tags"]
     assert_model_index_equals_results(card, json.loads((adapter_dir / "all_results.json").read_text()))
     exec(python_block(card.text), {})  # noqa: S102 -- the card's snippet: a plain pipeline
     assert "'label':" in capsys.readouterr().out
