@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -115,6 +119,42 @@ def common_args(data_dir: Path, output_dir: Path, **overrides) -> list[str]:
     for key, value in args.items():
         out += [f"--{key}", value]
     return out
+
+
+def kill_at_checkpoint_then_resume(script: str, argv: list, output_dir: Path, checkpoint_step: int) -> dict:
+    """Run `script` in a subprocess, SIGKILL it once checkpoint-<checkpoint_step> is complete, run it again.
+
+    Asserts what every resumable script must do: the killed run left no finished marker, the second run says
+    which checkpoint it resumed from (at or after the one waited for), finishes, and leaves one unbroken loss
+    history (each step logged once, the steps before the checkpoint kept). Needs `logging_steps=1` in `argv`.
+    Returns the final trainer_state.json, for the caller's own checks (e.g. the global step).
+    """
+    cmd = [sys.executable, script, *[str(a) for a in argv]]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # trainer_state.json is the last file the Trainer writes into a checkpoint.
+    marker = output_dir / f"checkpoint-{checkpoint_step}" / "trainer_state.json"
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline, f"no {marker} after 240 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (output_dir / "all_results.json").exists()
+
+    done = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = [line for line in (done.stdout + done.stderr).splitlines() if "Resuming training from" in line]
+    assert resumed and "checkpoint-" in resumed[0], "the second run did not resume from a checkpoint"
+    resumed_step = int(resumed[0].rsplit("checkpoint-", 1)[1].split()[0])
+    assert resumed_step >= checkpoint_step
+    assert (output_dir / "all_results.json").is_file()
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    # Steps 1..resumed_step come from the checkpoint's history, the rest from the second run: none redone or lost.
+    logged = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert logged == list(range(1, state["global_step"] + 1)), logged
+    return state
 
 
 @pytest.fixture(autouse=True)

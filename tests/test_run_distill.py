@@ -1,16 +1,12 @@
 """run_distill.py end to end on tiny models: outputs, teacher reuse, refusal, argument files, resume."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-import yaml
-from conftest import REPO, common_args
+from conftest import REPO, common_args, kill_at_checkpoint_then_resume
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 import run_distill
@@ -176,26 +172,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_classifier_d
         tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, num_train_epochs=10, save_strategy="steps",
         save_steps=3, save_total_limit=50, logging_steps=1,
     )  # fmt: skip
-    cmd = [sys.executable, "run_distill.py", *[str(a) for a in argv]]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and not (out / "checkpoint-3" / "trainer_state.json").exists():
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "all_results.json").exists()
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    resumed = [line for line in (done.stdout + done.stderr).splitlines() if "Resuming training from" in line]
-    assert resumed and "checkpoint-" in resumed[0]
-    step = int(resumed[0].rsplit("checkpoint-", 1)[1].split()[0])
-    assert step >= 3
-    state = json.loads((out / "trainer_state.json").read_text())
-    assert state["global_step"] == 10 * 12
-    # The resumed run did not redo the steps before the checkpoint: its log starts after them.
-    assert (out / "all_results.json").is_file()
+    state = kill_at_checkpoint_then_resume("run_distill.py", argv, out, checkpoint_step=3)
+    assert state["global_step"] == 10 * 12  # 10 epochs of 96 rows in batches of 8
 
 
 @pytest.mark.parametrize("script", ["run_distill", "run_finetune", "run_lora", "run_eval", "run_compare"])
