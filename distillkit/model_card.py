@@ -296,11 +296,14 @@ def _results_section(records: RunRecords) -> str:
 def usage_snippet(records: RunRecords, reference: str) -> str:
     """How to load this directory (or its Hub copy) and classify a comment."""
     if records.adapter is not None and not records.merged:
+        # A headless base (a pretrained encoder) knows no class names, nor the count: the run recorded both.
+        labels = {int(k): v for k, v in records.id2label.items()}
+        head = f", num_labels={len(labels)}, id2label={labels!r}" if labels else ""
         return (
             "```python\n"
             "from peft import AutoPeftModelForSequenceClassification\n"
             "from transformers import AutoTokenizer, pipeline\n\n"
-            f'model = AutoPeftModelForSequenceClassification.from_pretrained("{reference}")\n'
+            f'model = AutoPeftModelForSequenceClassification.from_pretrained("{reference}"{head})\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{reference}")\n'
             'classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
             'print(classifier("thanks for fixing the citation"))\n'

@@ -18,7 +18,8 @@ from distillkit.model_card import METRICS, SPLITS, read_run_records, write_model
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, tiny_base_model_dir, tiny_data_dir):
     """Every kind of saved directory, as the scripts write it: run_distill.py from a headless base (EXP/teacher,
-    EXP/even), then run_lora.py --merge on the student (EXP/lora_even, EXP/lora_even/merged)."""
+    EXP/even), run_lora.py --merge on that headless base with named labels (EXP/lora, EXP/lora/merged), and
+    run_lora.py on the student (EXP/lora_even)."""
     exp = tmp_path_factory.mktemp("card") / "EXP"
     run_distill.main(
         common_args(
@@ -27,9 +28,10 @@ def experiment(tmp_path_factory, tiny_base_model_dir, tiny_data_dir):
         )
     )  # fmt: skip
     run_lora.main(
-        common_args(tiny_data_dir, exp / "lora_even", model_name_or_path=exp / "even", lora_r=4, lora_alpha=8)
-        + ["--merge", "true"]
+        common_args(tiny_data_dir, exp / "lora", model_name_or_path=tiny_base_model_dir, lora_r=4, lora_alpha=8)
+        + ["--merge", "true", "--label_names", "non-toxic,toxic"]
     )
+    run_lora.main(common_args(tiny_data_dir, exp / "lora_even", model_name_or_path=exp / "even"))
     return exp
 
 
@@ -40,7 +42,7 @@ def student_dir(experiment):
 
 @pytest.fixture(scope="module")
 def adapter_dir(experiment):
-    return experiment / "lora_even"
+    return experiment / "lora"
 
 
 def front_matter(path) -> dict:
@@ -68,7 +70,7 @@ def python_block(text: str) -> str:
     return re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
 
 
-@pytest.mark.parametrize("saved", ["teacher", "even", "lora_even", "lora_even/merged"])
+@pytest.mark.parametrize("saved", ["teacher", "even", "lora", "lora/merged", "lora_even"])
 def test_every_saved_directory_has_a_card_equal_to_its_results(experiment, saved):
     """The card the scripts themselves wrote (nothing here rewrites it): YAML that parses, the run's numbers."""
     directory = experiment / saved
@@ -152,11 +154,18 @@ def test_adapter_card(adapter_dir, capsys):
     lora = json.loads((adapter_dir / "adapter_config.json").read_text())
     assert lora["r"] == 4 and "LoRA rank `r` | 4 |" in card.text
     assert f"`lora_alpha` | {lora['lora_alpha']} |" in card.text
-    assert "teacher | `None`" not in card.text  # no KD teacher in this run: no teacher row
     assert "target modules | query, value |" in card.text
     assert f"trainable parameters | {results['trainable_params']:,}" in card.text
     exec(python_block(card.text), {})  # noqa: S102 -- the card's snippet: AutoPeftModel… on its local base
-    assert "'label':" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert any(f"'label': '{name}'" in printed for name in results["id2label"].values()), printed
+
+
+def test_lora_on_a_student_card(experiment):
+    card = ModelCard.load(experiment / "lora_even" / "README.md")
+    assert f"trained on top of `{experiment / 'even'}`" in card.text
+    assert "method | `lora_student` |" in card.text and "teacher layers kept (1-based) | 2, 4 |" in card.text
+    assert "| teacher |" not in card.text  # trained without a distillation teacher: no teacher row
 
 
 def test_adapter_base_model_from_adapter_config(adapter_dir, tmp_path):
