@@ -9,6 +9,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,22 @@ def test_all_configs_are_listed():
         "configs/accelerate/fsdp.yaml",
         "configs/accelerate/multi_node.yaml",
     }
+    # Every other file there is one this module reads: a new config must come with its test.
+    others = {p.name for p in (REPO / "configs/accelerate").iterdir()} - {Path(c).name for c in CONFIGS}
+    assert others == {"README.md", "deepspeed_zero2.json", "deepspeed_zero3.json"}  # test_deepspeed_configs
+
+
+def test_every_config_path_the_docs_and_help_name_exists():
+    """A renamed config must not leave a stale name in a README, a config's comments or a script's --help."""
+    sources = [REPO / "README.md", *REPO.glob("configs/accelerate/*"), *REPO.glob("*.py"), *REPO.glob("*.yaml")]
+    named = {
+        (source.name, path)
+        for source in sources
+        for path in re.findall(r"configs/[\w./-]*\w\.(?:yaml|json)", source.read_text())
+    }
+    assert {path for _, path in named} >= {"configs/accelerate/cpu_ddp_2proc.yaml"}
+    missing = sorted((source, path) for source, path in named if not (REPO / path).is_file())
+    assert not missing, missing
 
 
 @pytest.fixture(autouse=True)
