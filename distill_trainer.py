@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from distillkit.losses import LossWeights, distillation_loss
+from distillkit.teacher_logits import TEACHER_LOGITS_COLUMN, add_teacher_logits, default_cache_dir, precision_name
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +31,25 @@ class DistillationTrainingArguments(TrainingArguments):
             "help": "Weight of KL(teacher || student) on temperature-softened logits (× T²). 0 skips the teacher's logits."
         },
     )
-    alpha_cos: float = field(
-        default=1.0,
+    alpha_cos: float | None = field(
+        default=None,
         metadata={
-            "help": "Weight of the cosine loss between each student layer's hidden states and its source teacher layer's. 0 skips it."
+            "help": "Weight of the cosine loss between each student layer's hidden states and its source teacher layer's. 0 skips it. Default 1, or 0 with --cache_teacher_logits."
         },
     )
     temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the KL term."})
+    cache_teacher_logits: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the teacher's logits on the training set once (batched, no grad, in the run's precision), cache them on disk and train the KL term on them instead of running the teacher every step. The cosine term needs the live teacher, so it is off unless --alpha_cos is given."
+        },
+    )
+    teacher_logits_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where --cache_teacher_logits keeps its files, one folder per teacher + training tokens + precision (default: `teacher_logits` beside --output_dir)."
+        },
+    )
     # TrainingArguments' `label_names` (the batch key of the labels) is always "labels" in our scripts, so the
     # flag users know from the issue tracker, `--label_names`, names the classes instead (→ id2label).
     label_names: list[str] | None = field(
@@ -70,6 +83,11 @@ class DistillationTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        # The cosine term compares hidden states, which only a live teacher has: cached logits turn it off unless the
+        # user asked for it (the trainer logs which).
+        self.cosine_off_for_cached_logits = self.alpha_cos is None and self.cache_teacher_logits
+        if self.alpha_cos is None:
+            self.alpha_cos = 0.0 if self.cache_teacher_logits else 1.0
         super().__post_init__()
         for name in ("alpha_ce", "alpha_kl", "alpha_cos"):
             if getattr(self, name) < 0:
@@ -78,6 +96,11 @@ class DistillationTrainingArguments(TrainingArguments):
             raise ValueError("--alpha_ce, --alpha_kl and --alpha_cos are all 0: at least one loss term must be on")
         if self.temperature <= 0:
             raise ValueError(f"--temperature {self.temperature}: must be > 0")
+        if self.cache_teacher_logits and not self.alpha_kl:
+            raise ValueError(
+                "--cache_teacher_logits caches the teacher's logits for the KL term, but --alpha_kl is 0: "
+                "set --alpha_kl > 0 or drop the flag"
+            )
         if self.label_names not in (None, ["labels"]):
             self.class_names = self.label_names
         if self.class_names is not None:
@@ -95,6 +118,11 @@ class DistillationTrainingArguments(TrainingArguments):
     @property
     def uses_teacher(self) -> bool:
         return self.alpha_kl > 0 or self.alpha_cos > 0
+
+    @property
+    def needs_live_teacher(self) -> bool:
+        """Whether the teacher runs on every training step (cached logits spare it unless the cosine term is on)."""
+        return self.alpha_cos > 0 or (self.alpha_kl > 0 and not self.cache_teacher_logits)
 
 
 def _config_of(model: nn.Module):
@@ -159,7 +187,9 @@ class DistillationTrainer(Trainer):
 
     `layer_map[i]` is the 1-based teacher layer that student layer i+1 is compared with in the cosine term;
     by default the `distillation_layers` a student built by `build_student` records in its config.
-    With `alpha_kl = alpha_cos = 0` no teacher is needed and this is plain fine-tuning.
+    With `alpha_kl = alpha_cos = 0` no teacher is needed and this is plain fine-tuning. With `cache_teacher_logits` the
+    teacher's logits are computed once for the training set (see distillkit/teacher_logits.py) and the teacher only
+    runs during training if the cosine term is on.
     """
 
     def __init__(
@@ -192,7 +222,43 @@ class DistillationTrainer(Trainer):
             self.layer_map = self._resolve_layer_map(teacher_model, layer_map)
         teacher_model.eval()
         teacher_model.requires_grad_(False)
-        self.teacher = self._prepare_teacher(teacher_model)
+        if args.cache_teacher_logits:
+            self.train_dataset = self._with_cached_teacher_logits(teacher_model)
+        if args.needs_live_teacher:
+            self.teacher = self._prepare_teacher(teacher_model)
+
+    def _with_cached_teacher_logits(self, teacher: nn.Module):
+        if self.args.cosine_off_for_cached_logits:
+            logger.warning(
+                "--cache_teacher_logits: the hidden-state cosine term needs the live teacher, so it is off "
+                "(--alpha_cos 0); pass --alpha_cos explicitly to keep it"
+            )
+        elif self.loss_weights.cos:
+            logger.warning(
+                f"--cache_teacher_logits with --alpha_cos {self.loss_weights.cos}: the KL term reads the cached logits, "
+                "but the teacher still runs on every step for its hidden states, so caching saves little"
+            )
+        if self.train_dataset is None:
+            raise ValueError("--cache_teacher_logits needs a training set to compute the teacher's logits on")
+        cache_dir = self.args.teacher_logits_cache_dir or default_cache_dir(self.args.output_dir)
+        # The main process computes and writes the cache; the others then read its file.
+        with self.args.main_process_first(desc="caching the teacher's logits"):
+            return add_teacher_logits(
+                self.train_dataset,
+                teacher,
+                self.data_collator,
+                cache_dir,
+                batch_size=self.args.per_device_eval_batch_size,
+                device=self.args.device,
+                precision=precision_name(self.args),
+                autocast=self.accelerator.autocast,  # the precision the live teacher would run in
+            )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # The Trainer keeps only the columns the model's forward takes; the cached logits must reach compute_loss.
+        super()._set_signature_columns_if_needed()
+        if TEACHER_LOGITS_COLUMN not in self._signature_columns:
+            self._signature_columns.append(TEACHER_LOGITS_COLUMN)
 
     def _check_compatible(self, teacher: PreTrainedModel) -> None:
         s_cfg, t_cfg = _config_of(self.model), _config_of(teacher)
@@ -244,18 +310,26 @@ class DistillationTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         labels = inputs["labels"]
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        cached_logits = inputs.get(TEACHER_LOGITS_COLUMN)
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", TEACHER_LOGITS_COLUMN)}
         # Evaluation and prediction score the student alone, by its cross-entropy.
         weights = self.loss_weights if model.training else LossWeights(ce=1.0, kl=0.0, cos=0.0)
-        use_teacher = model.training and (weights.kl > 0 or weights.cos > 0)
-        want_hidden = use_teacher and weights.cos > 0
+        want_hidden = model.training and weights.cos > 0
+        run_teacher = want_hidden or (model.training and weights.kl > 0 and cached_logits is None)
+        if run_teacher and self.teacher is None:
+            raise ValueError(
+                f"this training batch has no {TEACHER_LOGITS_COLUMN!r} and the teacher was not kept for live use: "
+                "train on the dataset the trainer cached them in (trainer.train_dataset)"
+            )
 
         outputs = model(**model_inputs, output_hidden_states=want_hidden)
-        teacher_logits = student_hidden = teacher_hidden = None
-        if use_teacher:
+        teacher_logits = cached_logits if weights.kl > 0 else None
+        student_hidden = teacher_hidden = None
+        if run_teacher:
             with torch.no_grad():
                 teacher_out = self.teacher(**model_inputs, output_hidden_states=want_hidden)
-            teacher_logits = teacher_out.logits
+            if teacher_logits is None:
+                teacher_logits = teacher_out.logits
             if want_hidden:
                 # hidden_states[0] is the embedding output; hidden_states[k] is layer k's output.
                 student_hidden = outputs.hidden_states[1:]

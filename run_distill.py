@@ -4,7 +4,8 @@
     accelerate launch run_distill.py --layers even --dataset_name OxAISH-AL-LLM/wiki_toxic --output_dir EXP/even
 
 Stage 1 (only when needed): fine-tune the teacher into EXP/teacher (reused by later runs).
-Stage 2: build the student from the chosen teacher layers and train it with CE + KL + hidden-state cosine.
+Stage 2: build the student from the chosen teacher layers and train it with CE + KL + hidden-state cosine
+(`--cache_teacher_logits`: the teacher's logits are computed once and the teacher does not run during training).
 Any argument may also come from one .json/.yaml file: `python run_distill.py args.yaml`.
 """
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         "alpha_kl": training_args.alpha_kl,
         "alpha_cos": training_args.alpha_cos,
         "temperature": training_args.temperature,
+        **({"cache_teacher_logits": True} if training_args.cache_teacher_logits else {}),
         "dataset": data.source,
         "seed": training_args.seed,
     }

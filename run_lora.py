@@ -5,7 +5,8 @@
     accelerate launch run_lora.py --model_name_or_path EXP/even --dataset_name hate_speech18 --output_dir EXP/lora_even
 
 The base is a pretrained encoder (it gets a fresh head), a fine-tuned classifier, or a student written by
-run_distill.py (the hybrid: "lora_student"). `--teacher_name_or_path` adds run_distill.py's distillation terms.
+run_distill.py (the hybrid: "lora_student"). `--teacher_name_or_path` adds run_distill.py's distillation terms
+(`--cache_teacher_logits`: computed once, with no teacher forward during training).
 `--merge` also writes the adapter folded into its base, a plain model, to OUTPUT_DIR/merged.
 Any argument may also come from one .json/.yaml file: `python run_lora.py args.yaml`.
 """
@@ -62,17 +63,24 @@ class LoraTrainingArguments(DistillationTrainingArguments):
     alpha_cos: float | None = field(
         default=None,
         metadata={
-            "help": "Weight of the hidden-state cosine term (default 1 with --teacher_name_or_path, else 0; off when hidden sizes differ)."
+            "help": "Weight of the hidden-state cosine term (default 1 with --teacher_name_or_path, else 0; 0 with --cache_teacher_logits; off when hidden sizes differ)."
         },
     )
 
     def __post_init__(self) -> None:
-        for name in ("alpha_kl", "alpha_cos"):
-            value = getattr(self, name)
-            if value is None:
-                setattr(self, name, 1.0 if self.teacher_name_or_path else 0.0)
-            elif value > 0 and not self.teacher_name_or_path:
-                raise ValueError(f"--{name} {value} needs a teacher: pass --teacher_name_or_path, or leave it at 0")
+        if self.cache_teacher_logits and not self.teacher_name_or_path:
+            raise ValueError("--cache_teacher_logits caches a teacher's logits: pass --teacher_name_or_path")
+        if self.teacher_name_or_path:
+            if self.alpha_kl is None:
+                self.alpha_kl = 1.0
+            # An unset --alpha_cos is resolved by DistillationTrainingArguments: 1, or 0 with cached logits.
+        else:
+            for name in ("alpha_kl", "alpha_cos"):
+                value = getattr(self, name)
+                if value is None:
+                    setattr(self, name, 0.0)
+                elif value > 0:
+                    raise ValueError(f"--{name} {value} needs a teacher: pass --teacher_name_or_path, or leave it at 0")
         super().__post_init__()
 
 
@@ -137,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
             alpha_kl=training_args.alpha_kl,
             alpha_cos=training_args.alpha_cos,
             temperature=training_args.temperature,
+            **({"cache_teacher_logits": True} if training_args.cache_teacher_logits else {}),
         )
     try:
         trainer = build_trainer(model, training_args, tokenized, tokenizer, teacher_model=teacher)

@@ -133,6 +133,7 @@ def teacher_training_args(training_args, teacher_dir: str, args: TeacherArgument
         alpha_ce=1.0,
         alpha_kl=0.0,
         alpha_cos=0.0,
+        cache_teacher_logits=False,  # there is no teacher to cache for the teacher itself
         overwrite_output_dir=False,
         do_train=True,
         run_name=f"{training_args.run_name or 'run'}-teacher" if training_args.run_name else None,
