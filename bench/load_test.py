@@ -12,7 +12,6 @@ clients, duration and request count have ceilings.
 from __future__ import annotations
 
 import asyncio
-import csv
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import refuse_to_overwrite, write_csv
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 
 MAX_CLIENTS = 1000
@@ -168,19 +168,11 @@ def summarise(records: list[RequestRecord], elapsed: float, args: LoadTestArgume
     }
 
 
-def write_csv(path: str, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((LoadTestArguments,), argv)
     summary_path = os.path.join(args.output_dir, SUMMARY_FILE)
-    if os.path.exists(summary_path) and not args.overwrite_output_dir:
-        raise UsageError(f"--output_dir {args.output_dir} already holds {SUMMARY_FILE}; pass --overwrite_output_dir")
+    refuse_to_overwrite(args.output_dir, (SUMMARY_FILE,), args.overwrite_output_dir)
     print(f"{args.clients} clients for {args.duration:g} s against {args.url} ...", flush=True)
     records, elapsed, models = asyncio.run(run_load(args))
     summary = summarise(records, elapsed, args, models)
