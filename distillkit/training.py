@@ -122,17 +122,24 @@ def build_trainer(
     tokenizer,
     teacher_model=None,
     layer_map: list[int] | None = None,
+    data_collator=None,
     **kwargs: Any,
 ) -> Trainer:
-    """A `DistillationTrainer` on our splits, with dynamic padding and our metrics (no teacher = fine-tuning)."""
+    """A `DistillationTrainer` on our splits, with our metrics (no teacher = fine-tuning).
+
+    Batches are padded dynamically unless `data_collator` says otherwise (bench/train_throughput.py times the
+    references' pad-to-max-length recipe through it).
+    """
     from transformers import DataCollatorWithPadding
 
     from distill_trainer import DistillationTrainer
 
     from .metrics import compute_metrics
 
-    # Multiples of 8 let fp16/bf16 kernels use tensor cores; on fp32 exact lengths pad least.
-    pad_to = 8 if (training_args.fp16 or training_args.bf16) else None
+    if data_collator is None:
+        # Multiples of 8 let fp16/bf16 kernels use tensor cores; on fp32 exact lengths pad least.
+        pad_to = 8 if (training_args.fp16 or training_args.bf16) else None
+        data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to)
     return DistillationTrainer(
         model=model,
         args=defer_push_to_hub(training_args),  # see distillkit/hub.py: we push once, at the end
@@ -141,7 +148,7 @@ def build_trainer(
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to),
+        data_collator=data_collator,
         compute_metrics=compute_metrics,
         **kwargs,
     )
