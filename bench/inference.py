@@ -1,0 +1,284 @@
+#!/usr/bin/env python
+"""Inference speed of a teacher, its odd and even students, and LoRA on it (unmerged and merged): same inputs, same
+device, one process.
+
+    python bench/inference.py --output_dir OUT/inference                 # real MiniLM (6 → 3) and bert-base (12 → 6)
+    python bench/inference.py --teachers random-bert-base --output_dir OUT/inference_base
+    python bench/inference.py --quick --output_dir OUT/inference_quick   # seconds-long smoke run
+
+The models are the project's own: students from `distillkit.students.build_student` (the teacher's odd / even
+layers), LoRA from `distillkit.lora.apply_lora` with run_lora.py's default adapter (r 8 on query,value, trained head),
+merged with PEFT's `merge_and_unload` as run_lora.py --merge does. Weights are untrained (a random-init bert-base, or
+the MiniLM encoder with a fresh head): speed does not depend on them. Inputs are real comments from the data set's test
+split, the same texts in the same order for every model.
+
+Timing is run_eval's (`distillkit.evaluation.measure_speed`): after a warm-up, --latency_runs single-text forward passes
+and --throughput_texts texts in batches of 32. p50/p90 come from the same single-text calls, timed one by one by a
+forward hook (measure_speed reports only their median, which is written beside them as `latency_ms_b1_eval`).
+--repeats rounds run every model once each, the order rotated every round; latencies pool all rounds, throughput is
+the median round. Ratios are the teacher's figure over the model's (latency) and the model's over the teacher's
+(throughput): above 1 is faster than the teacher.
+
+Writes OUTPUT_DIR/inference.csv (one row per teacher and model) and prints a table per teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    DEFAULT_DATASET,
+    DEFAULT_TEACHER,
+    RANDOM_BERT_BASE,
+    RANDOM_TINY,
+    bench_session,
+    default_tokenizer_for,
+    load_bench_teacher,
+    median,
+    percentile,
+    print_table,
+    refuse_to_overwrite,
+    resolve_device,
+    write_csv,
+)
+from distillkit.cli import UsageError, exit_on_usage_error, parse_args
+from distillkit.data import DataTrainingArguments, load_text_classification_data
+from distillkit.evaluation import SPEED_BATCH_SIZE, SpeedSettings, measure_speed
+from distillkit.lora import LoraArguments, apply_lora
+from distillkit.students import build_student, count_parameters, select_layers
+
+RESULTS_FILE = "inference.csv"
+MODELS = ("teacher", "odd", "even", "lora", "lora_merged")
+QUICK = {
+    "teachers": [RANDOM_TINY],
+    "latency_runs": 10,
+    "throughput_texts": 64,
+    "warmup": 2,
+    "repeats": 1,
+    "max_seq_length": 64,
+    "num_threads": 1,
+}
+
+
+@dataclass
+class InferenceArguments:
+    output_dir: str = field(metadata={"help": f"Where {RESULTS_FILE} is written."})
+    teachers: list[str] = field(
+        default_factory=lambda: [DEFAULT_TEACHER, RANDOM_BERT_BASE],
+        metadata={
+            "help": "Teachers to time with their students and LoRA: local checkpoints, random-bert-base (12 layers) or random-tiny."
+        },
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer (default: each teacher's; the MiniLM one for random teachers)."}
+    )
+    dataset_name: str = field(default=DEFAULT_DATASET, metadata={"help": "Real comments (its test split) as inputs."})
+    latency_runs: int = field(default=200, metadata={"help": "Single-text forward passes per model and repeat."})
+    throughput_texts: int = field(default=512, metadata={"help": "Texts timed in batches of 32 per model and repeat."})
+    warmup: int = field(default=5, metadata={"help": "Untimed single-text passes (and one batch) first."})
+    repeats: int = field(default=3, metadata={"help": "Rounds over all models, order rotated each round."})
+    max_seq_length: int = field(default=128, metadata={"help": "Truncation of the inputs (batches pad dynamically)."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (run_lora.py's default)."})
+    lora_target_modules: str = field(default="query,value", metadata={"help": "Modules LoRA adapts (as run_lora.py)."})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda[:N]."})
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Weights and compute: float32, bfloat16 or float16 (GPU).",
+            "choices": ["float32", "bfloat16", "float16"],
+        },
+    )
+    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random teachers and LoRA weights."})
+    quick: bool = field(
+        default=False,
+        metadata={"help": "Seconds-long smoke run: random-tiny teacher, 10 single texts, 64 in batches, 1 thread."},
+    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier run's CSV."})
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            defaults = {
+                f.name: (f.default_factory() if callable(f.default_factory) else f.default) for f in fields(self)
+            }
+            for name, value in QUICK.items():
+                if getattr(self, name) == defaults[name]:
+                    setattr(self, name, value)
+        for name in ("latency_runs", "throughput_texts", "repeats"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} {getattr(self, name)}: must be at least 1")
+        if self.warmup < 0:
+            raise UsageError(f"--warmup {self.warmup}: must be >= 0")
+        if not self.teachers:
+            raise UsageError("--teachers is empty: give a checkpoint directory or random-bert-base")
+
+
+class CallTimer:
+    """Wall-clock time of every forward call of a module, by batch size (hooks, so measure_speed stays as it is)."""
+
+    def __init__(self, model: torch.nn.Module, device: str):
+        self.device = device
+        self.calls: list[tuple[int, float]] = []
+        self._start = 0.0
+        self._batch = 0
+        self._handles = [
+            model.register_forward_pre_hook(self._before, with_kwargs=True),
+            model.register_forward_hook(self._after),
+        ]
+
+    def _before(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self._batch = int(ids.shape[0]) if ids is not None else 0
+        self._start = time.perf_counter()
+
+    def _after(self, module, args, output):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        self.calls.append((self._batch, time.perf_counter() - self._start))
+
+    def single_text_ms(self, skip: int) -> list[float]:
+        """Durations of the batch-1 calls after the first `skip` (measure_speed's warm-up), in ms."""
+        singles = [seconds for batch, seconds in self.calls if batch == 1]
+        return [1000 * s for s in singles[skip:]]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def build_models(teacher: torch.nn.Module, args: InferenceArguments) -> dict[str, tuple[torch.nn.Module, str]]:
+    """name → (model, the teacher layers it keeps): the teacher, its odd/even students, LoRA unmerged and merged."""
+    depth = teacher.config.num_hidden_layers
+    models: dict[str, tuple[torch.nn.Module, str]] = {"teacher": (teacher, "all")}
+    for spec in ("odd", "even"):
+        layers = select_layers(spec, depth)
+        models[spec] = (build_student(teacher, layers).eval(), ",".join(map(str, layers)))
+    torch.manual_seed(args.seed)
+    lora_args = LoraArguments(lora_r=args.lora_r, lora_target_modules=args.lora_target_modules)
+    lora = apply_lora(copy.deepcopy(teacher), lora_args).eval()
+    models["lora"] = (lora, "all")
+    models["lora_merged"] = (copy.deepcopy(lora).merge_and_unload().eval(), "all")
+    return models
+
+
+def time_models(
+    models: dict[str, tuple[torch.nn.Module, str]], tokenizer, texts: list[str], args: InferenceArguments, device: str
+) -> dict[str, dict[str, Any]]:
+    settings = SpeedSettings(
+        device=device,
+        latency_runs=args.latency_runs,
+        throughput_texts=args.throughput_texts,
+        warmup=args.warmup,
+        max_length=args.max_seq_length,
+    )
+    names = list(models)
+    singles: dict[str, list[float]] = {n: [] for n in names}
+    rounds: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    for repeat in range(args.repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            model = models[name][0]
+            timer = CallTimer(model, device)
+            try:
+                rounds[name].append(measure_speed(model, tokenizer, texts, settings))
+            finally:
+                timer.remove()
+            singles[name] += timer.single_text_ms(skip=args.warmup)
+    out = {}
+    for name in names:
+        out[name] = {
+            "latency_ms_b1_p50": percentile(singles[name], 50),
+            "latency_ms_b1_p90": percentile(singles[name], 90),
+            f"throughput_b{SPEED_BATCH_SIZE}": median(r["throughput_b32"] for r in rounds[name]),
+            "latency_ms_b1_eval": median(r["latency_ms_b1"] for r in rounds[name]),
+            "load_avg_1m": median(r["load_avg_1m"] for r in rounds[name]),
+        }
+    return out
+
+
+def bench_teacher(name: str, texts: list[str], args: InferenceArguments, device: str) -> list[dict[str, Any]]:
+    dtype = getattr(torch, args.dtype)
+    teacher = load_bench_teacher(name, num_labels=2, seed=args.seed).to(device=device, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or default_tokenizer_for(name))
+    models = build_models(teacher, args)
+    figures = time_models(models, tokenizer, texts, args, device)
+    base = figures["teacher"]
+    rows = []
+    for model_name, (model, layers) in models.items():
+        fig = figures[model_name]
+        _, params = count_parameters(model)
+        rows.append(
+            {
+                "teacher": os.path.basename(os.path.normpath(name)),
+                "model": model_name,
+                "layers": layers,
+                "num_layers": model.config.num_hidden_layers,
+                "params": params,
+                "latency_ms_b1_p50": fig["latency_ms_b1_p50"],
+                "latency_ms_b1_p90": fig["latency_ms_b1_p90"],
+                "throughput_b32": fig["throughput_b32"],
+                "latency_speedup": base["latency_ms_b1_p50"] / fig["latency_ms_b1_p50"],
+                "throughput_speedup": fig["throughput_b32"] / base["throughput_b32"],
+                "latency_ms_b1_eval": fig["latency_ms_b1_eval"],
+                "device": device,
+                "dtype": args.dtype,
+                "threads": torch.get_num_threads(),
+                "latency_runs": args.latency_runs * args.repeats,
+                "throughput_texts": args.throughput_texts,
+                "repeats": args.repeats,
+                "max_seq_length": args.max_seq_length,
+                "load_avg_1m": fig["load_avg_1m"],
+            }
+        )
+    return rows
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    (args,) = parse_args((InferenceArguments,), argv)
+    refuse_to_overwrite(args.output_dir, (RESULTS_FILE,), args.overwrite_output_dir)
+    device = resolve_device(args.device)
+    if args.dtype == "float16" and device == "cpu":
+        raise UsageError("--dtype float16 on a CPU is slow and not what anyone serves; use bfloat16 or a GPU")
+    with bench_session(args.num_threads):
+        return run_benchmark(args, device)
+
+
+def run_benchmark(args: InferenceArguments, device: str) -> list[dict[str, Any]]:
+    data_args = DataTrainingArguments(dataset_name=args.dataset_name, max_seq_length=args.max_seq_length)
+    texts = list(load_text_classification_data(data_args, seed=args.seed).splits["test"]["text"])
+    print(
+        f"{device} ({torch.get_num_threads()} threads, {args.dtype}): {len(texts)} test comments from "
+        f"{args.dataset_name}; {args.repeats} × ({args.latency_runs} single texts + {args.throughput_texts} in batches "
+        f"of {SPEED_BATCH_SIZE}) per model",
+        flush=True,
+    )
+    rows: list[dict[str, Any]] = []
+    columns = ["model", "layers", "params", "latency_ms_b1_p50", "latency_ms_b1_p90", "throughput_b32"]
+    columns += ["latency_speedup", "throughput_speedup"]
+    for name in args.teachers:
+        start = time.perf_counter()
+        mine = bench_teacher(name, texts, args, device)
+        rows += mine
+        title = f"{mine[0]['teacher']} ({mine[0]['num_layers']} layers), {time.perf_counter() - start:.0f} s"
+        print_table(mine, columns, title=title)
+    os.makedirs(args.output_dir, exist_ok=True)
+    path = os.path.join(args.output_dir, RESULTS_FILE)
+    write_csv(path, rows)
+    print(f"written: {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
