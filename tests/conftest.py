@@ -27,7 +27,7 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def tiny_bert_config(num_layers: int = 4, num_labels: int = 2, vocab_size: int | None = None, **kw) -> BertConfig:
-    sizes = dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    sizes = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64}
     sizes.update(kw)
     return BertConfig(
         vocab_size=vocab_size or len(SPECIAL + TOXIC_WORDS + NEUTRAL_WORDS + FILLER),
