@@ -84,8 +84,9 @@ class InferenceArguments:
         default=None, metadata={"help": "Tokenizer (default: each teacher's; the MiniLM one for random teachers)."}
     )
     dataset_name: str = field(default=DEFAULT_DATASET, metadata={"help": "Real comments (its test split) as inputs."})
-    latency_runs: int = field(default=200, metadata={"help": "Single-text forward passes per model and repeat."})
-    throughput_texts: int = field(default=512, metadata={"help": "Texts timed in batches of 32 per model and repeat."})
+    # The defaults are run_eval's (SpeedSettings), so the figures compare with its results.csv.
+    latency_runs: int = field(default=100, metadata={"help": "Single-text forward passes per model and repeat."})
+    throughput_texts: int = field(default=256, metadata={"help": "Texts timed in batches of 32 per model and repeat."})
     warmup: int = field(default=5, metadata={"help": "Untimed single-text passes (and one batch) first."})
     repeats: int = field(default=3, metadata={"help": "Rounds over all models, order rotated each round."})
     max_seq_length: int = field(default=128, metadata={"help": "Truncation of the inputs (batches pad dynamically)."})
