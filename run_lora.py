@@ -22,6 +22,7 @@ from transformers import AutoModelForSequenceClassification
 from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments
+from distillkit.hub import MERGED_REPO_SUFFIX, push_run, wants_push
 from distillkit.lora import (
     MERGED_SUBDIR,
     LoraArguments,
@@ -154,13 +155,23 @@ def main(argv: list[str] | None = None) -> dict:
     # The adapter's base may be a headless encoder: the labels travel in the results, so a loader can pass
     # num_labels/id2label to AutoPeftModelForSequenceClassification for a task with more than two classes.
     labels = {"num_labels": model.config.num_labels, "id2label": model.config.id2label}
+    # Pushed only once merged/ is saved too, so a failed push never costs the merged model.
     results = train_evaluate_save(
-        trainer, tokenized, resume_from, extra_results={**lora_record, **labels, **parameter_counts(trainer.model)}
+        trainer,
+        tokenized,
+        resume_from,
+        extra_results={**lora_record, **labels, **parameter_counts(trainer.model)},
+        push=False,
     )
 
+    merged_dir = os.path.join(training_args.output_dir, MERGED_SUBDIR)
     if lora_args.merge and training_args.should_save:
         record = {**lora_record, "base_record": base_record, "dataset": data.source, "seed": training_args.seed}
-        merge_and_save(trainer.model, tokenizer, os.path.join(training_args.output_dir, MERGED_SUBDIR), record)
+        merge_and_save(trainer.model, tokenizer, merged_dir, record)
+    if wants_push(training_args):
+        push_run(training_args)
+        if lora_args.merge:
+            push_run(training_args, merged_dir, MERGED_REPO_SUFFIX)
     return results
 
 

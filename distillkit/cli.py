@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -109,11 +108,26 @@ def setup_logging(training_args: Any) -> None:
     transformers.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
+    check_launch(training_args)
     # Every rank says who it is, so a multi-process run shows its world size in the log.
     logger.warning(
         f"Process rank: {training_args.process_index}, world size: {training_args.world_size}, "
         f"device: {training_args.device}, fp16: {training_args.fp16}, bf16: {training_args.bf16}"
     )
+
+
+def check_launch(training_args: Any) -> None:
+    """Refuse a multi-process launch in which each process would train alone.
+
+    Accelerate's MULTI_GPU launcher on a machine without GPUs does not pass the config's `use_cpu` on, so without
+    `--use_cpu true` every process runs its own world-size-1 training into the same --output_dir.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size == 1:
+        raise UsageError(
+            f"launched as {launched} processes (WORLD_SIZE={launched}) but each would train alone: without a GPU "
+            "pass --use_cpu true (CPU DDP over gloo)"
+        )
 
 
 def list_checkpoints(output_dir: str) -> list[str]:

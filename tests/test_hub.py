@@ -196,12 +196,6 @@ def _card_numbers_are(card: ModelCard, results: dict) -> None:
         assert found[(split, "roc_auc", None)] == results[f"{prefix}_roc_auc"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_lora.py pushes inside train_evaluate_save, before --merge saves merged/, and never pushes "
-    "merged/: it should call train_evaluate_save(push=False), merge, then push_run for the adapter and for "
-    "merged/ (repo_suffix=MERGED_REPO_SUFFIX)",
-)
 def test_run_lora_merge_pushes_adapter_and_merged_model(tmp_path, tiny_base_model_dir, tiny_data_dir, monkeypatch):
     import run_lora
 
@@ -245,10 +239,6 @@ def test_missing_token_fails_after_the_run_is_saved(tmp_path, tiny_classifier_di
     assert RUN_FILES <= set(os.listdir(out))  # finished, card included: a later `hf upload` sends it as it is
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_lora.py pushes before --merge saves merged/: a failed push exits before the merged model exists",
-)
 def test_run_lora_push_failure_keeps_adapter_and_merged_on_disk(
     tmp_path, tiny_base_model_dir, tiny_data_dir, no_token, capsys
 ):
