@@ -13,10 +13,8 @@ the MiniLM encoder with a fresh head): speed does not depend on them. Inputs are
 split, the same texts in the same order for every model.
 
 Timing is run_eval's (`distillkit.evaluation.measure_speed`): after a warm-up, --latency_runs single-text forward passes
-and --throughput_texts texts in batches of 32. p50/p90 come from the same single-text calls, timed one by one by a
-forward hook (measure_speed reports only their median, which is written beside them as `latency_ms_b1_eval`).
---repeats rounds run every model once each, the order rotated every round; latencies pool all rounds, throughput is
-the median round. Ratios are the teacher's figure over the model's (latency) and the model's over the teacher's
+and --throughput_texts texts in batches of 32, giving p50/p90 latency and throughput. --repeats rounds run every model
+once each, the order rotated every round; each figure is the median round. Ratios are the teacher's figure over the model's (latency) and the model's over the teacher's
 (throughput): above 1 is faster than the teacher.
 
 Writes OUTPUT_DIR/inference.csv (one row per teacher and model) and prints a table per teacher.
@@ -46,7 +44,6 @@ from bench.common import (
     default_tokenizer_for,
     load_bench_teacher,
     median,
-    percentile,
     print_table,
     refuse_to_overwrite,
     resolve_device,
@@ -125,39 +122,6 @@ class InferenceArguments:
             raise UsageError("--teachers is empty: give a checkpoint directory or random-bert-base")
 
 
-class CallTimer:
-    """Wall-clock time of every forward call of a module, by batch size (hooks, so measure_speed stays as it is)."""
-
-    def __init__(self, model: torch.nn.Module, device: str):
-        self.device = device
-        self.calls: list[tuple[int, float]] = []
-        self._start = 0.0
-        self._batch = 0
-        self._handles = [
-            model.register_forward_pre_hook(self._before, with_kwargs=True),
-            model.register_forward_hook(self._after),
-        ]
-
-    def _before(self, module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        self._batch = int(ids.shape[0]) if ids is not None else 0
-        self._start = time.perf_counter()
-
-    def _after(self, module, args, output):
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        self.calls.append((self._batch, time.perf_counter() - self._start))
-
-    def single_text_ms(self, skip: int) -> list[float]:
-        """Durations of the batch-1 calls after the first `skip` (measure_speed's warm-up), in ms."""
-        singles = [seconds for batch, seconds in self.calls if batch == 1]
-        return [1000 * s for s in singles[skip:]]
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
 def build_models(teacher: torch.nn.Module, args: InferenceArguments) -> dict[str, tuple[torch.nn.Module, str]]:
     """name → (model, the teacher layers it keeps): the teacher, its odd/even students, LoRA unmerged and merged."""
     depth = teacher.config.num_hidden_layers
@@ -184,25 +148,17 @@ def time_models(
         max_length=args.max_seq_length,
     )
     names = list(models)
-    singles: dict[str, list[float]] = {n: [] for n in names}
     rounds: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     for repeat in range(args.repeats):
         shift = repeat % len(names)
         for name in names[shift:] + names[:shift]:
-            model = models[name][0]
-            timer = CallTimer(model, device)
-            try:
-                rounds[name].append(measure_speed(model, tokenizer, texts, settings))
-            finally:
-                timer.remove()
-            singles[name] += timer.single_text_ms(skip=args.warmup)
+            rounds[name].append(measure_speed(models[name][0], tokenizer, texts, settings))
     out = {}
     for name in names:
         out[name] = {
-            "latency_ms_b1_p50": percentile(singles[name], 50),
-            "latency_ms_b1_p90": percentile(singles[name], 90),
+            "latency_ms_b1_p50": median(r["latency_ms_b1"] for r in rounds[name]),
+            "latency_ms_b1_p90": median(r["latency_ms_b1_p90"] for r in rounds[name]),
             f"throughput_b{SPEED_BATCH_SIZE}": median(r["throughput_b32"] for r in rounds[name]),
-            "latency_ms_b1_eval": median(r["latency_ms_b1"] for r in rounds[name]),
             "load_avg_1m": median(r["load_avg_1m"] for r in rounds[name]),
         }
     return out
@@ -231,7 +187,6 @@ def bench_teacher(name: str, texts: list[str], args: InferenceArguments, device:
                 "throughput_b32": fig["throughput_b32"],
                 "latency_speedup": base["latency_ms_b1_p50"] / fig["latency_ms_b1_p50"],
                 "throughput_speedup": fig["throughput_b32"] / base["throughput_b32"],
-                "latency_ms_b1_eval": fig["latency_ms_b1_eval"],
                 "device": device,
                 "dtype": args.dtype,
                 "threads": torch.get_num_threads(),

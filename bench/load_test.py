@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import refuse_to_overwrite, write_csv
+from bench.common import percentile, refuse_to_overwrite, write_csv
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 
 MAX_CLIENTS = 1000
@@ -141,12 +141,9 @@ async def run_load(args: LoadTestArguments) -> tuple[list[RequestRecord], float,
 
 
 def summarise(records: list[RequestRecord], elapsed: float, args: LoadTestArguments, models: list[str]) -> dict:
-    ok = np.array([r.latency_ms for r in records if r.status == 200 and not r.error])
+    ok = [r.latency_ms for r in records if r.status == 200 and not r.error]
     batches = [r.batch_texts for r in records if r.status == 200 and not r.error]
     errors = len(records) - len(ok)
-
-    def pct(q: float) -> float:
-        return float(np.percentile(ok, q)) if len(ok) else float("nan")
 
     return {
         "url": args.url,
@@ -159,11 +156,11 @@ def summarise(records: list[RequestRecord], elapsed: float, args: LoadTestArgume
         "errors": errors,
         "requests_per_s": round(len(records) / elapsed, 2),
         "texts_per_s": round(len(ok) * args.texts_per_request / elapsed, 2),
-        "p50_ms": round(pct(50), 1),
-        "p90_ms": round(pct(90), 1),
-        "p99_ms": round(pct(99), 1),
-        "max_ms": round(float(ok.max()), 1) if len(ok) else float("nan"),
-        "mean_ms": round(float(ok.mean()), 1) if len(ok) else float("nan"),
+        "p50_ms": round(percentile(ok, 50), 1),
+        "p90_ms": round(percentile(ok, 90), 1),
+        "p99_ms": round(percentile(ok, 99), 1),
+        "max_ms": round(max(ok), 1) if ok else float("nan"),
+        "mean_ms": round(float(np.mean(ok)), 1) if ok else float("nan"),
         "mean_batch_texts": round(float(np.mean(batches)), 1) if batches else float("nan"),
     }
 
