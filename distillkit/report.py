@@ -107,12 +107,15 @@ def plot_loss_curves(histories: dict[str, list[dict[str, float]]], path: str) ->
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    # One colour per model in every panel: the legend sits in the first panel only.
+    cmap = plt.cm.tab10 if len(histories) <= 10 else plt.cm.tab20
+    colours = {name: cmap(i % cmap.N) for i, name in enumerate(histories)}
     for ax, component in zip(axes[0], panels):
         for name, history in histories.items():
             points = [(e.get("epoch", e.get("step", 0)), e[component]) for e in history if component in e]
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, marker=".", label=name)
+                ax.plot(xs, ys, marker=".", label=name, color=colours[name])
         ax.set_title("total training loss" if component == "loss" else component)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
