@@ -97,6 +97,24 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.fixture()
+def tiny_task(tiny_data_dir, tiny_tokenizer_dir):
+    """(data, tokenized splits, tokenizer, a dropout-free tiny teacher): a training-mode forward is then a fixed
+    function of its batch."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from distillkit.data import DataTrainingArguments, load_text_classification_data, tokenize_splits
+
+    data = load_text_classification_data(
+        DataTrainingArguments(dataset_name=str(tiny_data_dir), max_seq_length=32), seed=0
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenized = tokenize_splits(data, tokenizer, 32)
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    return data, tokenized, tokenizer, teacher
+
+
 def common_args(data_dir: Path, output_dir: Path, **overrides) -> list[str]:
     """Arguments for a seconds-long run on CPU."""
     args = {

@@ -170,9 +170,8 @@ def test_deepspeed_branch_is_chosen_when_deepspeed_is_on(tmp_path, tiny_classifi
         trainer._prepare_teacher(teacher)
 
 
-def test_two_process_cpu_ddp_run(tmp_path, tiny_classifier_dir, tiny_data_dir):
-    out = tmp_path / "even"
-    argv = common_args(tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, layers="even")
+def launch_cpu_ddp(argv: list) -> tuple[subprocess.CompletedProcess, str]:
+    """`accelerate launch` run_distill.py with the 2-process CPU DDP config; returns the process and its whole log."""
     accelerate = Path(sys.executable).parent / "accelerate"
     proc = subprocess.run(
         [str(accelerate), "launch", "--config_file", "configs/accelerate/cpu_ddp_2proc.yaml", "run_distill.py", *argv],
@@ -183,7 +182,13 @@ def test_two_process_cpu_ddp_run(tmp_path, tiny_classifier_dir, tiny_data_dir):
         check=False,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    log = proc.stdout + proc.stderr
+    return proc, proc.stdout + proc.stderr
+
+
+def test_two_process_cpu_ddp_run(tmp_path, tiny_classifier_dir, tiny_data_dir):
+    out = tmp_path / "even"
+    argv = common_args(tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, layers="even")
+    proc, log = launch_cpu_ddp(argv)
     assert proc.returncode == 0, log[-3000:]
     assert "Process rank: 0, world size: 2" in log and "Process rank: 1, world size: 2" in log
     results = json.loads((out / "all_results.json").read_text())
@@ -199,17 +204,7 @@ def test_cpu_ddp_without_use_cpu_is_refused(tmp_path, tiny_classifier_dir, tiny_
     argv = [a for a in common_args(tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir)]
     i = argv.index("--use_cpu")
     del argv[i : i + 2]
-    accelerate = Path(sys.executable).parent / "accelerate"
-    proc = subprocess.run(
-        [str(accelerate), "launch", "--config_file", "configs/accelerate/cpu_ddp_2proc.yaml", "run_distill.py", *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=500,
-        check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    log = proc.stdout + proc.stderr
+    proc, log = launch_cpu_ddp(argv)
     assert proc.returncode != 0, log[-2000:]
     errors = [line for line in log.splitlines() if line.startswith("error:")]
     assert errors and all("WORLD_SIZE=2" in e and "--use_cpu true" in e for e in errors), log[-2000:]

@@ -133,8 +133,7 @@ def test_go_emotions_label_lists_take_the_first_label(tmp_path):
     directory.mkdir()
     rows = [{"text": f"text {i}", "labels": [i % 28, 27]} for i in range(112)]
     with open(directory / "train.jsonl", "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+        f.writelines(json.dumps(row) + "\n" for row in rows)
     data = load(directory, test_split_percentage=25, validation_split_percentage=25)
     assert data.num_labels == 28 and data.id2label[27] == "neutral"
     for text, label in zip(data.splits["train"]["text"], data.splits["train"]["label"]):

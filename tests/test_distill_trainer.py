@@ -3,26 +3,12 @@
 import pytest
 import torch
 from conftest import tiny_bert_config
-from transformers import AutoTokenizer, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from distill_trainer import DistillationTrainingArguments
-from distillkit.data import DataTrainingArguments, load_text_classification_data, tokenize_splits
 from distillkit.losses import LossWeights, distillation_loss
 from distillkit.students import build_student
 from distillkit.training import build_trainer
-
-
-@pytest.fixture()
-def setup(tiny_data_dir, tiny_tokenizer_dir):
-    data = load_text_classification_data(
-        DataTrainingArguments(dataset_name=str(tiny_data_dir), max_seq_length=32), seed=0
-    )
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    tokenized = tokenize_splits(data, tokenizer, 32)
-    torch.manual_seed(0)
-    # No dropout: with lr 0 every step's loss is then a fixed function of its batch.
-    teacher = BertForSequenceClassification(tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    return tokenized, tokenizer, teacher
 
 
 def make_args(tmp_path, **kw):
@@ -50,8 +36,8 @@ class CountingForward:
         self.calls += 1
 
 
-def test_components_are_logged_and_eval_runs_the_student_alone(setup, tmp_path):
-    tokenized, tokenizer, teacher = setup
+def test_components_are_logged_and_eval_runs_the_student_alone(tiny_task, tmp_path):
+    _, tokenized, tokenizer, teacher = tiny_task
     student = build_student(teacher, [2, 4])
     trainer = build_trainer(student, make_args(tmp_path), tokenized, tokenizer, teacher_model=teacher)
     counter = CountingForward(teacher)
@@ -75,8 +61,8 @@ def test_components_are_logged_and_eval_runs_the_student_alone(setup, tmp_path):
     assert {"eval_f1", "eval_roc_auc", "eval_accuracy"} <= metrics.keys()
 
 
-def test_zero_weights_skip_the_teacher(setup, tmp_path):
-    tokenized, tokenizer, teacher = setup
+def test_zero_weights_skip_the_teacher(tiny_task, tmp_path):
+    _, tokenized, tokenizer, teacher = tiny_task
     student = build_student(teacher, [1, 3])
     args = make_args(tmp_path, alpha_kl=0.0, alpha_cos=0.0)
     trainer = build_trainer(student, args, tokenized, tokenizer, teacher_model=teacher)
@@ -88,8 +74,8 @@ def test_zero_weights_skip_the_teacher(setup, tmp_path):
     assert all(h["loss"] == pytest.approx(h["loss_ce"], rel=1e-5) for h in logs)
 
 
-def test_only_kl_skips_hidden_states(setup, tmp_path):
-    tokenized, tokenizer, teacher = setup
+def test_only_kl_skips_hidden_states(tiny_task, tmp_path):
+    _, tokenized, tokenizer, teacher = tiny_task
     student = build_student(teacher, [1, 3])
     trainer = build_trainer(student, make_args(tmp_path, alpha_cos=0.0), tokenized, tokenizer, teacher_model=teacher)
     seen = []
@@ -98,8 +84,8 @@ def test_only_kl_skips_hidden_states(setup, tmp_path):
     assert seen and all(seen)
 
 
-def test_compute_loss_equals_the_pure_loss(setup, tmp_path):
-    tokenized, tokenizer, teacher = setup
+def test_compute_loss_equals_the_pure_loss(tiny_task, tmp_path):
+    _, tokenized, tokenizer, teacher = tiny_task
     student = build_student(teacher, [2, 4])
     args = make_args(tmp_path, alpha_ce=0.3, alpha_kl=0.5, alpha_cos=2.0, temperature=3.0)
     trainer = build_trainer(student, args, tokenized, tokenizer, teacher_model=teacher)
@@ -118,8 +104,8 @@ def test_compute_loss_equals_the_pure_loss(setup, tmp_path):
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
-def test_logged_loss_is_not_rescaled_by_gradient_accumulation(setup, tmp_path, accumulation):
-    tokenized, tokenizer, teacher = setup
+def test_logged_loss_is_not_rescaled_by_gradient_accumulation(tiny_task, tmp_path, accumulation):
+    _, tokenized, tokenizer, teacher = tiny_task
     student = build_student(teacher, [2, 4])
     args = make_args(tmp_path, learning_rate=0.0, per_device_train_batch_size=4, gradient_accumulation_steps=accumulation,
                      train_sampling_strategy="sequential", logging_steps=100)  # fmt: skip
@@ -136,15 +122,15 @@ def test_logged_loss_is_not_rescaled_by_gradient_accumulation(setup, tmp_path, a
     assert train_loss == pytest.approx(sum(reference) / len(reference), rel=1e-4)
 
 
-def test_mismatched_hidden_size_is_refused_for_the_cosine_term(setup, tmp_path):
-    tokenized, tokenizer, teacher = setup
+def test_mismatched_hidden_size_is_refused_for_the_cosine_term(tiny_task, tmp_path):
+    _, tokenized, tokenizer, teacher = tiny_task
     other = BertForSequenceClassification(tiny_bert_config(num_layers=2, hidden_size=16, num_attention_heads=2))
     with pytest.raises(ValueError, match="hidden_size 16 != teacher 32; set --alpha_cos 0"):
         build_trainer(other, make_args(tmp_path), tokenized, tokenizer, teacher_model=teacher)
     build_trainer(other, make_args(tmp_path, alpha_cos=0.0), tokenized, tokenizer, teacher_model=teacher)
 
 
-def test_teacher_required_when_distilling(setup, tmp_path):
-    tokenized, tokenizer, teacher = setup
+def test_teacher_required_when_distilling(tiny_task, tmp_path):
+    _, tokenized, tokenizer, teacher = tiny_task
     with pytest.raises(ValueError, match="no teacher_model"):
         build_trainer(build_student(teacher, [1]), make_args(tmp_path), tokenized, tokenizer)

@@ -8,30 +8,16 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, common_args, tiny_bert_config
-from transformers import AutoTokenizer, BertForSequenceClassification
+from conftest import REPO, common_args
 
 import run_distill
 import run_finetune
 import run_lora
 from distill_trainer import DistillationTrainingArguments
-from distillkit.data import DataTrainingArguments, load_text_classification_data, tokenize_splits
+from distillkit.data import tokenize_splits
 from distillkit.students import build_student
 from distillkit.teacher_logits import LOGITS_FILE, RECORD_FILE, TEACHER_LOGITS_COLUMN, cache_key, teacher_input_columns
 from distillkit.training import build_trainer
-
-
-@pytest.fixture()
-def setup(tiny_data_dir, tiny_tokenizer_dir):
-    data = load_text_classification_data(
-        DataTrainingArguments(dataset_name=str(tiny_data_dir), max_seq_length=32), seed=0
-    )
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    tokenized = tokenize_splits(data, tokenizer, 32)
-    torch.manual_seed(0)
-    # No dropout: a training-mode forward is then a fixed function of its batch.
-    teacher = BertForSequenceClassification(tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    return data, tokenized, tokenizer, teacher
 
 
 def make_args(tmp_path, **kw):
@@ -77,8 +63,8 @@ def test_alpha_cos_is_off_with_cached_logits_unless_asked_for(tmp_path):
         make_args(tmp_path, cache_teacher_logits=True, alpha_kl=0.0)
 
 
-def test_cached_and_live_kl_are_equal_on_the_same_batch(setup, tmp_path):
-    _, tokenized, tokenizer, teacher = setup
+def test_cached_and_live_kl_are_equal_on_the_same_batch(tiny_task, tmp_path):
+    _, tokenized, tokenizer, teacher = tiny_task
     student = build_student(teacher, [1])
     with torch.no_grad():  # a head that disagrees with the teacher's, so the KL is far from 0
         student.classifier.weight.normal_(std=1.0, generator=torch.Generator().manual_seed(1))
@@ -109,8 +95,8 @@ def test_cached_and_live_kl_are_equal_on_the_same_batch(setup, tmp_path):
     torch.testing.assert_close(cached_batch[TEACHER_LOGITS_COLUMN], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_a_cached_run_never_runs_the_teacher_and_the_cache_is_reused(setup, tmp_path):
-    data, tokenized, tokenizer, teacher = setup
+def test_a_cached_run_never_runs_the_teacher_and_the_cache_is_reused(tiny_task, tmp_path):
+    data, tokenized, tokenizer, teacher = tiny_task
     counter = CountingForward(teacher)
     args = make_args(tmp_path, cache_teacher_logits=True, per_device_eval_batch_size=64)
     trainer = build_trainer(build_student(teacher, [2, 4]), args, tokenized, tokenizer, teacher_model=teacher)
@@ -140,8 +126,8 @@ def test_a_cached_run_never_runs_the_teacher_and_the_cache_is_reused(setup, tmp_
     assert counter.calls > 0 and len(cache_entries(tmp_path)) == 2
 
 
-def test_the_cache_key_follows_what_the_teacher_computes(setup):
-    _, tokenized, _, teacher = setup
+def test_the_cache_key_follows_what_the_teacher_computes(tiny_task):
+    _, tokenized, _, teacher = tiny_task
     train = tokenized["train"]
     columns = teacher_input_columns(teacher, train)
     key, record = cache_key(teacher, train, columns, "fp32")
@@ -159,8 +145,8 @@ def test_the_cache_key_follows_what_the_teacher_computes(setup):
     assert cache_key(renamed, train, columns, "fp32")[0] != key
 
 
-def test_asking_for_the_cosine_term_keeps_the_live_teacher_for_hidden_states(setup, tmp_path, caplog):
-    _, tokenized, tokenizer, teacher = setup
+def test_asking_for_the_cosine_term_keeps_the_live_teacher_for_hidden_states(tiny_task, tmp_path, caplog):
+    _, tokenized, tokenizer, teacher = tiny_task
     args = make_args(tmp_path, cache_teacher_logits=True, alpha_cos=1.0)
     with caplog.at_level("WARNING"):
         trainer = build_trainer(build_student(teacher, [2, 4]), args, tokenized, tokenizer, teacher_model=teacher)
@@ -244,8 +230,8 @@ def test_the_flag_without_a_teacher_is_a_usage_error(
     assert not (tmp_path / "out").exists()
 
 
-def test_the_cache_is_computed_in_the_runs_precision(setup, tmp_path):
-    _, tokenized, tokenizer, teacher = setup
+def test_the_cache_is_computed_in_the_runs_precision(tiny_task, tmp_path):
+    _, tokenized, tokenizer, teacher = tiny_task
     seen = set()
     # A Linear inside the encoder: its output dtype is the precision the matmul ran in.
     teacher.bert.encoder.layer[0].attention.self.query.register_forward_hook(lambda m, a, out: seen.add(out.dtype))
