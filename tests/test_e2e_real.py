@@ -8,6 +8,7 @@ from conftest import SHARED, requires_shared
 from transformers import pipeline
 
 import run_distill
+from distillkit.data import DataTrainingArguments, load_text_classification_data
 
 pytestmark = [pytest.mark.slow, requires_shared]
 
@@ -39,8 +40,8 @@ def test_real_teacher_then_odd_and_even_students_beat_the_majority_baseline(tmp_
         results[layers] = run_distill.main(argv)
 
     teacher = json.loads((exp / "teacher" / "all_results.json").read_text())
-    test_texts = run_distill.load_text_classification_data(
-        run_distill.DataTrainingArguments(dataset_name=str(data), max_test_samples=200), seed=0
+    test_texts = load_text_classification_data(
+        DataTrainingArguments(dataset_name=str(data), max_test_samples=200), seed=0
     ).splits["test"]
     majority = max(Counter(test_texts["label"]).values()) / len(test_texts)
     for name, r in {"teacher": teacher, **results}.items():
