@@ -67,6 +67,7 @@ from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data, tokenize_splits
 from distillkit.students import build_student, count_parameters, select_layers
+from distillkit.teacher_logits import precision_name
 from distillkit.training import build_trainer
 
 SUMMARY_FILE = "train_throughput.csv"
@@ -253,9 +254,7 @@ def training_args(variant: Variant, args: TrainThroughputArguments, work_dir: st
 
 
 def precision_of(variant: Variant, args: TrainThroughputArguments) -> str:
-    if variant.reference:
-        return "fp32"
-    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    return "fp32" if variant.reference else precision_name(args)  # the references' recipe is always fp32
 
 
 def run_variant(
