@@ -59,8 +59,12 @@ def select_layers(spec: str, teacher_num_layers: int, student_num_layers: int | 
             )
             return picks
         return list(range(n - k + 1, n + 1)) if spec == "top" else list(range(1, k + 1))
+    items = [part.strip() for part in spec.split(",")]
+    if any(items) and not all(items):
+        # "1,,3" or "1,3," is a typo, not the list 1,3.
+        raise UsageError(f"--layers {spec}: an item between commas is empty; give layer numbers like 2,4,6")
     try:
-        layers = [int(part) for part in spec.split(",") if part.strip()]
+        layers = [int(part) for part in items if part]
     except ValueError:
         raise UsageError(
             f"--layers {spec}: expected one of {', '.join(NAMED_LAYER_CHOICES)} or comma-separated layer numbers like 2,4,6"

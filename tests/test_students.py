@@ -46,6 +46,8 @@ def test_named_layers_with_explicit_depth():
         ("2,2", "appears twice"),
         ("4,2", "ascending"),
         ("", "empty"),
+        ("1,,3", "item between commas is empty"),
+        ("1,3,", "item between commas is empty"),
         ("middle", "expected one of odd, even, top, bottom"),
     ],
 )
