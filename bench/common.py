@@ -31,9 +31,6 @@ RANDOM_BERT_BASE = "random-bert-base"
 RANDOM_TINY = "random-tiny"
 RANDOM_TEACHERS = (RANDOM_BERT_BASE, RANDOM_TINY)
 
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 from distillkit.cli import UsageError
 
 

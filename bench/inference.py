@@ -24,16 +24,12 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import time
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoTokenizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     DEFAULT_DATASET,

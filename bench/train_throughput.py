@@ -36,17 +36,13 @@ from __future__ import annotations
 import copy
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoTokenizer, DataCollatorWithPadding, PrinterCallback, TrainerCallback, set_seed
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     DEFAULT_DATASET,

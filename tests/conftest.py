@@ -18,7 +18,6 @@ from transformers import BertConfig, BertForSequenceClassification, BertModel, B
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-sys.path.insert(0, str(REPO))
 
 TOXIC_WORDS = ["idiot", "stupid", "hate", "moron", "loser", "dumb", "trash", "ugly"]
 NEUTRAL_WORDS = ["thanks", "article", "citation", "edit", "page", "source", "fixed", "please", "good", "section"]
