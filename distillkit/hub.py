@@ -22,8 +22,11 @@ from .model_card import MERGED_SUBDIR, write_model_card
 
 logger = logging.getLogger(__name__)
 
-# What the Trainer never uploads (private files, checkpoints), plus a LoRA run's merged model (its own repo).
-IGNORE_PATTERNS = ["_*", "checkpoint-*", f"{MERGED_SUBDIR}/*"]
+# What the Trainer never uploads (private files, checkpoints), a LoRA run's merged model (its own repo), and the
+# Trainer's pickled TrainingArguments: unpickling runs code, and nothing that reads a run needs it (the records in
+# config.json, all_results.json and trainer_state.json say how the run was made).
+TRAINING_ARGS_FILE = "training_args.bin"
+IGNORE_PATTERNS = ["_*", "checkpoint-*", f"{MERGED_SUBDIR}/*", TRAINING_ARGS_FILE]
 MERGED_REPO_SUFFIX = "-merged"
 _PUSH_AT_END = "_push_to_hub_at_end"
 

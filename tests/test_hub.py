@@ -40,9 +40,14 @@ RUN_FILES = {
     "trainer_state.json",
     "training_args.bin",
 }
+# The Trainer's pickled TrainingArguments stays on disk but is never uploaded (unpickling runs code).
+UPLOADED_FILES = RUN_FILES - {"training_args.bin"}
 
 
-ADAPTER_FILES = RUN_FILES - {"config.json", "model.safetensors"} | {"adapter_config.json", "adapter_model.safetensors"}
+ADAPTER_FILES = UPLOADED_FILES - {"config.json", "model.safetensors"} | {
+    "adapter_config.json",
+    "adapter_model.safetensors",
+}
 MERGED_FILES = {"README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
 
 
@@ -96,7 +101,8 @@ def test_push_uploads_the_finished_run_once(tmp_path, tiny_classifier_dir, tiny_
     _, repo_id, upload = hub.calls[1]
     assert repo_id == "someone/tiny-even" and upload["token"] == "hf_from_environment"
     assert any(f.startswith("checkpoint-") for f in upload["all_files"])
-    assert upload["files"] == RUN_FILES
+    assert "training_args.bin" in upload["all_files"]
+    assert upload["files"] == UPLOADED_FILES
 
     # The uploaded card names the Hub repo, and its numbers are the run's.
     card = ModelCard(upload["card"])
@@ -107,6 +113,15 @@ def test_push_uploads_the_finished_run_once(tmp_path, tiny_classifier_dir, tiny_
         r.metric_value for r in card.data.eval_results if r.dataset_split == "test" and r.metric_type == "accuracy"
     ]
     assert test_acc == [results["test_accuracy"]]
+
+    # Nothing that reads a run needs the pickle: without it the run still serves, evaluates and gets its card.
+    from distillkit.loading import load_classifier_dir
+    from distillkit.model_card import build_model_card
+
+    (out / "training_args.bin").unlink()
+    loaded = load_classifier_dir(str(out))
+    assert sorted(loaded.id2label) == [0, 1] and loaded.results == results
+    assert ModelCard(str(build_model_card(str(out)))).data.eval_results
 
 
 def test_unreachable_hub_fails_after_saving(tmp_path, tiny_classifier_dir, tiny_data_dir):
@@ -215,7 +230,7 @@ def test_run_lora_merge_pushes_adapter_and_merged_model(tmp_path, tiny_base_mode
     ]
     adapter, merged = hub.calls[1][2], hub.calls[3][2]
     # Everything was saved before the first upload: merged/ was on disk, but is not part of the adapter repo.
-    assert "merged/model.safetensors" in adapter["all_files"]
+    assert "merged/model.safetensors" in adapter["all_files"] and "training_args.bin" in adapter["all_files"]
     assert adapter["files"] == ADAPTER_FILES
     assert merged["files"] == MERGED_FILES
     results = json.loads((out / "all_results.json").read_text())
