@@ -20,6 +20,37 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     return F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True) * (t * t)
 
 
+def binary_soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Multi-label KD: per-label KL(Bern(σ(t/T)) || Bern(σ(s/T))), averaged over labels and batch, times T².
+
+    Each label is its own yes/no decision, so a softmax across labels would couple labels that are independent.
+    """
+    t = temperature
+    s = student_logits.float() / t
+    z = teacher_logits.float() / t
+    p = torch.sigmoid(z)
+    # log σ(x) = -softplus(-x), log(1-σ(x)) = -softplus(x): stable for large |x|.
+    kl = p * (F.softplus(-s) - F.softplus(-z)) + (1 - p) * (F.softplus(s) - F.softplus(z))
+    return kl.mean() * (t * t)
+
+
+def gold_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    multi_label: bool = False,
+    class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The gold-label term: cross-entropy (optionally class-weighted), or BCE-with-logits for multi-label data.
+
+    For multi-label data `class_weights` is BCE's `pos_weight` (one per label); labels are 0/1 floats (n, labels).
+    """
+    if multi_label:
+        weight = None if class_weights is None else class_weights.to(logits.device, torch.float32)
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weight)
+    weight = None if class_weights is None else class_weights.to(logits.device, torch.float32)
+    return F.cross_entropy(logits.float(), labels, weight=weight)
+
+
 def hidden_state_cosine_loss(
     student_hidden: Sequence[torch.Tensor],
     teacher_hidden: Sequence[torch.Tensor],
@@ -57,20 +88,24 @@ def distillation_loss(
     student_hidden: Sequence[torch.Tensor] | None = None,
     teacher_hidden: Sequence[torch.Tensor] | None = None,
     attention_mask: torch.Tensor | None = None,
+    multi_label: bool = False,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """weights.ce·CE + weights.kl·KL + weights.cos·cosine; a term whose weight is 0 is not computed.
 
-    Returns the total and each computed (unweighted) component under `loss_ce`, `loss_kl`, `loss_cos`.
+    Returns the total and each computed (unweighted) component under `loss_ce`, `loss_kl`, `loss_cos`. With
+    `multi_label` the CE term is BCE-with-logits and the KL term the per-label binary KL (`binary_soft_target_kl`).
     """
     components: dict[str, torch.Tensor] = {}
     total = student_logits.new_zeros((), dtype=torch.float32)
     if weights.ce:
-        components["loss_ce"] = F.cross_entropy(student_logits.float(), labels)
+        components["loss_ce"] = gold_loss(student_logits, labels, multi_label, class_weights)
         total = total + weights.ce * components["loss_ce"]
     if weights.kl:
         if teacher_logits is None:
             raise ValueError("the KL term needs teacher logits")
-        components["loss_kl"] = soft_target_kl(student_logits, teacher_logits, temperature)
+        kd = binary_soft_target_kl if multi_label else soft_target_kl
+        components["loss_kl"] = kd(student_logits, teacher_logits, temperature)
         total = total + weights.kl * components["loss_kl"]
     if weights.cos:
         if student_hidden is None or teacher_hidden is None or attention_mask is None:

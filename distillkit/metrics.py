@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 from transformers import EvalPrediction
 
 
@@ -15,14 +22,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy, precision/recall/F1 (positive class for binary, macro otherwise), macro and weighted F1, ROC-AUC.
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, preds: np.ndarray | None = None
+) -> dict[str, float]:
+    """Accuracy, precision/recall/F1 (positive class for binary, macro otherwise), macro and weighted F1, ROC-AUC,
+    PR-AUC (average precision) and balanced accuracy — the last two are the honest ones on imbalanced data.
 
-    `probs` is (n, num_labels). ROC-AUC is on the positive probability for binary tasks and macro one-vs-rest
-    over the classes present in `labels` otherwise; NaN when it is undefined (a single class present).
+    `probs` is (n, num_labels); `preds` defaults to the argmax (pass thresholded decisions to score those).
+    ROC-AUC and PR-AUC are on the positive probability for binary tasks and macro one-vs-rest over the classes
+    present in `labels` otherwise; NaN when undefined (a single class present).
     """
     num_labels = probs.shape[-1]
-    preds = probs.argmax(axis=-1)
+    preds = probs.argmax(axis=-1) if preds is None else np.asarray(preds)
     label_ids = list(range(num_labels))
     binary = num_labels == 2
     average = "binary" if binary else "macro"
@@ -37,8 +48,68 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, f
         "macro_f1": float(f1_score(labels, preds, labels=label_ids, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(labels, preds, labels=label_ids, average="weighted", zero_division=0)),
         "roc_auc": _roc_auc(probs, labels),
+        "pr_auc": _pr_auc(probs, labels),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, preds)),
     }
     return metrics
+
+
+def per_class_f1(labels: np.ndarray, preds: np.ndarray, num_labels: int) -> list[float]:
+    """F1 of every class (one-vs-rest), so a rare class that vanishes shows up as 0 instead of hiding in an average."""
+    return [float(x) for x in f1_score(labels, preds, labels=list(range(num_labels)), average=None, zero_division=0)]
+
+
+def _pr_auc(probs: np.ndarray, labels: np.ndarray) -> float:
+    present = np.unique(labels)
+    if len(present) < 2:
+        return math.nan
+    if probs.shape[-1] == 2:
+        return float(average_precision_score(labels, probs[:, 1]))
+    return float(np.mean([average_precision_score(labels == c, probs[:, c]) for c in present]))
+
+
+def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
+    """Multi-label scores: micro/macro/weighted F1 of the thresholded `preds`, macro ROC-AUC and PR-AUC over the
+    labels that have both values in `labels`, subset accuracy (every label right), and Hamming accuracy.
+
+    `probs`, `labels` and `preds` are (n, num_labels); `f1` is the micro F1 (the headline number for multi-label).
+    """
+    labels = np.asarray(labels).astype(int)
+    preds = np.asarray(preds).astype(int)
+    scored = [j for j in range(labels.shape[1]) if 0 < labels[:, j].sum() < len(labels)]
+    precision, recall, micro, _ = precision_recall_fscore_support(labels, preds, average="micro", zero_division=0)
+    return {
+        "accuracy": float((labels == preds).all(axis=1).mean()),  # subset accuracy
+        "hamming_accuracy": float((labels == preds).mean()),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(micro),
+        "micro_f1": float(micro),
+        "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(labels, preds, average="weighted", zero_division=0)),
+        "roc_auc": float(np.mean([roc_auc_score(labels[:, j], probs[:, j]) for j in scored])) if scored else math.nan,
+        "pr_auc": (
+            float(np.mean([average_precision_score(labels[:, j], probs[:, j]) for j in scored])) if scored else math.nan
+        ),
+    }
+
+
+def per_label_table(probs: np.ndarray, labels: np.ndarray, preds: np.ndarray, names: list[str]) -> list[dict]:
+    """One row per label: support, F1 at the decision rule, ROC-AUC and PR-AUC (NaN where a label is constant)."""
+    rows = []
+    for j, name in enumerate(names):
+        y, p = np.asarray(labels)[:, j].astype(int), np.asarray(preds)[:, j].astype(int)
+        both = 0 < y.sum() < len(y)
+        rows.append(
+            {
+                "label": name,
+                "support": int(y.sum()),
+                "f1": float(f1_score(y, p, zero_division=0)),
+                "roc_auc": float(roc_auc_score(y, probs[:, j])) if both else math.nan,
+                "pr_auc": float(average_precision_score(y, probs[:, j])) if both else math.nan,
+            }
+        )
+    return rows
 
 
 def _roc_auc(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -1,0 +1,157 @@
+"""The task type: single-label (softmax, argmax) or multi-label (per-label sigmoid, thresholds) classification.
+
+One home for what depends on it: which gold and KD loss terms apply, how probabilities are made from logits, the
+decision rule (argmax, a tuned positive-class threshold for binary tasks, a tuned threshold per label for
+multi-label ones), class weights for imbalanced data, and which metrics are reported. The names are the ones
+transformers uses in `config.problem_type`, so a saved model says what it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve
+
+from .metrics import classification_metrics, multilabel_metrics, softmax
+
+SINGLE_LABEL = "single_label_classification"
+MULTI_LABEL = "multi_label_classification"
+PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL)
+_SHORT = {"single_label": SINGLE_LABEL, "multi_label": MULTI_LABEL}
+
+
+def normalize_problem_type(value: str) -> str:
+    """`single_label`/`multi_label` or transformers' full names → the full name; anything else is a ValueError."""
+    name = _SHORT.get(value, value)
+    if name not in PROBLEM_TYPES:
+        raise ValueError(f"--problem_type {value}: expected one of single_label, multi_label ({', '.join(PROBLEM_TYPES)})")
+    return name
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def parse_class_weights(spec: str | None, labels: np.ndarray, num_labels: int, multi_label: bool) -> list[float] | None:
+    """`none` → None; `balanced` → weights from the training labels; `w1,w2,...` → those, one per class/label.
+
+    Single-label `balanced` is scikit-learn's n / (k · count_c). Multi-label `balanced` is BCE's `pos_weight`,
+    negatives / positives per label, so each label's positives weigh as much as its negatives.
+    """
+    if spec is None or spec == "none":
+        return None
+    labels = np.asarray(labels)
+    if spec == "balanced":
+        if multi_label:
+            pos = labels.sum(axis=0).astype(float)
+            if (pos == 0).any():
+                missing = [int(j) for j in np.flatnonzero(pos == 0)]
+                raise ValueError(f"--class_weights balanced: labels {missing} have no positive example in train")
+            return [float(x) for x in (len(labels) - pos) / pos]
+        counts = np.bincount(labels.astype(int), minlength=num_labels).astype(float)
+        if (counts == 0).any():
+            missing = [int(c) for c in np.flatnonzero(counts == 0)]
+            raise ValueError(f"--class_weights balanced: classes {missing} have no example in train")
+        return [float(x) for x in len(labels) / (num_labels * counts)]
+    try:
+        weights = [float(w) for w in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"--class_weights {spec}: expected balanced, none, or comma-separated numbers") from None
+    if len(weights) != num_labels or any(not math.isfinite(w) or w <= 0 for w in weights):
+        raise ValueError(f"--class_weights {spec}: expected {num_labels} positive numbers, one per class")
+    return weights
+
+
+def best_f1_threshold(scores: np.ndarray, positives: np.ndarray) -> float:
+    """The score threshold that maximises F1 of `scores >= t` on these examples (0.5 when there is no positive)."""
+    positives = np.asarray(positives).astype(int)
+    if positives.sum() == 0 or positives.sum() == len(positives):
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(positives, scores)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    # The last precision/recall point has no threshold (recall 0); ties go to the highest threshold.
+    best = int(np.argmax(f1[:-1][::-1]))
+    return float(thresholds[::-1][best])
+
+
+@dataclass
+class Task:
+    """What a classifier's outputs mean and how they are decided and scored."""
+
+    problem_type: str = SINGLE_LABEL
+    num_labels: int = 2
+    # Multi-label: one per label. Binary: one, for the positive class. None: the default rule (argmax / 0.5).
+    thresholds: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        self.problem_type = normalize_problem_type(self.problem_type)
+        if self.thresholds is not None:
+            expected = self.num_labels if self.multi_label else 1
+            if len(self.thresholds) != expected or self.num_labels != 2 and not self.multi_label:
+                raise ValueError(
+                    f"decision thresholds: {len(self.thresholds)} given; a {self.problem_type} task with "
+                    f"{self.num_labels} labels takes {'one per label' if self.multi_label else 'one, for a binary task'}"
+                )
+
+    @property
+    def multi_label(self) -> bool:
+        return self.problem_type == MULTI_LABEL
+
+    @classmethod
+    def from_config(cls, config: Any) -> Task:
+        """The task a saved model was trained for: `config.problem_type` and `config.decision_thresholds`."""
+        get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+        num_labels = len(get("id2label") or {}) or int(get("num_labels", 2) or 2)
+        return cls(get("problem_type") or SINGLE_LABEL, num_labels, get("decision_thresholds"))
+
+    def save_to_config(self, config: Any) -> None:
+        """Write the task onto a transformers config, so every reader of the saved directory finds it."""
+        config.problem_type = self.problem_type
+        config.decision_thresholds = self.thresholds
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        logits = np.asarray(logits, dtype=np.float64)
+        return sigmoid(logits) if self.multi_label else softmax(logits)
+
+    def predict(self, probs: np.ndarray) -> np.ndarray:
+        """The decision rule: 0/1 per label (multi-label), else class ids (a tuned threshold on a binary task)."""
+        if self.multi_label:
+            cut = np.asarray(self.thresholds if self.thresholds is not None else [0.5] * self.num_labels)
+            return (probs >= cut).astype(np.int64)
+        if self.thresholds is not None:
+            return (probs[:, 1] >= self.thresholds[0]).astype(np.int64)
+        return probs.argmax(axis=-1)
+
+    def tune_thresholds(self, probs: np.ndarray, labels: np.ndarray) -> list[float] | None:
+        """Thresholds that maximise F1 on these (validation) examples: one per label, or the positive class's.
+
+        Multi-class single-label tasks keep argmax (None): a threshold has no one meaning there.
+        """
+        labels = np.asarray(labels)
+        if self.multi_label:
+            return [best_f1_threshold(probs[:, j], labels[:, j]) for j in range(self.num_labels)]
+        if self.num_labels == 2:
+            return [best_f1_threshold(probs[:, 1], labels == 1)]
+        return None
+
+    def metrics(self, probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """The task's metrics at its decision rule (see `metrics.py` for what each key means)."""
+        preds = self.predict(probs)
+        if self.multi_label:
+            return multilabel_metrics(probs, labels, preds)
+        return classification_metrics(probs, np.asarray(labels), preds)
+
+
+def multi_hot(label_lists: Sequence[Sequence[int]], num_labels: int) -> np.ndarray:
+    """Lists of label ids → an (n, num_labels) 0/1 matrix; an id outside [0, num_labels) is a ValueError."""
+    out = np.zeros((len(label_lists), num_labels), dtype=np.float32)
+    for row, ids in enumerate(label_lists):
+        for i in ids:
+            if not 0 <= int(i) < num_labels:
+                raise ValueError(f"row {row}: label {i} is outside 0..{num_labels - 1}")
+            out[row, int(i)] = 1.0
+    return out
