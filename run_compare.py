@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """The main job: teacher → odd → even → LoRA → LoRA on the even student → run_eval.py, for one or several seeds.
 
+Which methods run is `--methods` (default: teacher odd even lora lora_even eval); every method is one entry of the
+registry in distillkit/methods.py (also bottom, top, spread, and the CE-only controls odd_ce, even_ce).
+
     python run_compare.py --teacher_name_or_path ../shared/models/all-MiniLM-L6-v2 \\
         --dataset_name ../shared/data/wiki_toxic --experiment_dir EXP --seeds 42 43 44 --num_train_epochs 1
 
-Layout: EXP/seed42/{teacher,odd,even,lora,lora_even}/ for each seed, and the comparison in EXP/report/
+Layout: EXP/seed42/<method>/ for each seed, and the comparison in EXP/report/
 (results.csv, summary.csv, predictions/, plots/, report.md). Each stage is its own subprocess (`python script.py`,
 or `accelerate launch script.py` with --launcher accelerate); a stage whose directory holds a finished run
 (all_results.json) is skipped, an interrupted one resumes from its last checkpoint, so re-running the same
@@ -29,11 +32,12 @@ from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import UsageError, exit_on_usage_error, is_finished_run, list_checkpoints
 from distillkit.data import DataTrainingArguments, load_raw_splits
 from distillkit.loading import find_model_dirs
+from distillkit.methods import DEFAULT_METHODS, EVAL_STEP, METHODS, PRETRAINED, base_stage, check_methods
 
 logger = logging.getLogger("run_compare")
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-STAGES = ("teacher", "odd", "even", "lora", "lora_even", "eval")
+CHOICES = [*METHODS, EVAL_STEP]
 SET_HERE = ("--output_dir", "--seed", "--learning_rate", "--model_name_or_path", "--teacher_name_or_path")
 
 
@@ -45,10 +49,15 @@ class CompareArguments:
         metadata={"help": "Pretrained model the teacher is fine-tuned from (hub id or dir)."},
     )
     seeds: list[int] = field(default_factory=lambda: [42], metadata={"help": "One run of every stage per seed."})
-    stages: list[str] = field(
-        default_factory=lambda: list(STAGES),
-        metadata={"help": f"Stages to run, in this order: {' '.join(STAGES)}.", "choices": list(STAGES)},
+    methods: list[str] = field(
+        default_factory=lambda: [*DEFAULT_METHODS, EVAL_STEP],
+        metadata={
+            "help": f"Methods to train (distillkit/methods.py), run in this order, then `{EVAL_STEP}` to score them "
+            f"all: {' '.join(CHOICES)}. Default: {' '.join(DEFAULT_METHODS)} {EVAL_STEP}.",
+            "choices": CHOICES,
+        },
     )
+    stages: list[str] | None = field(default=None, metadata={"help": "Old name of --methods.", "choices": CHOICES})
     student_num_layers: int | None = field(
         default=None, metadata={"help": "Depth of the odd/even students (default: half the teacher's)."}
     )
@@ -90,6 +99,9 @@ class CompareArguments:
             raise UsageError("--seeds: give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"--seeds {' '.join(map(str, self.seeds))}: a seed appears twice")
+        if self.stages is not None:
+            self.methods = self.stages
+        check_methods(self.methods)
         self.report_dir = self.report_dir or os.path.join(self.experiment_dir, "report")
 
 
@@ -130,6 +142,36 @@ def check_splits_for_seeds(data_args: DataTrainingArguments, seeds: list[int], c
             "would hold out a different test set (overlapping the other seeds' training data); use a data set with "
             "train/validation/test files for a multi-seed comparison"
         )
+
+
+def method_command(name: str, seed: int, args: CompareArguments) -> tuple[str, list[str]]:
+    """(script, flags) training method `name` for `seed` into EXP/seed<seed>/<name>; Runner.command adds the rest."""
+    method = METHODS[name]
+    root = os.path.join(args.experiment_dir, f"seed{seed}")
+    base = base_stage(name, args.lora_base)
+    base_path = args.teacher_name_or_path if base == PRETRAINED else os.path.join(root, base)
+    common = ["--output_dir", os.path.join(root, name), "--seed", str(seed)]
+    if method.kind == "teacher":
+        return method.script, [
+            "--model_name_or_path",
+            base_path,
+            *common,
+            "--learning_rate",
+            str(args.teacher_learning_rate),
+        ]
+    if method.kind == "student":
+        flags = ["--teacher_name_or_path", base_path, "--teacher_output_dir", base_path, *method.flags, *common]
+        if args.student_num_layers is not None:
+            flags += ["--student_num_layers", str(args.student_num_layers)]
+        if args.student_learning_rate is not None:
+            flags += ["--learning_rate", str(args.student_learning_rate)]
+        return method.script, flags
+    flags = ["--model_name_or_path", base_path, *common, *method.flags]
+    if args.lora_learning_rate is not None:
+        flags += ["--learning_rate", str(args.lora_learning_rate)]
+    if args.merge_lora:
+        flags += ["--merge"]
+    return method.script, flags + shlex.split(args.lora_args)
 
 
 class Runner:
@@ -210,50 +252,22 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
 
     for seed in args.seeds:
         root = os.path.join(args.experiment_dir, f"seed{seed}")
-        teacher = os.path.join(root, "teacher")
-        common = ["--seed", str(seed)]
-        if "teacher" in args.stages:
-            cmd = runner.command(
-                "run_finetune.py",
-                ["--model_name_or_path", args.teacher_name_or_path, "--output_dir", teacher, *common]
-                + ["--learning_rate", str(args.teacher_learning_rate)],
-            )
-            status[f"seed{seed}/teacher"] = runner.run(f"seed{seed}/teacher", cmd, teacher)
-        for layers in ("odd", "even"):
-            if layers not in args.stages:
-                continue
-            if not is_finished_run(teacher) and not args.dry_run:
-                raise UsageError(f"the {layers} student needs a finished teacher in {teacher}: add teacher to --stages")
-            flags = ["--teacher_name_or_path", teacher, "--teacher_output_dir", teacher, "--layers", layers]
-            flags += ["--output_dir", os.path.join(root, layers), *common]
-            if args.student_num_layers is not None:
-                flags += ["--student_num_layers", str(args.student_num_layers)]
-            if args.student_learning_rate is not None:
-                flags += ["--learning_rate", str(args.student_learning_rate)]
-            status[f"seed{seed}/{layers}"] = runner.run(
-                f"seed{seed}/{layers}", runner.command("run_distill.py", flags), os.path.join(root, layers)
-            )
-        lora_bases = {
-            "lora": args.teacher_name_or_path if args.lora_base == "pretrained" else teacher,
-            "lora_even": os.path.join(root, "even"),
-        }
-        for stage, base in lora_bases.items():
-            if stage not in args.stages:
-                continue
-            key = f"seed{seed}/{stage}"
-            if not have_lora:
+        for name in check_methods([m for m in args.methods if m != EVAL_STEP]):
+            key = f"seed{seed}/{name}"
+            if METHODS[name].kind == "lora" and not have_lora:
                 logger.warning(f"[{key}] skipped: run_lora.py is not in {REPO}")
                 status[key] = "missing"
                 continue
-            flags = ["--model_name_or_path", base, "--output_dir", os.path.join(root, stage), *common]
-            if args.lora_learning_rate is not None:
-                flags += ["--learning_rate", str(args.lora_learning_rate)]
-            if args.merge_lora:
-                flags += ["--merge"]
-            flags += shlex.split(args.lora_args)
-            status[key] = runner.run(key, runner.command("run_lora.py", flags), os.path.join(root, stage))
+            base = base_stage(name, args.lora_base)
+            if base != PRETRAINED and not is_finished_run(os.path.join(root, base)) and not args.dry_run:
+                raise UsageError(
+                    f"{name} starts from {base}, which has no finished run in {os.path.join(root, base)}: "
+                    f"add {base} to --methods"
+                )
+            script, flags = method_command(name, seed, args)
+            status[key] = runner.run(key, runner.command(script, flags), os.path.join(root, name))
 
-    if "eval" in args.stages:
+    if EVAL_STEP in args.methods:
         if not any(v == "ran" for v in status.values()) and report_is_current(args.report_dir, args.experiment_dir):
             logger.info(f"[eval] skipped: {args.report_dir}/results.csv is newer than every model")
             status["eval"] = "skipped"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 
 import torch
@@ -17,7 +18,7 @@ _LAYER_STACKS = {
     "xlm-roberta": ("roberta.encoder.layer", "num_hidden_layers"),
     "distilbert": ("distilbert.transformer.layer", "n_layers"),
 }
-NAMED_LAYER_CHOICES = ("odd", "even", "top", "bottom")
+NAMED_LAYER_CHOICES = ("odd", "even", "top", "bottom", "spread")
 
 
 def layer_stack(model: PreTrainedModel) -> tuple[str, str]:
@@ -36,10 +37,11 @@ def num_layers(model: PreTrainedModel) -> int:
 
 
 def select_layers(spec: str, teacher_num_layers: int, student_num_layers: int | None = None) -> list[int]:
-    """1-based teacher layer numbers for `--layers odd|even|top|bottom|1,3,5`.
+    """1-based teacher layer numbers for `--layers odd|even|top|bottom|spread|1,3,5`.
 
     Named choices give half the teacher's depth unless `student_num_layers` says otherwise; for 12 layers,
-    odd = 1,3,...,11 and even = 2,4,...,12 (the way the reference studies count).
+    odd = 1,3,...,11 and even = 2,4,...,12 (the way the reference studies count). `spread` is k layers evenly spread
+    from the first to the last, round(linspace(1, n, k)) with halves rounded up: DistilBERT's {1,3,5,8,10,12} at 12 → 6.
     """
     n = teacher_num_layers
     spec = spec.strip().lower()
@@ -58,6 +60,8 @@ def select_layers(spec: str, teacher_num_layers: int, student_num_layers: int | 
                 sorted({pool[round(i * (len(pool) - 1) / max(k - 1, 1))] for i in range(k)}) if k < len(pool) else pool
             )
             return picks
+        if spec == "spread":
+            return spread_layers(n, k)
         return list(range(n - k + 1, n + 1)) if spec == "top" else list(range(1, k + 1))
     items = [part.strip() for part in spec.split(",")]
     if any(items) and not all(items):
@@ -81,6 +85,14 @@ def select_layers(spec: str, teacher_num_layers: int, student_num_layers: int | 
     if student_num_layers is not None and student_num_layers != len(layers):
         raise UsageError(f"--layers {spec} lists {len(layers)} layers but --student_num_layers is {student_num_layers}")
     return layers
+
+
+def spread_layers(teacher_num_layers: int, k: int) -> list[int]:
+    """k distinct layers evenly spread over 1..n, both ends included: round(linspace(1, n, k)), halves up."""
+    if k == 1:
+        return [1]
+    step = (teacher_num_layers - 1) / (k - 1)
+    return [math.floor(1 + i * step + 0.5) for i in range(k)]
 
 
 def build_student(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedModel:

@@ -1,0 +1,132 @@
+"""The methods a comparison can run, one entry each: which script trains it, with which flags, starting from what.
+
+`run_compare.py --methods ...` and the study driver (`study/run_study.py`) read this registry; adding a method is
+one `Method(...)` line in `METHODS`. A method's output directory is `EXP/seed<S>/<name>/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cli import UsageError
+
+PRETRAINED = "pretrained"  # `base`: the pretrained --teacher_name_or_path itself, not a stage of the comparison
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to get a classifier.
+
+    kind: `teacher` (full fine-tuning with run_finetune.py), `student` (layer-dropping distillation from the
+    fine-tuned teacher with run_distill.py) or `lora` (run_lora.py on `base`).
+    base: the stage it starts from (`teacher`, `even`, ...) or PRETRAINED.
+    flags: the method's own flags, appended to the script's command.
+    """
+
+    name: str
+    kind: str
+    base: str
+    flags: tuple[str, ...] = ()
+    summary: str = ""
+
+    @property
+    def script(self) -> str:
+        return {
+            "teacher": "run_finetune.py",
+            "student": "run_distill.py",
+            "lora": "run_lora.py",
+        }[self.kind]
+
+
+_CE_ONLY = (
+    "--alpha_kl",
+    "0",
+    "--alpha_cos",
+    "0",
+)  # no teacher signal: the control for distillation itself
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("teacher", "teacher", PRETRAINED, summary="the full model, fine-tuned"),
+        Method(
+            "odd",
+            "student",
+            "teacher",
+            ("--layers", "odd"),
+            "odd teacher layers, distilled (CE + KL + cosine)",
+        ),
+        Method(
+            "even",
+            "student",
+            "teacher",
+            ("--layers", "even"),
+            "even teacher layers, distilled",
+        ),
+        Method(
+            "bottom",
+            "student",
+            "teacher",
+            ("--layers", "bottom"),
+            "the first k teacher layers, distilled",
+        ),
+        Method(
+            "top",
+            "student",
+            "teacher",
+            ("--layers", "top"),
+            "the last k teacher layers, distilled",
+        ),
+        Method(
+            "spread",
+            "student",
+            "teacher",
+            ("--layers", "spread"),
+            "k layers from first to last, distilled",
+        ),
+        Method(
+            "odd_ce",
+            "student",
+            "teacher",
+            ("--layers", "odd", *_CE_ONLY),
+            "odd layers, CE only (control)",
+        ),
+        Method(
+            "even_ce",
+            "student",
+            "teacher",
+            ("--layers", "even", *_CE_ONLY),
+            "even layers, CE only (control)",
+        ),
+        Method("lora", "lora", PRETRAINED, summary="LoRA on the pretrained model"),
+        Method("lora_even", "lora", "even", summary="LoRA on the distilled even student"),
+    )
+}
+DEFAULT_METHODS = ("teacher", "odd", "even", "lora", "lora_even")
+EVAL_STEP = "eval"  # not a method: scores every finished model with run_eval.py
+# The CE-only control of each distilled student: "does distillation itself help?"
+CONTROLS = {"odd": "odd_ce", "even": "even_ce"}
+
+
+def check_methods(names: list[str]) -> list[str]:
+    """Names in registry order (a base runs before what starts from it); unknown names fail with the choices."""
+    unknown = [n for n in names if n not in METHODS and n != EVAL_STEP]
+    if unknown:
+        raise UsageError(f"--methods {unknown[0]}: unknown method; choose from {' '.join(METHODS)} {EVAL_STEP}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--methods {' '.join(names)}: a method appears twice")
+    return [n for n in METHODS if n in names]
+
+
+def dependencies(name: str, lora_base: str = PRETRAINED) -> list[str]:
+    """The stages `name` needs finished first, nearest last: lora_even → [teacher, even]."""
+    base = base_stage(name, lora_base)
+    return [] if base == PRETRAINED else [*dependencies(base, lora_base), base]
+
+
+def base_stage(name: str, lora_base: str = PRETRAINED) -> str:
+    """What `name` starts from; `--lora_base finetuned` makes the pretrained-based LoRA adapt the teacher instead."""
+    method = METHODS[name]
+    if method.kind == "lora" and method.base == PRETRAINED and lora_base == "finetuned":
+        return "teacher"
+    return method.base
