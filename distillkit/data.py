@@ -355,11 +355,14 @@ def load_text_classification_data(
             label_names = list(inner.names)
     if label_names is None and preset and preset.label_names and threshold is None:
         label_names = list(preset.label_names)
+    declared_by = "the data set's class names" if label_names else ""
     if class_names:
         label_names = list(class_names)
+        declared_by = "--label_names"
 
     splits: dict[str, Dataset] = {}
     label_ids: dict[str, np.ndarray] = {}
+    label_rows: dict[str, np.ndarray] = {}  # the kept rows' positions in the split as read, for error messages
     for split, ds in raw.items():
         missing = [c for c in (text_column, label_column) if c not in ds.column_names]
         if missing:
@@ -402,17 +405,14 @@ def load_text_classification_data(
             columns_out["label_original"] = [binary_from[i] for i in original[keep]]
         splits[split] = Dataset.from_dict(columns_out)
         label_ids[split] = labels[keep]
+        label_rows[split] = np.flatnonzero(keep)
 
-    seen_max = max(int(ids.max()) for ids in label_ids.values())
-    num_labels = len(label_names) if label_names else max(2, seen_max + 1)
-    for split, ids in label_ids.items():
-        bad = np.flatnonzero((ids < 0) | (ids >= num_labels))
-        if bad.size:
-            raise UsageError(
-                f"label {int(ids[bad[0]])} in split {split!r} is outside [0, {num_labels})"
-                + (f" for the {num_labels} label names {label_names}" if label_names else "")
-                + "; labels must be class ids (check --label_column / --label_names)"
-            )
+    if label_names:
+        num_labels = len(label_names)
+    else:
+        num_labels = _classes_of_train_split(label_ids["train"], label_rows["train"])
+        declared_by = "the train split's labels"
+    _check_label_ids(label_ids, label_rows, num_labels, declared_by)
 
     class_label = (
         ClassLabel(num_classes=num_labels, names=label_names) if label_names else ClassLabel(num_classes=num_labels)
@@ -434,6 +434,40 @@ def load_text_classification_data(
     }
     logger.info(f"data: {source}")
     return TextClassificationData(splits=data, num_labels=num_labels, label_names=label_names, source=source)
+
+
+def _classes_of_train_split(ids: np.ndarray, rows: np.ndarray) -> int:
+    """The number of classes when nothing names them: ids 0..max of the train split, which must leave no gap.
+
+    A binary train split may lack one class; beyond two classes an unused id means the count is a guess (one stray
+    `5` in a 0/1 file would otherwise make a 6-class model).
+    """
+    present = sorted({int(i) for i in ids if i >= 0})
+    num_labels = max(2, (present[-1] + 1) if present else 2)
+    missing = sorted(set(range(num_labels)) - set(present))
+    if num_labels > 2 and missing:
+        value = next(i for i in present if i > missing[0])
+        row = int(rows[np.flatnonzero(ids == value)[0]])
+        raise UsageError(
+            f"split 'train', row {row}: label {value} leaves class id(s) {', '.join(map(str, missing))} unused "
+            f"(ids present: {', '.join(map(str, present))}), so the number of classes is unclear; fix the label, or "
+            f"pass --label_names with one name per class (e.g. {num_labels} names for ids 0..{num_labels - 1})"
+        )
+    return num_labels
+
+
+def _check_label_ids(
+    label_ids: dict[str, np.ndarray], label_rows: dict[str, np.ndarray], num_labels: int, declared_by: str
+) -> None:
+    """Every split's labels lie in the declared label set [0, num_labels): one stray id is an error, not a class."""
+    for split, ids in label_ids.items():
+        bad = np.flatnonzero((ids < 0) | (ids >= num_labels))
+        if bad.size:
+            raise UsageError(
+                f"split {split!r}, row {int(label_rows[split][bad[0]])}: label {int(ids[bad[0]])} is outside "
+                f"the label set [0, {num_labels}) (from {declared_by}); labels must be class ids "
+                "(fix the row, or check --label_column / --label_names)"
+            )
 
 
 def _split_off(ds: Dataset, size: int, percentage: float, seed: int, what: str) -> tuple[Dataset, Dataset]:

@@ -158,7 +158,7 @@ def test_label_out_of_range(tmp_path):
     df = synthetic_rows(30, seed=5)
     df.loc[4, "label"] = 2
     df.to_csv(tmp_path / "train.csv", index=False)
-    with pytest.raises(UsageError, match=r"label 2 in split 'train' is outside \[0, 2\)"):
+    with pytest.raises(UsageError, match=r"split 'train', row 4: label 2 is outside the label set \[0, 2\) \(from --label_names\)"):
         load(tmp_path, class_names=["a", "b"])
 
 
@@ -166,8 +166,78 @@ def test_negative_label(tmp_path):
     df = synthetic_rows(30, seed=5)
     df.loc[4, "label"] = -1
     df.to_csv(tmp_path / "train.csv", index=False)
-    with pytest.raises(UsageError, match=r"label -1 .* is outside"):
+    with pytest.raises(UsageError, match=r"row 4: label -1 is outside"):
         load(tmp_path)
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_label_outside_the_train_label_set_in_another_split(tmp_path, split):
+    """One stray 5 in a held-out split of a 0/1 data set is an error, not a 6-class model."""
+    for name, seed in (("train", 1), ("validation", 2), ("test", 3)):
+        df = synthetic_rows(20, seed=seed)
+        if name == split:
+            df.loc[7, "label"] = 5
+        df.to_csv(tmp_path / f"{name}.csv", index=False)
+    with pytest.raises(
+        UsageError, match=rf"split '{split}', row 7: label 5 is outside the label set \[0, 2\) \(from the train split's labels\)"
+    ):
+        load(tmp_path)
+
+
+def test_stray_label_in_train_of_a_binary_data_set(tmp_path):
+    df = synthetic_rows(30, seed=5)
+    df.loc[11, "label"] = 5
+    df.to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(UsageError, match=r"split 'train', row 11: label 5 leaves class id\(s\) 2, 3, 4 unused"):
+        load(tmp_path)
+
+
+def test_gapped_label_ids_need_class_names(tmp_path):
+    df = synthetic_rows(30, seed=5)
+    df["label"] = [0, 5] * 15
+    df.to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(UsageError, match=r"row 1: label 5 leaves class id\(s\) 1, 2, 3, 4 unused .* pass --label_names"):
+        load(tmp_path)
+    # The class names say how many classes there are: six, two of them seen.
+    names = ["a", "b", "c", "d", "e", "f"]
+    data = load(tmp_path, class_names=names, test_split_percentage=20, validation_split_percentage=20)
+    assert data.num_labels == 6 and data.id2label[5] == "f"
+    # Declared names cap the label set in every split, too.
+    with pytest.raises(UsageError, match=r"label 5 is outside the label set \[0, 3\) \(from --label_names\)"):
+        load(tmp_path, class_names=["a", "b", "c"])
+
+
+def test_three_classes_from_the_train_split(tmp_path):
+    synthetic_rows(30, seed=5, num_labels=3).to_csv(tmp_path / "train.csv", index=False)
+    assert load(tmp_path, test_split_percentage=20, validation_split_percentage=20).num_labels == 3
+
+
+@pytest.mark.parametrize("script", ["run_lora", "run_distill"])
+def test_scripts_refuse_a_stray_label_before_writing(tmp_path, tiny_base_model_dir, script, capsys):
+    import importlib
+
+    from conftest import common_args
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, seed in (("train", 1), ("validation", 2), ("test", 3)):
+        df = synthetic_rows(20, seed=seed)
+        if name == "test":
+            df.loc[3, "label"] = 5
+        df.to_csv(data / f"{name}.csv", index=False)
+    out = tmp_path / "exp" / "run"
+    flag = "model_name_or_path" if script == "run_lora" else "teacher_name_or_path"
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(script).main(common_args(data, out, **{flag: tiny_base_model_dir}))
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [
+        (
+            "error: split 'test', row 3: label 5 is outside the label set [0, 2) (from the train split's labels); "
+            "labels must be class ids (fix the row, or check --label_column / --label_names)"
+        )
+    ]
+    assert not (tmp_path / "exp").exists()
 
 
 @pytest.mark.parametrize("bad", [0.5, "toxic"])
