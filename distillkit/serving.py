@@ -9,8 +9,11 @@ Nothing here knows about HTTP: `app.py` turns a `RequestError` into a JSON error
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -39,10 +42,21 @@ class ServingLimits:
     max_seq_length: int = 128  # tokens the model sees; longer texts are truncated like in training and evaluation
     batch_size: int = 32  # texts per forward pass; concurrent requests for one model are merged up to this
     max_pending_texts: int = 4096  # texts waiting for the models before requests are refused with 503
+    max_queue_wait_s: float = 5.0  # longest a request waits for a model's forward pass to start; then 503
+    max_json_depth: int = 8  # a valid body nests 2 deep; deeper is refused before it is parsed
 
     def __post_init__(self):
         if self.max_pending_texts < self.max_texts:
             raise UsageError(f"--max_pending_texts {self.max_pending_texts}: must be at least --max_texts")
+        if not self.max_queue_wait_s > 0:
+            raise UsageError(f"--max_queue_wait {self.max_queue_wait_s}: must be more than 0 seconds")
+        if self.max_json_depth < 2:
+            raise UsageError(f"max_json_depth {self.max_json_depth}: a request nests 2 deep")
+
+    @property
+    def retry_after_s(self) -> int:
+        """What a shed request's `Retry-After` says: about one queue wait, in whole seconds."""
+        return max(1, math.ceil(self.max_queue_wait_s))
 
     @property
     def max_body_bytes(self) -> int:
@@ -51,12 +65,46 @@ class ServingLimits:
 
 
 class RequestError(Exception):
-    """A bad request: `status` is the HTTP status the client gets, the message says what to change."""
+    """A bad request: `status` is the HTTP status the client gets, the message says what to change.
 
-    def __init__(self, status: int, message: str):
+    `retry_after` (seconds) is set when the server is only busy: the client may send the same request again then.
+    """
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+
+
+# A JSON string literal (escapes included): its brackets are text, not nesting.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def json_depth(body: bytes) -> int:
+    """How deep the arrays and objects of a JSON document nest, found without parsing it (linear time, no stack)."""
+    structure = np.frombuffer(_JSON_STRING.sub(b'""', body), dtype=np.uint8)
+    if not structure.size:
+        return 0
+    step = np.isin(structure, (ord("["), ord("{"))).astype(np.int64) - np.isin(structure, (ord("]"), ord("}")))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def parse_json_body(body: bytes, max_depth: int) -> Any:
+    """The decoded JSON body of a request; 400 when it is not JSON or nests deeper than `max_depth`.
+
+    The depth is checked before `json.loads`, whose recursive parser fails with RecursionError (a 500) on
+    thousands of nested brackets.
+    """
+    depth = json_depth(body)
+    if depth > max_depth:
+        raise RequestError(
+            400, f'the JSON body nests {depth} levels deep, at most {max_depth}: send {{"texts": ["some text"]}}'
+        )
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise RequestError(400, f'the body is not valid JSON ({err}); send {{"texts": ["some text"]}}') from err
 
 
 @dataclass
@@ -149,11 +197,16 @@ class InferenceWorker:
     """
 
     def __init__(
-        self, run: Callable[[str, list[str]], np.ndarray], max_batch_texts: int, max_pending_texts: int
+        self,
+        run: Callable[[str, list[str]], np.ndarray],
+        max_batch_texts: int,
+        max_pending_texts: int,
+        retry_after_s: int = 1,
     ) -> None:
         self._run = run
         self.max_batch_texts = max_batch_texts
         self.max_pending_texts = max_pending_texts
+        self.retry_after_s = retry_after_s
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._pending_texts = 0
@@ -169,12 +222,43 @@ class InferenceWorker:
                 raise RequestError(503, "the server is shutting down")
             if self._pending_texts + len(texts) > self.max_pending_texts:
                 raise RequestError(
-                    503, f"server busy: {self._pending_texts} texts are waiting for the models; retry shortly"
+                    503,
+                    f"server busy: {self._pending_texts} texts are waiting for the models; retry shortly",
+                    retry_after=self.retry_after_s,
                 )
             self._queue.append(job)
             self._pending_texts += len(texts)
             self._cond.notify()
         return job.future
+
+    def withdraw(self, future: Future) -> bool:
+        """Take a job that has not started out of the queue (its client stops waiting); False once it runs."""
+        with self._cond:
+            if not future.cancel():
+                return False
+            for job in self._queue:
+                if job.future is future:
+                    self._queue.remove(job)
+                    self._pending_texts -= len(job.texts)
+                    break
+            return True
+
+    async def wait(self, future: Future, max_wait_s: float) -> BatchOutput:
+        """The job's output; 503 (with Retry-After) when its forward pass has not started within `max_wait_s`.
+
+        A pass that has started is waited for: the bound is on queueing, not on a model's own forward time.
+        """
+        result = asyncio.wrap_future(future)
+        try:
+            return await asyncio.wait_for(asyncio.shield(result), max_wait_s)
+        except asyncio.TimeoutError:
+            if self.withdraw(future):
+                raise RequestError(
+                    503,
+                    f"server busy: waited {max_wait_s:g} s for a model without a turn; retry shortly",
+                    retry_after=self.retry_after_s,
+                ) from None
+            return await result
 
     def _take(self) -> list[_Job] | None:
         """The oldest job and every waiting job for the same model that fits in its batch; None once closed."""
@@ -285,7 +369,9 @@ class ModelRegistry:
                 info=describe(clf, labels),
                 max_length=min(limits.max_seq_length, max_positions),
             )
-        self.worker = InferenceWorker(self._forward, limits.batch_size, limits.max_pending_texts)
+        self.worker = InferenceWorker(
+            self._forward, limits.batch_size, limits.max_pending_texts, retry_after_s=limits.retry_after_s
+        )
         for name in self.models:  # a model's first forward pass is slow: not a user's request
             self.predict(PredictRequest(texts=["warm-up"], models=[name]))
 
@@ -334,8 +420,9 @@ class ModelRegistry:
     async def predict_async(self, request: PredictRequest) -> dict[str, Any]:
         """The `/api/predict` answer; the event loop awaits the inference thread and keeps serving meanwhile."""
         outputs = {}
-        for name in request.models:
-            outputs[name] = await asyncio.wrap_future(self.worker.submit(name, request.texts))
+        for name in request.models:  # each model's turn is waited for at most max_queue_wait_s
+            future = self.worker.submit(name, request.texts)
+            outputs[name] = await self.worker.wait(future, self.limits.max_queue_wait_s)
         return self.answer(request, outputs)
 
     def answer(self, request: PredictRequest, outputs: dict[str, BatchOutput]) -> dict[str, Any]:

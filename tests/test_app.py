@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import socket
@@ -10,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,9 +25,10 @@ import app as app_module
 from distillkit.cli import UsageError
 from distillkit.evaluation import predict_logits
 from distillkit.metrics import softmax
-from distillkit.serving import InferenceWorker, ModelRegistry, RequestError, ServingLimits
+from distillkit.serving import InferenceWorker, ModelRegistry, RequestError, ServingLimits, json_depth
 
 EMOTIONS = ["joy", "anger", "fear", "sadness", "neutral"]
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def save_results(directory: Path, **results) -> None:
@@ -209,7 +212,7 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("body,status,message", [b[1:] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS])
 def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(client, body, status, message):
-    response = client.post("/api/predict", content=body, headers={"Content-Type": "application/json"})
+    response = client.post("/api/predict", content=body, headers=JSON_HEADERS)
     assert response.status_code == status
     error = response.json()
     assert message in error["error"] and error["status"] == status
@@ -221,11 +224,115 @@ def test_oversized_body_is_refused_before_it_is_parsed(registry):
     small = ModelRegistry([registry.models["teacher"].clf], ServingLimits(max_texts=2, max_text_chars=10))
     with TestClient(app_module.create_app(small)) as test_client:
         limit = small.limits.max_body_bytes
-        response = test_client.post("/api/predict", content=b'{"texts": ["' + b"a" * limit + b'"]}')
+        response = test_client.post(
+            "/api/predict", content=b'{"texts": ["' + b"a" * limit + b'"]}', headers=JSON_HEADERS
+        )
         assert response.status_code == 413 and f"over {limit} bytes" in response.json()["error"]
         assert test_client.post("/api/predict", json={"texts": ["a" * 10, "b"]}).status_code == 200
         assert test_client.post("/api/predict", json={"texts": ["a" * 11]}).status_code == 413
     small.close()
+
+
+NESTED = [
+    ("100,000 nested arrays", b"[" * 100_000 + b"]" * 100_000),
+    ("5,000 nested inside models", b'{"texts": ["a"], "models": ' + b"[" * 5000 + b'"x"' + b"]" * 5000 + b"}"),
+    ("objects and arrays 9 deep", b'{"texts": [' + b'{"a": [' * 4 + b"1" + b"]}" * 4 + b"]}"),
+    ("unbalanced opening brackets", b"{" * 50_000),
+]
+
+
+@pytest.mark.parametrize("body", [b[1] for b in NESTED], ids=[b[0] for b in NESTED])
+def test_deeply_nested_json_is_refused_with_400_before_it_is_parsed(client, monkeypatch, body):
+    """Issue 11, defect 5: json.loads recursed into thousands of brackets and failed with RecursionError (a 500)."""
+    from distillkit import serving
+
+    parsed = []  # the parser must never see a body that nests too deep
+    monkeypatch.setattr(serving, "json", SimpleNamespace(loads=parsed.append), raising=False)
+    response = client.post("/api/predict", content=body, headers=JSON_HEADERS)
+    monkeypatch.undo()
+    assert response.status_code == 400, response.text
+    assert "levels deep, at most 8" in response.json()["error"] and not parsed
+    assert client.post("/api/predict", json={"texts": ["still serving"]}).status_code == 200
+
+
+def test_brackets_inside_strings_are_text_not_nesting(client):
+    assert json_depth(b'{"texts": ["a"]}') == 2 and json_depth(b"") == 0 and json_depth(b'"[[["') == 0
+    assert json_depth(b'[1, {"a": [2]}, []]') == 3
+    texts = ["[[[[[[[[[[[[{{{{{{{{{{", 'say \\"[[[[[[[[[[[[[[[[[\\" and \\\\', ']]]]]]]]]] \\"[\\"']
+    body = json.dumps({"texts": texts}).encode()
+    assert json_depth(body) == 2
+    response = client.post("/api/predict", content=body, headers=JSON_HEADERS)
+    assert response.status_code == 200, response.text
+    assert [r["text"] for r in response.json()["results"]] == texts
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; b=x"],
+)
+def test_posts_without_a_json_content_type_are_refused_with_415(client, content_type):
+    """Issue 11, defect 6: a text/plain POST is a CORS "simple" request any web page can make to this server."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/api/predict", content=b'{"texts": ["hi"]}', headers=headers)
+    assert response.status_code == 415, response.text
+    assert "application/json" in response.json()["error"] and response.json()["status"] == 415
+    for allowed in ("application/json", "application/json; charset=utf-8", "Application/JSON"):
+        ok = client.post("/api/predict", content=b'{"texts": ["hi"]}', headers={"Content-Type": allowed})
+        assert ok.status_code == 200, allowed
+
+
+@contextmanager
+def blocked_registry(clf, **limits):
+    """A registry whose inference thread is held by a job until the context exits: every request has to queue."""
+    busy = ModelRegistry([clf], ServingLimits(**limits))
+    release, started = threading.Event(), threading.Event()
+    forward = busy.worker._run
+
+    def run(name: str, texts: list[str]) -> np.ndarray:
+        if texts == ["hold the worker"]:
+            started.set()
+            release.wait(30)
+        return forward(name, texts)
+
+    busy.worker._run = run
+    holder = busy.worker.submit(clf.name, ["hold the worker"])
+    assert started.wait(10)
+    try:
+        yield busy, release
+    finally:
+        release.set()
+        holder.result(30)
+        busy.close()
+
+
+def test_a_request_waits_for_a_turn_at_most_max_queue_wait_then_gets_503_with_retry_after(registry):
+    """Issue 11, defect 7: under load, queued requests waited up to 48 s; now at most --max_queue_wait."""
+    clf = registry.models["teacher"].clf
+    with blocked_registry(clf, max_queue_wait_s=0.3) as (busy, release), TestClient(app_module.create_app(busy)) as c:
+        # If the wait were unbounded this request would only be answered when the worker is released: 200.
+        timer = threading.Timer(8, release.set)
+        timer.start()
+        response = c.post("/api/predict", json={"texts": ["waiting"]})
+        timer.cancel()
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "1"
+        assert "waited 0.3 s" in response.json()["error"]
+        # The refused request left the queue: it takes no place and costs no forward pass.
+        assert busy.worker._pending_texts == 0 and not busy.worker._queue
+    assert ServingLimits().max_queue_wait_s == 5.0 and ServingLimits(max_queue_wait_s=2.5).retry_after_s == 3
+    with pytest.raises(UsageError, match="--max_queue_wait 0"):
+        ServingLimits(max_queue_wait_s=0)
+
+
+def test_a_full_queue_is_503_with_retry_after(registry):
+    clf = registry.models["teacher"].clf
+    with blocked_registry(clf, max_texts=2, max_pending_texts=2) as (busy, _):
+        queued = busy.worker.submit(clf.name, ["a", "b"])
+        with TestClient(app_module.create_app(busy)) as test_client:
+            response = test_client.post("/api/predict", json={"texts": ["one more"]})
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert "texts are waiting" in response.json()["error"]
+    assert queued.result(30).probs.shape == (2, 2)
 
 
 def test_other_http_errors_are_json_too(client):
@@ -354,3 +461,20 @@ def test_load_script_against_a_real_server(registry, tmp_path, capsys):
         with pytest.raises(SystemExit):
             load_test.main(bad + ["--output_dir", str(tmp_path / "y")])
         assert message in capsys.readouterr().err
+
+
+def test_load_script_counts_the_requests_the_server_shed(registry, tmp_path):
+    """Issue 11, defect 7: the load script says how many requests were refused with 503, apart from errors."""
+    from bench import load_test
+
+    clf = registry.models["teacher"].clf
+    with blocked_registry(clf, max_queue_wait_s=0.2) as (busy, _), real_server(app_module.create_app(busy)) as url:
+        args = ["--url", url, "--clients", "3", "--duration", "1", "--output_dir", str(tmp_path / "load")]
+        summary = load_test.main(args)
+    with open(tmp_path / "load" / "requests.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    statuses = [row["status"] for row in rows]
+    assert summary["requests"] == len(rows) > 0
+    assert summary["shed"] == statuses.count("503") == len(rows)  # the worker never freed up: every one was shed
+    assert summary["ok"] == 0 and summary["errors"] == 0 and summary["shed_pct"] == 100.0
+    assert summary["shed_max_ms"] >= 200
