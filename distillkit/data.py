@@ -7,6 +7,7 @@ writes anything.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import math
 import os
@@ -109,6 +110,10 @@ class DataTrainingArguments:
     max_seq_length: int = field(
         default=128, metadata={"help": "Longer texts are truncated; batches are padded dynamically."}
     )
+    encoding: str = field(
+        default="utf-8",
+        metadata={"help": "Text encoding of local CSV/TSV/JSON files (e.g. latin-1, cp1252); Parquet needs none."},
+    )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenise instead of using the datasets cache."})
 
@@ -123,6 +128,10 @@ class DataTrainingArguments:
                 raise UsageError(f"--{name} {value}: must be between 0 and 100")
         if self.max_seq_length < 2:
             raise UsageError(f"--max_seq_length {self.max_seq_length}: must be at least 2")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise UsageError(f"--encoding {self.encoding}: not a known text encoding (e.g. utf-8, latin-1, cp1252)") from None
         for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -193,12 +202,15 @@ def load_raw_splits(args: DataTrainingArguments, cache_dir: str | None = None) -
     name = args.dataset_name
     if os.path.exists(name):
         builder, files, kwargs = _local_data_files(name)
+        if builder in ("csv", "json"):
+            kwargs["encoding"] = args.encoding
+            for path in files.values():
+                _check_encoding(path, args.encoding)
         for split, path in files.items():
-            if (
-                builder == "csv"
-                and sum(1 for line in open(path, encoding="utf-8", errors="replace") if line.strip()) <= 1
-            ):
-                raise UsageError(f"split {split!r} is empty: {path} has no data rows")
+            if builder == "csv":
+                with open(path, encoding=args.encoding) as f:
+                    if sum(1 for line in f if line.strip()) <= 1:
+                        raise UsageError(f"split {split!r} is empty: {path} has no data rows")
         try:
             return load_dataset(builder, data_files=files, cache_dir=cache_dir, **kwargs)
         except Exception as err:  # malformed files: say which, in one line
@@ -213,6 +225,29 @@ def load_raw_splits(args: DataTrainingArguments, cache_dir: str | None = None) -
             f"--dataset_name {name}: could not load it from the Hugging Face Hub ({_first_line(err)}); "
             "without network access pass a local directory or CSV/JSONL/Parquet file"
         ) from err
+
+
+def _check_encoding(path: str, encoding: str) -> None:
+    """Decode the whole file up front: the CSV/JSON readers' own error names neither the file nor the byte."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                # The decoder may hold back the start of a multi-byte sequence from the previous chunk.
+                held = len(err.object) - len(chunk)
+                position = offset + err.start - held
+                raise UsageError(
+                    f"{path} is not valid {encoding} text: byte 0x{err.object[err.start]:02x} at byte offset "
+                    f"{position} ({err.reason}); pass --encoding with the file's encoding (e.g. --encoding latin-1 "
+                    f"or cp1252), or re-encode the file to UTF-8"
+                ) from None
+            if not chunk:
+                return
+            offset += len(chunk)
 
 
 def _first_line(err: BaseException) -> str:
@@ -431,6 +466,7 @@ def load_text_classification_data(
         "label_column": label_column,
         "label_threshold": threshold,
         "rows": {split: len(ds) for split, ds in data.items()},
+        **({"encoding": args.encoding} if codecs.lookup(args.encoding).name != "utf-8" else {}),
     }
     logger.info(f"data: {source}")
     return TextClassificationData(splits=data, num_labels=num_labels, label_names=label_names, source=source)

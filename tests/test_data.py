@@ -278,3 +278,64 @@ def test_directory_without_train_file(tmp_path):
 def test_unreachable_hub_id_is_a_clear_error():
     with pytest.raises(UsageError, match="could not load it from the Hugging Face Hub"):
         load("no-such-user/no-such-dataset")
+
+
+# ---- text encodings (a CSV saved by a spreadsheet is often cp1252 / latin-1) ----
+
+
+def _latin1_split_files(directory):
+    directory.mkdir()
+    for name, seed in (("train", 1), ("validation", 2), ("test", 3)):
+        synthetic_rows(20, seed=seed).to_csv(directory / f"{name}.csv", index=False)
+    df = synthetic_rows(20, seed=2)
+    df.loc[5, "text"] = "café moron"
+    df.to_csv(directory / "validation.csv", index=False, encoding="latin-1")
+    raw = (directory / "validation.csv").read_bytes()
+    return directory / "validation.csv", raw.index(b"caf\xe9") + 3
+
+
+def test_non_utf8_file_names_the_file_the_byte_offset_and_the_fix(tmp_path, capsys):
+    path, offset = _latin1_split_files(tmp_path / "data")
+    with pytest.raises(UsageError) as err:
+        load(tmp_path / "data")
+    assert str(err.value) == (
+        f"{path} is not valid utf-8 text: byte 0xe9 at byte offset {offset} (invalid continuation byte); "
+        "pass --encoding with the file's encoding (e.g. --encoding latin-1 or cp1252), or re-encode the file to UTF-8"
+    )
+    # The fix the message names works, and the record says how the files were read.
+    data = load(tmp_path / "data", encoding="latin-1")
+    assert "café moron" in data.splits["validation"]["text"] and data.source["encoding"] == "latin-1"
+
+    # Through a script: the same one line, exit status 2, nothing written.
+    import run_finetune
+    from conftest import common_args
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        run_finetune.main(common_args(tmp_path / "data", out, model_name_or_path="unused"))
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"byte offset {offset}" in errors[0] and str(path) in errors[0]
+    assert not out.exists()
+
+
+def test_byte_offset_is_exact_past_the_first_mebibyte(tmp_path):
+    """The file is decoded in 1 MiB chunks: a valid 2-byte character across the boundary is no error, and the
+    offset of a later bad byte is counted from the start of the file."""
+    head = b"text,label\n" + b"a" * ((1 << 20) - 12) + b"\xc3\xa9,0\n"  # é straddles the chunk boundary
+    (tmp_path / "big.csv").write_bytes(head + b"bad \xff,1\n")
+    with pytest.raises(UsageError, match=rf"byte 0xff at byte offset {len(head) + 4} \(invalid start byte\)"):
+        load(tmp_path / "big.csv")
+
+
+def test_jsonl_in_another_encoding_and_an_unknown_encoding(tmp_path):
+    rows = synthetic_rows(40, seed=1)
+    rows.loc[0, "text"] = "über idiot"
+    with open(tmp_path / "train.jsonl", "w", encoding="cp1252") as f:
+        f.write(rows.to_json(orient="records", lines=True, force_ascii=False))
+    with pytest.raises(UsageError, match=r"train.jsonl is not valid utf-8 text: byte 0xfc at byte offset"):
+        load(tmp_path)
+    data = load(tmp_path, encoding="cp1252", test_split_percentage=20, validation_split_percentage=20)
+    assert "über idiot" in sum((list(data.splits[s]["text"]) for s in data.splits), [])
+    with pytest.raises(UsageError, match=r"--encoding klingon: not a known text encoding"):
+        load(tmp_path, encoding="klingon")
