@@ -307,8 +307,9 @@ def test_non_utf8_file_names_the_file_the_byte_offset_and_the_fix(tmp_path, caps
     assert "café moron" in data.splits["validation"]["text"] and data.source["encoding"] == "latin-1"
 
     # Through a script: the same one line, exit status 2, nothing written.
-    import run_finetune
     from conftest import common_args
+
+    import run_finetune
 
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
@@ -336,6 +337,6 @@ def test_jsonl_in_another_encoding_and_an_unknown_encoding(tmp_path):
     with pytest.raises(UsageError, match=r"train.jsonl is not valid utf-8 text: byte 0xfc at byte offset"):
         load(tmp_path)
     data = load(tmp_path, encoding="cp1252", test_split_percentage=20, validation_split_percentage=20)
-    assert "über idiot" in sum((list(data.splits[s]["text"]) for s in data.splits), [])
+    assert "über idiot" in [text for split in data.splits.values() for text in split["text"]]
     with pytest.raises(UsageError, match=r"--encoding klingon: not a known text encoding"):
         load(tmp_path, encoding="klingon")
