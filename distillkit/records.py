@@ -1,0 +1,165 @@
+"""What a saved run *is*: one typed record, saved as `run_record.json` beside the weights of every directory.
+
+Like PEFT's `adapter_config.json`, the record is written once by the code that trains or merges the model and read
+by everything that loads the directory (loading, evaluation, model cards, the report, serving, teacher reuse), so
+no reader reconstructs it from folder names. Directories written before the record existed keep loading:
+`RunRecord.load` falls back on `config.json`'s `training_record` and the adapter's `all_results.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+RECORD_FILE = "run_record.json"
+MERGED_SUBDIR = "merged"
+MERGED_SUFFIX = "_merged"  # a merged LoRA model's method: lora → lora_merged
+ADAPTER_CONFIG = "adapter_config.json"
+LOSS_KEYS = ("alpha_ce", "alpha_kl", "alpha_cos", "temperature")
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "modules_to_save")
+_LIBRARIES = ("torch", "transformers", "datasets", "peft", "accelerate")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@dataclass
+class RunRecord:
+    """How one saved model was made. Layers are 1-based teacher layers; loss weights are the run's `alpha_*`."""
+
+    method: str  # teacher, finetune, odd, even, spread, bottom, top, custom, lora, lora_student, or <lora>_merged
+    base_model: str | None = None  # what the weights started from: a pretrained id/dir, or the model LoRA adapts
+    teacher: str | None = None  # the classifier distilled from (a directory or hub id)
+    teacher_base_model: str | None = None  # what that teacher was fine-tuned from
+    base_record: dict[str, Any] | None = None  # the adapted model's own record (LoRA on a student: the student's)
+    layers: list[int] | None = None
+    teacher_num_layers: int | None = None
+    loss: dict[str, float] = field(default_factory=dict)  # alpha_ce, alpha_kl, alpha_cos, temperature
+    lora: dict[str, Any] = field(default_factory=dict)  # lora_r, lora_alpha, lora_dropout, target modules
+    cache_teacher_logits: bool = False
+    problem_type: str = "single_label_classification"
+    label_names: list[str] = field(default_factory=list)
+    dataset: dict[str, Any] = field(default_factory=dict)  # name, config, columns, threshold, rows per split
+    max_seq_length: int | None = None
+    seed: int | None = None
+    is_adapter: bool = False
+    merged: bool = False
+    library_versions: dict[str, str] = field(default_factory=library_versions)
+    extra: dict[str, Any] = field(default_factory=dict)  # anything an older record held that has no field here
+
+    @property
+    def dataset_name(self) -> str | None:
+        return self.dataset.get("dataset")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, directory: str) -> str:
+        path = os.path.join(directory, RECORD_FILE)
+        os.makedirs(directory, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {**known.pop("extra", {}), **{k: v for k, v in data.items() if k not in names}}
+        return cls(**known, extra=extra)
+
+    @classmethod
+    def from_legacy(
+        cls,
+        training_record: dict[str, Any],
+        config: dict[str, Any] | None = None,
+        adapter_results: dict[str, Any] | None = None,
+    ) -> RunRecord:
+        """A record from what older runs saved: config.json's `training_record`, or for an adapter its
+        all_results.json (the adapter's config.json record, when there is one, is its base model's)."""
+        config, results = config or {}, adapter_results or {}
+        legacy = dict(training_record)
+        if results:
+            legacy = {**{k: v for k, v in results.items() if k in ("method", "base_model", "layers", "teacher")},
+                      "base_record": training_record or None,
+                      **{k: v for k, v in results.items() if k in LORA_KEYS + LOSS_KEYS}}  # fmt: skip
+        loss = {k: legacy.pop(k) for k in LOSS_KEYS if k in legacy}
+        lora = {k: legacy.pop(k) for k in LORA_KEYS if k in legacy}
+        data = legacy.pop("dataset", None) or {}
+        id2label = config.get("id2label") or {}
+        return cls.from_dict(
+            {
+                **legacy,
+                "method": str(legacy.get("method") or "custom"),
+                "loss": loss,
+                "lora": lora,
+                "dataset": data if isinstance(data, dict) else {"dataset": data},
+                "label_names": [str(id2label[k]) for k in sorted(id2label, key=int)],
+                "problem_type": config.get("problem_type") or "single_label_classification",
+                "library_versions": {},  # unknown for an old run
+            }
+        )
+
+    @classmethod
+    def load(cls, directory: str) -> RunRecord | None:
+        """The directory's record: run_record.json, else the legacy records; None when there is neither."""
+        path = os.path.join(directory, RECORD_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                return cls.from_dict(json.load(f))
+        config = _read_json(os.path.join(directory, "config.json"))
+        results = _read_json(os.path.join(directory, "all_results.json"))
+        if is_adapter_dir(directory):
+            if not results.get("method"):
+                return None
+            labels = {"id2label": results.get("id2label") or config.get("id2label") or {}}
+            record = cls.from_legacy(config.get("training_record") or {}, labels, results)
+            record.is_adapter = True
+            if record.base_record is None and record.base_model and os.path.isdir(record.base_model):
+                base = cls.load(record.base_model)  # LoRA on a student: the student's own record
+                record.base_record = base.to_dict() if base else None
+            return record
+        training_record = config.get("training_record")
+        if not training_record:
+            return None
+        record = cls.from_legacy(training_record, config)
+        if training_record.get("merged") or merged_parent(directory):
+            record.merged = True
+            record.method = merged_method(record.method)
+        return record
+
+
+def merged_method(method: str) -> str:
+    """The one naming rule for a merged LoRA model: lora → lora_merged (idempotent)."""
+    return method if method.endswith(MERGED_SUFFIX) else f"{method}{MERGED_SUFFIX}"
+
+
+def is_adapter_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
+
+
+def merged_parent(path: str) -> str | None:
+    """`OUT/merged` written by run_lora.py --merge: the adapter directory above it, else None."""
+    parent = os.path.dirname(os.path.normpath(path))
+    if os.path.basename(os.path.normpath(path)) == MERGED_SUBDIR and is_adapter_dir(parent):
+        return parent
+    return None
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,77 @@
+"""RunRecord: round trip through run_record.json, and directories written by the current scripts (records in
+config.json's training_record and the adapter's all_results.json, no run_record.json) still read back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import common_args
+
+import run_distill
+import run_lora
+from distillkit.records import RECORD_FILE, RunRecord, merged_method
+
+
+@pytest.fixture(scope="module")
+def legacy_runs(tmp_path_factory, tiny_base_model_dir, tiny_data_dir):
+    """EXP/teacher and EXP/odd by run_distill.py, EXP/lora (+ merged/) by run_lora.py on the student."""
+    exp = tmp_path_factory.mktemp("legacy")
+    run_distill.main(
+        common_args(tiny_data_dir, exp / "odd", teacher_name_or_path=tiny_base_model_dir, layers="odd", max_steps=2)
+    )
+    run_lora.main(
+        common_args(tiny_data_dir, exp / "lora", model_name_or_path=exp / "odd", max_steps=2) + ["--merge", "true"]
+    )
+    for path in exp.rglob(RECORD_FILE):  # the legacy layout, whatever the scripts write today
+        path.unlink()
+    return exp
+
+
+def test_round_trip_keeps_every_field_and_unknown_keys(tmp_path):
+    record = RunRecord(
+        method="even",
+        base_model="bert-base-uncased",
+        teacher="EXP/teacher",
+        layers=[2, 4, 6],
+        loss={"alpha_ce": 1.0, "alpha_kl": 1.0, "alpha_cos": 0.5, "temperature": 2.0},
+        label_names=["non-toxic", "toxic"],
+        dataset={"dataset": "wiki_toxic", "rows": {"train": 10}},
+        seed=7,
+        extra={"note": "kept"},
+    )
+    record.save(str(tmp_path))
+    on_disk = json.loads((tmp_path / RECORD_FILE).read_text())
+    assert on_disk["layers"] == [2, 4, 6] and "transformers" in on_disk["library_versions"]
+    assert RunRecord.load(str(tmp_path)) == record
+    assert RunRecord.from_dict({**on_disk, "future_field": 1}).extra == {"note": "kept", "future_field": 1}
+
+
+def test_legacy_student_and_teacher_read_back(legacy_runs, tiny_base_model_dir):
+    student = RunRecord.load(str(legacy_runs / "odd"))
+    assert student.method == "odd" and student.layers == [1, 3]
+    assert student.teacher == str(legacy_runs / "teacher")
+    assert student.teacher_base_model == str(tiny_base_model_dir)
+    assert set(student.loss) == {"alpha_ce", "alpha_kl", "alpha_cos", "temperature"}
+    assert student.seed == 0 and student.dataset["rows"]["train"] > 0 and not student.is_adapter
+    teacher = RunRecord.load(str(legacy_runs / "teacher"))
+    assert teacher.method == "teacher" and teacher.dataset_name
+
+
+def test_legacy_adapter_and_merged_read_back(legacy_runs):
+    adapter = RunRecord.load(str(legacy_runs / "lora"))
+    assert adapter.is_adapter and adapter.method == "lora_student"
+    assert adapter.lora["lora_r"] > 0 and adapter.label_names == ["LABEL_0", "LABEL_1"]
+    assert adapter.base_record["method"] == "odd"  # the adapted student's own record
+    merged = RunRecord.load(str(legacy_runs / "lora" / "merged"))
+    assert merged.merged and merged.method == "lora_student_merged" and not merged.is_adapter
+    assert merged.base_record["method"] == "odd"
+
+
+def test_a_directory_without_records_has_none(tmp_path, tiny_base_model_dir):
+    assert RunRecord.load(str(tiny_base_model_dir)) is None
+    assert RunRecord.load(str(tmp_path)) is None
+
+
+def test_merged_naming_rule_is_idempotent():
+    assert merged_method("lora") == "lora_merged" == merged_method("lora_merged")
