@@ -4,7 +4,8 @@
     python run_eval.py --experiment_dir EXP --dataset_name ../shared/data/wiki_toxic --output_dir EXP/report
     python run_eval.py --model_dirs EXP/teacher EXP/even EXP/lora --dataset_name hate_speech18 --output_dir OUT
 
-Models are full classifiers, PEFT adapter directories or merged models. With several seeds (EXP/seed42/...,
+Models are full classifiers, PEFT adapter directories, merged models or ONNX exports (run_export.py: the fp32 model
+and its int8 twin are scored as two rows, `runtime` names the runtime). With several seeds (EXP/seed42/...,
 EXP/seed43/...) rows are grouped by method in summary.csv (mean ± std).
 """
 
@@ -22,7 +23,7 @@ import torch
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.evaluation import SpeedSettings, evaluate_model, loss_history, model_name, unique_names
-from distillkit.loading import find_model_dirs, is_model_dir, load_classifier_dir
+from distillkit.loading import expand_onnx_variants, find_model_dirs, is_model_dir, load_classifier_dir
 from distillkit.report import (
     plot_confusion,
     plot_loss_curves,
@@ -96,6 +97,7 @@ def collect_model_dirs(args: EvalArguments) -> list[str]:
             raise UsageError(
                 f"--model_dirs {path}: not a model directory (expected config.json or adapter_config.json)"
             )
+    dirs = expand_onnx_variants(dirs)  # an ONNX export: its fp32 and int8 models
     if args.experiment_dir:
         dirs += find_model_dirs(args.experiment_dir)
     return list(dict.fromkeys(os.path.normpath(d) for d in dirs))

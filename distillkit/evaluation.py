@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .cli import UsageError
 from .data import TextClassificationData
+from .export import ONNX_FILE, is_onnx_file, variant_suffix
 from .loading import ADAPTER_CONFIG, LoadedClassifier, read_results
 from .metrics import classification_metrics, softmax
 from .students import count_parameters
@@ -44,6 +45,8 @@ class SpeedSettings:
 def model_name(path: str, experiment_dir: str | None = None) -> str:
     """A readable unique name: the path inside the experiment (`seed42-odd`, `lora-merged`), else the folder name."""
     path = os.path.normpath(path)
+    if is_onnx_file(path):  # EXP/even-onnx/model-int8.onnx: even-onnx-int8
+        return f"{model_name(os.path.dirname(path), experiment_dir)}-{variant_suffix(path)}"
     if experiment_dir and os.path.commonpath([os.path.abspath(path), os.path.abspath(experiment_dir)]) == (
         os.path.abspath(experiment_dir)
     ):
@@ -210,13 +213,15 @@ def measure_speed(
 
 
 def weights_size_mb(path: str) -> float:
-    """Size on disk (MiB) of the weight files in a model or adapter directory."""
+    """Size on disk (MiB) of the weight files in a model or adapter directory (an ONNX export: its model.onnx)."""
+    if is_onnx_file(path):
+        return os.path.getsize(path) / 2**20
     if not os.path.isdir(path):
         return math.nan
     total = sum(
         os.path.getsize(os.path.join(path, f))
         for f in os.listdir(path)
-        if f.endswith((".safetensors", ".bin", ".pt")) and f != "training_args.bin"
+        if (f.endswith((".safetensors", ".bin", ".pt")) and f != "training_args.bin") or f == ONNX_FILE
     )
     return total / 2**20
 
@@ -291,6 +296,7 @@ def evaluate_model(
     row: dict[str, Any] = {
         "model": clf.name,
         "method": method,
+        "runtime": clf.runtime,
         "base": base,
         "layers": layers_text(layers),
         "num_layers": getattr(config, "num_hidden_layers", None),

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from .cli import FINISHED_MARKER, UsageError, is_finished_run, list_checkpoints
+from .export import is_onnx_dir, is_onnx_file, load_onnx_classifier, onnx_variants
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class LoadedClassifier:
     is_adapter: bool
     record: dict[str, Any] = field(default_factory=dict)  # config.training_record
     results: dict[str, Any] = field(default_factory=dict)  # all_results.json
+    runtime: str = "pytorch"  # or onnxruntime-fp32 / onnxruntime-int8 for an exported directory (distillkit.export)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -38,7 +40,10 @@ class LoadedClassifier:
     def method(self) -> str:
         if self.is_adapter:  # an adapter's training_record is its base model's: only its own results speak for it
             return str(self.results.get("method") or "lora")
-        return str(self.results.get("method") or self.record.get("method") or "custom")
+        method = str(self.results.get("method") or self.record.get("method") or "custom")
+        if self.runtime.startswith("onnxruntime"):  # even_onnx, even_onnx_int8: grouped apart from the PyTorch rows
+            return f"{method}_onnx" + ("" if self.runtime.endswith("fp32") else f"_{self.runtime.split('-')[-1]}")
+        return method
 
 
 def is_adapter_dir(path: str) -> bool:
@@ -46,7 +51,12 @@ def is_adapter_dir(path: str) -> bool:
 
 
 def is_model_dir(path: str) -> bool:
-    return is_adapter_dir(path) or os.path.isfile(os.path.join(path, "config.json"))
+    return is_adapter_dir(path) or os.path.isfile(os.path.join(path, "config.json")) or is_onnx_file(path)
+
+
+def expand_onnx_variants(paths: list[str]) -> list[str]:
+    """An exported ONNX directory stands for its fp32 model and, when it has one, its int8 twin (DIR/model-int8.onnx)."""
+    return [variant for path in paths for variant in onnx_variants(path)]
 
 
 def read_results(path: str) -> dict[str, Any]:
@@ -58,7 +68,15 @@ def read_results(path: str) -> dict[str, Any]:
 
 
 def load_classifier_dir(path: str, name: str | None = None, device: str | torch.device = "cpu") -> LoadedClassifier:
-    """Load a saved full model or PEFT adapter in eval mode (safetensors only, never remote code)."""
+    """Load a saved full model or PEFT adapter in eval mode (safetensors only, never remote code).
+
+    An ONNX export (run_export.py: a directory with model.onnx, or DIR/model-int8.onnx) loads as an ONNX Runtime
+    session that is called like the PyTorch model.
+    """
+    if is_onnx_dir(path) or is_onnx_file(path):
+        clf = load_onnx_classifier(path, name)
+        clf.model.to(device)  # refuses anything but the CPU
+        return clf
     if not os.path.isdir(path) or not is_model_dir(path):
         raise UsageError(f"{path}: not a model directory (expected config.json or {ADAPTER_CONFIG})")
     adapter = is_adapter_dir(path)
@@ -91,7 +109,7 @@ def _model_dirs_in(directory: str) -> list[str]:
         if list_checkpoints(path) and not is_finished_run(path):
             logger.warning(f"{path}: an unfinished run (checkpoints, no {FINISHED_MARKER}): left out")
             continue
-        found.append(path)
+        found += expand_onnx_variants([path])
         merged = os.path.join(path, "merged")
         if os.path.isdir(merged) and is_model_dir(merged):
             found.append(merged)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .cli import UsageError
 from .evaluation import has_generic_label_names, layers_text, model_name, predict_logits, run_records, unique_names
-from .loading import LoadedClassifier, find_model_dirs, load_classifier_dir
+from .loading import LoadedClassifier, expand_onnx_variants, find_model_dirs, load_classifier_dir
 from .metrics import softmax
 from .students import count_parameters
 
@@ -330,6 +330,7 @@ def describe(clf: LoadedClassifier, labels: list[str]) -> dict[str, Any]:
         "params": params,
         "trainable_params": results.get("trainable_params"),
         "adapter": clf.is_adapter,
+        "runtime": clf.runtime,  # pytorch, or onnxruntime-fp32 / onnxruntime-int8 for an ONNX export
         "labels": labels,
         "test_f1": results.get("test_f1"),
         "test_accuracy": results.get("test_accuracy"),
@@ -383,7 +384,7 @@ class ModelRegistry:
         experiment_dir: str | None = None,
         label_names: list[str] | None = None,
     ) -> ModelRegistry:
-        paths = list(model_dirs)
+        paths = expand_onnx_variants(list(model_dirs))  # an ONNX export serves its fp32 and int8 models
         if experiment_dir:
             paths += find_model_dirs(experiment_dir)
         paths = list(dict.fromkeys(os.path.abspath(p) for p in paths))

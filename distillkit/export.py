@@ -1,0 +1,472 @@
+"""ONNX: exporting any trained classifier directory (fp32 and dynamic int8) and running it with ONNX Runtime.
+
+An exported directory holds `model.onnx` (and `model-int8.onnx` with --quantize int8), the tokenizer, `config.json`
+(labels and the run's `training_record`), the run's results (`all_results.json`) and `onnx_export.json`: how it was
+exported, the logit check against PyTorch, and the int8 model's agreement with fp32. `OnnxClassifier` makes an
+ONNX Runtime session look like the PyTorch model to the evaluation loop and the server (`model(**batch).logits`), so
+`load_classifier_dir` serves both.
+
+`optimum`'s exporter needs transformers < 4.58, so export is `torch.onnx.export` (TorchScript, opset 17) and
+quantization `onnxruntime.quantization.quantize_dynamic`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+
+from .cli import UsageError
+from .metrics import classification_metrics, softmax
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model-int8.onnx"
+EXPORT_RECORD = "onnx_export.json"
+OPSET = 17
+TOLERANCE = 1e-4  # max |ONNX logit - PyTorch logit| an fp32 export may differ by
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+# The run's own records travel with the export (trainer_state.json stays behind: its loss curve is the source's).
+RECORD_FILES = ("train_results.json", "eval_results.json", "test_results.json", "thresholds.json")
+# Real-looking comments for the logit check when no data set is given: short and long, toxic and not.
+CHECK_TEXTS = [
+    "Thanks for fixing the citation.",
+    "You are a pathetic moron and everyone here knows it.",
+    "Please add a reliable source for this claim before restoring the paragraph, per the talk page consensus.",
+    "Stop vandalising my talk page, you stupid troll.",
+    "The infobox lists the wrong date of birth; the 1998 biography gives 12 March.",
+    "ok",
+    (
+        "I reverted the edit because it removed sourced content without explanation in the edit summary. If you "
+        "disagree, let's discuss it here on the talk page rather than edit-warring over it."
+    ),
+    "What an ugly, worthless article. Delete it.",
+]
+
+
+class ExportCheckError(Exception):
+    """The exported model does not compute what the PyTorch model computes: nothing is kept, exit status 1."""
+
+
+# --- what an exported directory is ------------------------------------------------------------------------------
+
+
+def is_onnx_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, ONNX_FILE))
+
+
+def is_onnx_file(path: str) -> bool:
+    """A variant inside an exported directory (DIR/model-int8.onnx): it reads its tokenizer and config from DIR."""
+    return path.endswith(".onnx") and os.path.isfile(path) and is_onnx_dir(os.path.dirname(path) or ".")
+
+
+def onnx_variants(path: str) -> list[str]:
+    """The models an exported directory serves: DIR (fp32) and DIR/model-int8.onnx when it exists; else [path]."""
+    if not is_onnx_dir(path):
+        return [path]
+    int8 = os.path.join(path, INT8_FILE)
+    return [path, int8] if os.path.isfile(int8) else [path]
+
+
+def variant_suffix(path: str) -> str:
+    """`int8` for DIR/model-int8.onnx: what a model name adds for a variant file."""
+    stem = os.path.basename(path)[: -len(".onnx")]
+    return stem.removeprefix("model-").removeprefix("model") or "onnx"
+
+
+def read_export_record(directory: str) -> dict[str, Any]:
+    path = os.path.join(directory, EXPORT_RECORD)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+# --- running an exported model ----------------------------------------------------------------------------------
+
+
+def session_options(num_threads: int | None = None, spinning: bool = True):
+    """ONNX Runtime with as many threads as torch uses, so the two runtimes are timed on equal terms."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:  # idle threads sleep instead of spinning: fairer to other threads (a server's event loop)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class OnnxClassifier:
+    """An ONNX Runtime session called like a PyTorch sequence classifier: `model(**batch).logits`.
+
+    `parameters()` yields one meta tensor sized like the exported PyTorch model, so parameter counts (used by the
+    report and the server) work unchanged; nothing here trains.
+    """
+
+    def __init__(
+        self,
+        onnx_path: str,
+        config: PretrainedConfig,
+        num_parameters: int = 0,
+        num_threads: int | None = None,
+        spinning: bool = True,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = onnx_path
+        self.config = config
+        self.num_parameters = int(num_parameters)
+        self.session = ort.InferenceSession(
+            onnx_path, sess_options=session_options(num_threads, spinning), providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, **inputs: Any) -> SimpleNamespace:
+        feed = {}
+        for name in self.input_names:
+            value = inputs.get(name)
+            if value is None and name == "token_type_ids":  # a tokenizer that does not make them: segment 0
+                value = torch.zeros_like(inputs["input_ids"])
+            if value is None:
+                raise ValueError(f"the ONNX model needs input {name}")
+            feed[name] = value.detach().cpu().numpy().astype(np.int64) if torch.is_tensor(value) else np.asarray(value)
+        (logits,) = self.session.run(["logits"], feed)
+        return SimpleNamespace(logits=torch.from_numpy(logits))
+
+    def to(self, device: str | torch.device) -> OnnxClassifier:
+        if str(device) != "cpu":
+            raise UsageError(f"--device {device}: exported ONNX models run on the CPU here (onnxruntime CPU build)")
+        return self
+
+    def eval(self) -> OnnxClassifier:
+        return self
+
+    def parameters(self):
+        yield torch.empty(self.num_parameters, device="meta")
+
+
+def load_onnx_classifier(path: str, name: str | None = None, spinning: bool = True):
+    """An exported directory (fp32 model.onnx) or a variant file in one (DIR/model-int8.onnx) as a LoadedClassifier."""
+    from .loading import LoadedClassifier, read_results
+
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    onnx_path = os.path.join(path, ONNX_FILE) if os.path.isdir(path) else path
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    record = read_export_record(directory)
+    precision = "fp32" if os.path.basename(onnx_path) == ONNX_FILE else variant_suffix(onnx_path)
+    model = OnnxClassifier(onnx_path, config, record.get("params", 0), spinning=spinning)
+    default_name = os.path.basename(os.path.normpath(directory))
+    return LoadedClassifier(
+        name=name or (default_name if precision == "fp32" else f"{default_name}-{precision}"),
+        path=path,
+        model=model,  # type: ignore[arg-type]  # duck-typed: called like a PyTorch classifier
+        tokenizer=AutoTokenizer.from_pretrained(directory, trust_remote_code=False),
+        is_adapter=False,
+        record=dict(getattr(config, "training_record", None) or {}),
+        results=read_results(directory),
+        runtime=f"onnxruntime-{precision}",
+    )
+
+
+# --- exporting --------------------------------------------------------------------------------------------------
+
+
+class _LogitsOnly(torch.nn.Module):
+    """The classifier with positional inputs and one output, as the TorchScript exporter wants it."""
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = input_names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.input_names, inputs))).logits
+
+
+def model_input_names(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    names = [n for n in INPUT_NAMES if n in tokenizer.model_input_names]
+    if "token_type_ids" not in names and getattr(model.config, "type_vocab_size", 0) > 1:
+        names.append("token_type_ids")  # BERT takes segments even when its tokenizer does not make them
+    return names
+
+
+def export_fp32(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: str, opset: int = OPSET) -> None:
+    """`model` → ONNX at `path`, with dynamic batch and sequence axes."""
+    names = model_input_names(model, tokenizer)
+    sample = tokenizer(CHECK_TEXTS[:2], padding=True, return_tensors="pt")
+    args = tuple(sample[n] if n in sample else torch.zeros_like(sample["input_ids"]) for n in names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["logits"] = {0: "batch"}
+    with torch.no_grad():
+        torch.onnx.export(
+            # The wrapper must be in eval mode too: the exporter puts the module's own mode back afterwards, and a
+            # fresh Module is in training mode (dropout on in the caller's model from then on).
+            _LogitsOnly(model, names).eval(),
+            args,
+            path,
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+
+
+def check_texts(texts: list[str] | None) -> list[str]:
+    return list(texts) if texts else list(CHECK_TEXTS)
+
+
+def logits_difference(
+    model: torch.nn.Module,
+    onnx_model: OnnxClassifier,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_length: int,
+) -> float:
+    """Max |ONNX - PyTorch| logit over `texts`, in padded batches of 16 and one text alone (both axes vary)."""
+    from .evaluation import predict_logits
+
+    torch_logits = predict_logits(model, tokenizer, texts, max_length, batch_size=16)
+    onnx_logits = predict_logits(onnx_model, tokenizer, texts, max_length, batch_size=16)  # type: ignore[arg-type]
+    single = predict_logits(onnx_model, tokenizer, texts[:1], max_length, batch_size=1)  # type: ignore[arg-type]
+    return float(max(np.abs(torch_logits - onnx_logits).max(), np.abs(torch_logits[:1] - single).max()))
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """How the int8 twin is made (`quantize_dynamic`: int8 weights, activations quantized on the fly).
+
+    The defaults are the best of bench/onnx_quant.py on a trained MiniLM student (see README "Export to ONNX").
+    """
+
+    per_channel: bool = True  # one scale per output channel instead of one per weight matrix
+    matmul_only: bool = True  # quantize only MatMul (not the embedding Gathers, nor Attention ops)
+    keep_head_fp32: bool = True  # the pooler and classifier layers stay fp32 (they decide the label)
+    preprocess: str = "none"  # none | pre_process (quant_pre_process) | optimizer (transformers fusion)
+    reduce_range: bool = False  # 7-bit weights (for old CPUs without VNNI)
+
+    def __post_init__(self) -> None:
+        if self.preprocess not in ("none", "pre_process", "optimizer"):
+            raise UsageError(f"preprocess {self.preprocess!r}: expected none, pre_process or optimizer")
+
+    @property
+    def label(self) -> str:
+        parts = ["per-channel" if self.per_channel else "per-tensor"]
+        parts.append("MatMul only" if self.matmul_only else "all ops")
+        parts.append("head fp32" if self.keep_head_fp32 else "head int8")
+        if self.preprocess != "none":
+            parts.append(self.preprocess)
+        if self.reduce_range:
+            parts.append("reduce_range")
+        return ", ".join(parts)
+
+
+def head_nodes(onnx_path: str) -> list[str]:
+    """The nodes of the pooler and the classification head: what `keep_head_fp32` leaves unquantized."""
+    import onnx
+
+    graph = onnx.load(onnx_path, load_external_data=False).graph
+    return [n.name for n in graph.node if any(key in n.name for key in ("pooler", "classifier", "pre_classifier"))]
+
+
+def _optimize(fp32_path: str, out_path: str, config: PretrainedConfig) -> None:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(
+        fp32_path,
+        model_type="bert",
+        num_heads=config.num_attention_heads,
+        hidden_size=config.hidden_size,
+        opt_level=1,
+    )
+    optimized.save_model_to_file(out_path)
+
+
+def quantize_int8(fp32_path: str, out_path: str, config: PretrainedConfig, settings: QuantSettings) -> None:
+    """The dynamic int8 twin of an fp32 ONNX model."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = fp32_path
+        if settings.preprocess == "pre_process":
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            source = os.path.join(tmp, "pre.onnx")
+            quant_pre_process(fp32_path, source, skip_symbolic_shape=False)
+        elif settings.preprocess == "optimizer":
+            source = os.path.join(tmp, "optimized.onnx")
+            _optimize(fp32_path, source, config)
+        op_types = ["MatMul"] if settings.matmul_only else None
+        quantize_dynamic(
+            source,
+            out_path,
+            weight_type=QuantType.QInt8,
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            op_types_to_quantize=op_types,
+            nodes_to_exclude=head_nodes(source) if settings.keep_head_fp32 else None,
+        )
+
+
+def quantization_quality(
+    fp32: OnnxClassifier,
+    int8: OnnxClassifier,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    labels: np.ndarray | None,
+    max_length: int,
+) -> dict[str, Any]:
+    """int8 vs fp32 on the same texts: argmax agreement, largest probability change, and F1/ROC-AUC of each."""
+    from .evaluation import predict_logits
+
+    probs32 = softmax(predict_logits(fp32, tokenizer, texts, max_length))  # type: ignore[arg-type]
+    probs8 = softmax(predict_logits(int8, tokenizer, texts, max_length))  # type: ignore[arg-type]
+    out: dict[str, Any] = {
+        "texts": len(texts),
+        "agreement": float((probs32.argmax(-1) == probs8.argmax(-1)).mean()),
+        "max_prob_diff": float(np.abs(probs32 - probs8).max()),
+        "mean_prob_diff": float(np.abs(probs32 - probs8).mean()),
+    }
+    if labels is not None:
+        for key, probs in (("fp32", probs32), ("int8", probs8)):
+            metrics = classification_metrics(probs, labels)
+            out[f"f1_{key}"] = metrics["f1"]
+            out[f"accuracy_{key}"] = metrics["accuracy"]
+            out[f"roc_auc_{key}"] = metrics["roc_auc"]
+    return out
+
+
+# --- the command ------------------------------------------------------------------------------------------------
+
+
+def load_trained_classifier(model_dir: str):
+    """A trained classifier directory (full model, student, merged LoRA or adapter), adapters merged into their base.
+
+    Anything else (a base model without a trained head, an ONNX export, a folder without weights) is a UsageError.
+    """
+    from .loading import ADAPTER_CONFIG, is_adapter_dir, is_model_dir, load_classifier_dir
+
+    if not os.path.isdir(model_dir):
+        raise UsageError(f"--model_dir {model_dir}: no such directory")
+    if is_onnx_dir(model_dir):
+        raise UsageError(f"--model_dir {model_dir}: already an ONNX export ({ONNX_FILE}); give the trained model")
+    if not is_model_dir(model_dir):
+        raise UsageError(f"--model_dir {model_dir}: not a model directory (expected config.json or {ADAPTER_CONFIG})")
+    if is_adapter_dir(model_dir):
+        with open(os.path.join(model_dir, ADAPTER_CONFIG)) as f:
+            task = json.load(f).get("task_type")
+        if task != "SEQ_CLS":
+            raise UsageError(f"--model_dir {model_dir}: a {task} adapter, not a sequence classifier (SEQ_CLS)")
+    else:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            architectures = json.load(f).get("architectures") or []
+        if not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise UsageError(
+                f"--model_dir {model_dir}: not a trained classifier (architectures {architectures or 'unknown'}, "
+                "expected *ForSequenceClassification); train it first with run_finetune.py or run_distill.py"
+            )
+    try:
+        clf = load_classifier_dir(model_dir)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--model_dir {model_dir}: cannot be loaded ({str(err).splitlines()[0]})") from err
+    if clf.is_adapter:  # PEFT's answer to ONNX export of LoRA: merge, then export
+        clf.model = clf.model.merge_and_unload().eval()
+    return clf
+
+
+def write_records(clf, output_dir: str) -> None:
+    """Tokenizer, config (labels, training record) and the run's results, as the source directory had them."""
+    from .evaluation import run_records
+
+    results, _, method = run_records(clf)  # a merged LoRA model's results live in its adapter's directory
+    clf.tokenizer.save_pretrained(output_dir)
+    clf.model.config.save_pretrained(output_dir)
+    with open(os.path.join(output_dir, "all_results.json"), "w") as f:
+        json.dump({**results, "method": method}, f, indent=2, sort_keys=True, default=str)
+    for name in RECORD_FILES:
+        source = os.path.join(clf.path, name)
+        if os.path.isfile(source):
+            shutil.copyfile(source, os.path.join(output_dir, name))
+
+
+def export_classifier(
+    model_dir: str,
+    output_dir: str,
+    quantize: str | None = None,
+    texts: list[str] | None = None,
+    labels: np.ndarray | None = None,
+    max_length: int = 128,
+    settings: QuantSettings | None = None,
+    tolerance: float = TOLERANCE,
+) -> dict[str, Any]:
+    """Export `model_dir` into `output_dir` (which must not hold an export yet) and return the export record.
+
+    `texts` (validation comments, else CHECK_TEXTS) check the fp32 export against PyTorch; with `labels` the int8
+    twin's F1 is measured beside fp32's. Raises ExportCheckError, after removing the files it wrote, when the fp32
+    logits differ from PyTorch's by more than `tolerance`.
+    """
+    import onnx
+    import onnxruntime
+
+    from .students import count_parameters
+
+    clf = load_trained_classifier(model_dir)
+    settings = settings or QuantSettings()
+    texts = check_texts(texts)
+    os.makedirs(output_dir, exist_ok=True)
+    fp32_path = os.path.join(output_dir, ONNX_FILE)
+    _, params = count_parameters(clf.model)
+    export_fp32(clf.model, clf.tokenizer, fp32_path)
+    fp32 = OnnxClassifier(fp32_path, clf.model.config, params)
+    diff = logits_difference(clf.model, fp32, clf.tokenizer, texts, max_length)
+    if not diff <= tolerance:
+        os.remove(fp32_path)
+        raise ExportCheckError(
+            f"ONNX logits differ from PyTorch's by {diff:.2e} on {len(texts)} texts (tolerance {tolerance:.0e})"
+        )
+    logger.info(f"{fp32_path}: logits within {diff:.1e} of PyTorch on {len(texts)} texts")
+    write_records(clf, output_dir)
+    record: dict[str, Any] = {
+        "source": model_dir,
+        "adapter_merged": clf.is_adapter,
+        "architecture": type(clf.model).__name__,
+        "params": params,
+        "num_labels": len(clf.id2label),
+        "inputs": model_input_names(clf.model, clf.tokenizer),
+        "opset": OPSET,
+        "exporter": "torch.onnx.export (TorchScript)",
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "files": {"fp32": ONNX_FILE},
+        "size_mb": {"fp32": os.path.getsize(fp32_path) / 2**20},
+        "check": {"texts": len(texts), "max_abs_logit_diff": diff, "tolerance": tolerance},
+    }
+    if quantize == "int8":
+        int8_path = os.path.join(output_dir, INT8_FILE)
+        quantize_int8(fp32_path, int8_path, clf.model.config, settings)
+        int8 = OnnxClassifier(int8_path, clf.model.config, params)
+        quality = quantization_quality(fp32, int8, clf.tokenizer, texts, labels, max_length)
+        record["files"]["int8"] = INT8_FILE
+        record["size_mb"]["int8"] = os.path.getsize(int8_path) / 2**20
+        record["quantization"] = {"method": "dynamic", "weights": "int8", **asdict(settings), "label": settings.label}
+        record["int8_vs_fp32"] = quality
+        logger.info(
+            f"{int8_path}: agrees with fp32 on {100 * quality['agreement']:.2f}% of {len(texts)} texts"
+            + (f", F1 {quality['f1_int8']:.4f} vs fp32 {quality['f1_fp32']:.4f}" if labels is not None else "")
+        )
+    elif quantize is not None:
+        raise UsageError(f"--quantize {quantize}: only int8 is supported")
+    with open(os.path.join(output_dir, EXPORT_RECORD), "w") as f:
+        json.dump(record, f, indent=2, default=str)
+    return record

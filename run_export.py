@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Export a trained classifier directory to ONNX (fp32, and optionally its dynamic int8 twin), checked against PyTorch.
+
+    python run_export.py --model_dir EXP/even --output_dir EXP/even-onnx --quantize int8 \
+        --dataset_name ../shared/data/wiki_toxic_small
+
+Any directory the scripts write works: a teacher or fine-tuned model, a student, a merged LoRA model, or a LoRA
+adapter (merged into its base first). The output holds model.onnx (dynamic batch and sequence axes),
+model-int8.onnx with --quantize int8, the tokenizer, config.json (labels, training record), the run's results and
+onnx_export.json. The fp32 logits must equal PyTorch's within --tolerance on real texts (the validation split of
+--dataset_name, else a few built-in comments), or nothing is kept and the exit status is 1. With --dataset_name the
+int8 model's agreement with fp32 and both F1 scores on the validation split are recorded in onnx_export.json.
+run_eval.py and app.py take the output directory like any model directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from distillkit.cli import UsageError, exit_on_usage_error, parse_args
+from distillkit.data import DataTrainingArguments, load_text_classification_data
+from distillkit.export import (
+    EXPORT_RECORD,
+    INT8_FILE,
+    ONNX_FILE,
+    TOLERANCE,
+    ExportCheckError,
+    QuantSettings,
+    export_classifier,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportArguments:
+    model_dir: str = field(
+        metadata={"help": "A trained classifier directory: full model, student, merged LoRA or adapter."}
+    )
+    output_dir: str = field(metadata={"help": "Where model.onnx, the tokenizer, config and records go."})
+    quantize: str | None = field(
+        default=None, metadata={"help": "Also write the dynamic int8 twin model-int8.onnx.", "choices": ["int8"]}
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Data set whose validation split checks the export and measures int8 quality (as in training)."
+        },
+    )
+    text_column: str | None = field(default=None, metadata={"help": "The text column, if not detected."})
+    label_column: str | None = field(default=None, metadata={"help": "The label column, if not detected."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Validation texts used for the check and int8 quality (default: all)."}
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Truncation of the texts, as in training."})
+    seed: int = field(
+        default=42, metadata={"help": "Seed of held-out splits when the data set lacks a validation file."}
+    )
+    per_channel: bool = field(default=QuantSettings.per_channel, metadata={"help": "int8: one scale per channel."})
+    matmul_only: bool = field(default=QuantSettings.matmul_only, metadata={"help": "int8: quantize only MatMul."})
+    keep_head_fp32: bool = field(
+        default=QuantSettings.keep_head_fp32, metadata={"help": "int8: pooler and classifier stay fp32."}
+    )
+    preprocess: str = field(
+        default=QuantSettings.preprocess,
+        metadata={"help": "int8: graph step before quantizing.", "choices": ["none", "pre_process", "optimizer"]},
+    )
+    tolerance: float = field(default=TOLERANCE, metadata={"help": "Largest |ONNX - PyTorch| logit accepted (fp32)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing export in --output_dir."})
+
+    def __post_init__(self) -> None:
+        if os.path.abspath(self.model_dir) == os.path.abspath(self.output_dir):
+            raise UsageError(f"--output_dir {self.output_dir}: must differ from --model_dir")
+        if not self.tolerance > 0:
+            raise UsageError(f"--tolerance {self.tolerance}: must be more than 0")
+
+
+def check_output_dir(args: ExportArguments) -> None:
+    """An existing non-empty output directory is kept unless --overwrite_output_dir."""
+    if os.path.isdir(args.output_dir) and os.listdir(args.output_dir) and not args.overwrite_output_dir:
+        raise UsageError(
+            f"--output_dir {args.output_dir} is not empty; pass --overwrite_output_dir to replace it, "
+            "or choose another --output_dir"
+        )
+
+
+def validation_texts(args: ExportArguments) -> tuple[list[str] | None, np.ndarray | None]:
+    if not args.dataset_name:
+        return None, None
+    data_args = DataTrainingArguments(
+        dataset_name=args.dataset_name,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        max_eval_samples=args.max_eval_samples,
+        max_seq_length=args.max_seq_length,
+    )
+    split = load_text_classification_data(data_args, seed=args.seed).splits["validation"]
+    return list(split["text"]), np.asarray(split["label"], dtype=np.int64)
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = parse_args((ExportArguments,), argv)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        level=logging.WARNING,  # onnxruntime.quantization logs every tensor it skips at INFO on the root logger
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    for name in ("__main__", "distillkit"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    check_output_dir(args)
+    texts, labels = validation_texts(args)
+    settings = QuantSettings(args.per_channel, args.matmul_only, args.keep_head_fp32, args.preprocess)
+    for name in (ONNX_FILE, INT8_FILE, EXPORT_RECORD):  # a stale int8 twin must not outlive a new fp32 export
+        if args.overwrite_output_dir and os.path.isfile(os.path.join(args.output_dir, name)):
+            os.remove(os.path.join(args.output_dir, name))
+    try:
+        record = export_classifier(
+            args.model_dir,
+            args.output_dir,
+            quantize=args.quantize,
+            texts=texts,
+            labels=labels,
+            max_length=args.max_seq_length,
+            settings=settings,
+            tolerance=args.tolerance,
+        )
+    except ExportCheckError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    quality = record.get("int8_vs_fp32")
+    logger.info(
+        f"exported {args.model_dir} to {args.output_dir}: max logit difference {record['check']['max_abs_logit_diff']:.1e}"
+        + (f", int8 agreement {100 * quality['agreement']:.2f}%" if quality else "")
+    )
+    return record
+
+
+if __name__ == "__main__":
+    main()

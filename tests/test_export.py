@@ -1,0 +1,203 @@
+"""run_export.py: ONNX logits equal PyTorch's (full model, LoRA adapter merged, 3 classes), the int8 twin's recorded
+agreement, run_eval.py and the server on an exported directory, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+import torch
+from conftest import make_tokenizer, synthetic_rows, tiny_bert_config
+from transformers import AutoTokenizer, BertForSequenceClassification
+
+import run_eval
+import run_export
+from distillkit import export
+from distillkit.evaluation import predict_logits
+from distillkit.loading import find_model_dirs, load_classifier_dir
+from distillkit.metrics import softmax
+from distillkit.serving import ModelRegistry, PredictRequest, ServingLimits
+
+FAST_EVAL = ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_texts", "32"]
+FAST_EVAL += ["--num_threads", "1", "--bootstrap_samples", "10"]
+# Texts of several lengths, in batches of several sizes: both dynamic axes are exercised.
+TEXTS = [
+    "thanks",
+    "you are a stupid idiot",
+    "please fix the citation in this section of the article",
+    "this page is trash and you are an ugly dumb loser and a moron",
+    "good edit",
+]
+
+
+def _export(model_dir, out, *extra):
+    return run_export.main(["--model_dir", str(model_dir), "--output_dir", str(out), *map(str, extra)])
+
+
+def _pytorch_logits(model_dir, texts):
+    clf = load_classifier_dir(str(model_dir))
+    return predict_logits(clf.model, clf.tokenizer, texts, 32, batch_size=3)
+
+
+def _onnx_logits(path, texts, batch_size=3):
+    clf = load_classifier_dir(str(path))
+    return predict_logits(clf.model, clf.tokenizer, texts, 32, batch_size=batch_size)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_classifier_dir, tiny_data_dir):
+    out = tmp_path_factory.mktemp("export") / "clf-onnx"
+    record = _export(tiny_classifier_dir, out, "--quantize", "int8", "--dataset_name", tiny_data_dir)
+    return out, record
+
+
+def test_fp32_export_equals_pytorch_with_dynamic_axes(exported, tiny_classifier_dir):
+    out, record = exported
+    graph = onnx.load(str(out / export.ONNX_FILE)).graph
+    for inp in graph.input:  # batch and sequence are named, not fixed
+        dims = inp.type.tensor_type.shape.dim
+        assert [d.dim_param for d in dims] == ["batch", "sequence"], inp
+    expected = _pytorch_logits(tiny_classifier_dir, TEXTS)
+    for batch_size in (1, 2, 5):
+        assert np.abs(_onnx_logits(out, TEXTS, batch_size) - expected).max() < 1e-4
+    assert record["check"]["max_abs_logit_diff"] < 1e-4
+    assert record["check"]["texts"] == 24  # the validation split, not the built-in texts
+    # Labels, tokenizer and the run's records travel with it.
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "non-toxic", "1": "toxic"}
+    assert AutoTokenizer.from_pretrained(out)("thanks")["input_ids"]
+
+
+def test_int8_twin_records_its_agreement(exported, tiny_data_dir):
+    out, record = exported
+    quality = record["int8_vs_fp32"]
+    assert json.loads((out / export.EXPORT_RECORD).read_text())["int8_vs_fp32"] == quality
+    texts = pd.read_csv(tiny_data_dir / "validation.csv").text.tolist()
+    fp32 = _onnx_logits(out, texts).argmax(-1)
+    int8 = _onnx_logits(out / export.INT8_FILE, texts).argmax(-1)
+    assert quality["texts"] == len(texts)
+    assert quality["agreement"] == pytest.approx(float((fp32 == int8).mean()))
+    assert {"f1_fp32", "f1_int8", "roc_auc_int8"} <= set(quality)
+    assert record["size_mb"]["int8"] < record["size_mb"]["fp32"]
+    assert record["quantization"]["per_channel"] == export.QuantSettings().per_channel
+
+
+def test_lora_adapter_is_merged_then_exported(tmp_path, tiny_classifier_dir):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = BertForSequenceClassification.from_pretrained(tiny_classifier_dir)
+    config = LoraConfig(
+        task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"], init_lora_weights=False
+    )
+    adapter = tmp_path / "lora"
+    get_peft_model(base, config).save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_classifier_dir).save_pretrained(adapter)
+
+    record = _export(adapter, tmp_path / "lora-onnx")
+    assert record["adapter_merged"] is True
+    adapted = _pytorch_logits(adapter, TEXTS)  # PEFT's own unmerged forward pass
+    assert np.abs(_onnx_logits(tmp_path / "lora-onnx", TEXTS) - adapted).max() < 1e-4
+    # The adapter's weights are in the export: it is not the base model's graph.
+    assert np.abs(_pytorch_logits(tiny_classifier_dir, TEXTS) - adapted).max() > 1e-3
+
+
+def test_three_classes_export_and_evaluate(tmp_path, tiny_tokenizer_dir):
+    model_dir, data_dir = tmp_path / "clf3", tmp_path / "data3"
+    names = ["anger", "joy", "neutral"]
+    torch.manual_seed(1)
+    config = tiny_bert_config(
+        num_labels=3, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    )
+    BertForSequenceClassification(config).save_pretrained(model_dir)
+    make_tokenizer(model_dir)
+    data_dir.mkdir()
+    for split, seed in (("train", 1), ("validation", 2), ("test", 3)):
+        synthetic_rows(18, seed, num_labels=3).to_csv(data_dir / f"{split}.csv", index=False)
+
+    record = _export(model_dir, tmp_path / "clf3-onnx", "--quantize", "int8", "--dataset_name", data_dir)
+    assert record["num_labels"] == 3 and record["check"]["max_abs_logit_diff"] < 1e-4
+    results = run_eval.main(
+        ["--model_dirs", str(model_dir), str(tmp_path / "clf3-onnx"), "--dataset_name", str(data_dir)]
+        + ["--label_names", ",".join(names), "--output_dir", str(tmp_path / "report"), *FAST_EVAL]
+    )
+    assert sorted(results.runtime) == ["onnxruntime-fp32", "onnxruntime-int8", "pytorch"]
+    preds = pd.read_csv(tmp_path / "report" / "predictions" / "clf3-onnx-int8.csv")
+    assert set(preds.pred_name) <= set(names) and {"prob_0", "prob_1", "prob_2"} <= set(preds.columns)
+
+
+def test_run_eval_scores_the_export_beside_pytorch(tmp_path, exported, tiny_classifier_dir, tiny_data_dir):
+    out, _ = exported
+    results = run_eval.main(
+        ["--model_dirs", str(tiny_classifier_dir), str(out), "--dataset_name", str(tiny_data_dir)]
+        + ["--output_dir", str(tmp_path / "report"), *FAST_EVAL]
+    ).set_index("runtime")
+    assert set(results.index) == {"pytorch", "onnxruntime-fp32", "onnxruntime-int8"}
+    torch_row, fp32, int8 = results.loc["pytorch"], results.loc["onnxruntime-fp32"], results.loc["onnxruntime-int8"]
+    assert fp32.model == "clf-onnx" and int8.model == "clf-onnx-int8"
+    assert fp32.method.endswith("_onnx") and int8.method.endswith("_onnx_int8")
+    # Same predictions as PyTorch, so the same scores; its own file's size; timed in the same run.
+    assert fp32.f1 == pytest.approx(torch_row.f1) and fp32.roc_auc == pytest.approx(torch_row.roc_auc, abs=1e-6)
+    assert fp32.size_mb == pytest.approx((out / export.ONNX_FILE).stat().st_size / 2**20)
+    assert int8.size_mb == pytest.approx((out / export.INT8_FILE).stat().st_size / 2**20)
+    assert fp32.params == torch_row.params
+    for row in (fp32, int8):
+        assert row.latency_ms_b1 > 0 and row.throughput_b32 > 0
+    assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_server_loads_and_serves_the_export(exported, tiny_classifier_dir, tmp_path):
+    out, _ = exported
+    exp = tmp_path / "exp"  # an experiment directory holding a PyTorch model and its export
+    shutil.copytree(tiny_classifier_dir, exp / "clf")
+    shutil.copytree(out, exp / "clf-onnx")
+    assert [p.rsplit("/", 2)[-2:] for p in find_model_dirs(str(exp))][-1] == ["clf-onnx", export.INT8_FILE]
+    registry = ModelRegistry.from_dirs([], ServingLimits(), experiment_dir=str(exp))
+    try:
+        assert registry.names == ["clf", "clf-onnx", "clf-onnx-int8"]
+        runtimes = {m["name"]: m["runtime"] for m in registry.describe()}
+        assert runtimes == {"clf": "pytorch", "clf-onnx": "onnxruntime-fp32", "clf-onnx-int8": "onnxruntime-int8"}
+        answer = registry.predict(PredictRequest(texts=TEXTS, models=registry.names))
+        expected = softmax(_pytorch_logits(tiny_classifier_dir, TEXTS))
+        for i, result in enumerate(answer["results"]):
+            by_model = {p["model"]: p for p in result["predictions"]}
+            served = by_model["clf-onnx"]["probabilities"]
+            assert [served["non-toxic"], served["toxic"]] == pytest.approx(expected[i].tolist(), abs=1e-5)
+            assert by_model["clf-onnx-int8"]["label"] in ("non-toxic", "toxic")
+    finally:
+        registry.close()
+
+
+def _expect_error(capsys, argv, message, code=2):
+    with pytest.raises(SystemExit) as exit_info:
+        run_export.main([str(a) for a in argv])
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1], err
+
+
+def test_a_directory_that_is_not_a_trained_classifier_is_refused(tmp_path, capsys, tiny_base_model_dir, exported):
+    out = tmp_path / "out"
+    _expect_error(capsys, ["--model_dir", tiny_base_model_dir, "--output_dir", out], "not a trained classifier")
+    _expect_error(capsys, ["--model_dir", tmp_path / "missing", "--output_dir", out], "no such directory")
+    (tmp_path / "empty").mkdir()
+    _expect_error(capsys, ["--model_dir", tmp_path / "empty", "--output_dir", out], "not a model directory")
+    _expect_error(capsys, ["--model_dir", exported[0], "--output_dir", out], "already an ONNX export")
+    assert not out.exists()
+
+
+def test_existing_output_and_a_failed_check_keep_nothing(tmp_path, capsys, tiny_classifier_dir, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    _expect_error(capsys, ["--model_dir", tiny_classifier_dir, "--output_dir", out], "--overwrite_output_dir")
+    assert (out / "keep.txt").read_text() == "mine"
+    # An export whose logits drift beyond the tolerance is not kept, and the exit status says so.
+    monkeypatch.setattr(export, "logits_difference", lambda *a, **k: 0.5)
+    fresh = tmp_path / "fresh"
+    _expect_error(capsys, ["--model_dir", tiny_classifier_dir, "--output_dir", fresh], "differ from PyTorch", code=1)
+    assert not (fresh / export.ONNX_FILE).exists()
