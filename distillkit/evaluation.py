@@ -89,6 +89,9 @@ def run_records(clf: LoadedClassifier) -> tuple[dict[str, Any], dict[str, Any], 
     elif clf.is_adapter:
         # An adapter's config.training_record is its base model's: only all_results.json speaks for the adapter.
         method = str(results.get("method") or "lora")
+    elif record.get("alpha_kl") == 0 and record.get("alpha_cos") == 0 and "teacher" in record:
+        # A student trained on the labels alone (the CE-only control of distillation) is its own method: odd_ce.
+        method = f"{method}_ce"
     return results, record, method
 
 

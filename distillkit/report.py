@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Any
 
 import matplotlib
@@ -14,7 +15,23 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix
 
-METHOD_ORDER = ("teacher", "odd", "even", "top", "bottom", "custom", "lora", "lora_student")
+from .methods import CONTROLS
+from .stats import METRIC_LABELS, NOT_DISTINGUISHABLE, metric_names, paired_table, study_pairs
+
+METHOD_ORDER = (
+    "teacher",
+    "odd",
+    "even",
+    "bottom",
+    "top",
+    "spread",
+    "custom",
+    "odd_ce",
+    "even_ce",
+    "lora",
+    "lora_even",
+    "lora_student",
+)
 SUMMARY_COLUMNS = (
     "accuracy",
     "precision",
@@ -37,6 +54,8 @@ SUMMARY_COLUMNS = (
     "serving_size_mb",
 )
 LOSS_COMPONENTS = ("loss", "loss_ce", "loss_kl", "loss_cos")
+_SEEDED_MODEL = re.compile(r"^seed\d+-(.+)$")
+_IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 
 
 def method_rank(method: str) -> tuple[int, str]:
@@ -175,8 +194,51 @@ def _mean_std(row: pd.Series, column: str, digits: int = 3) -> str:
     return _fmt(mean, digits) if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def verdict(results: pd.DataFrame, summary: pd.DataFrame, split: str) -> str:
-    """A paragraph made only from the numbers: who wins on F1 and AUC, at what size and speed, and is it noise."""
+def stage_key(model: str, method: str) -> str:
+    """The method a row stands for in paired comparisons: the stage folder of a run_compare experiment
+    (`seed42-lora_even` → lora_even, the registry's name), else the recorded method."""
+    match = _SEEDED_MODEL.match(str(model))
+    return match.group(1) if match else str(method)
+
+
+def _interval(low: float, high: float) -> str:
+    return "–" if pd.isna(low) else f"{low:+.3f} to {high:+.3f}"
+
+
+def _pair_sentence(row: pd.Series) -> str:
+    metric = METRIC_LABELS.get(row.metric, row.metric)
+    seeds = f"{int(row.n_seeds)} seed{'s' if row.n_seeds > 1 else ''}"
+    if row.n_seeds < 2:
+        ci = f"one seed, so no interval across seeds; text bootstrap {_interval(row.boot_low, row.boot_high)}"
+    else:
+        ci = f"95% CI {_interval(row.ci_low, row.ci_high)} across {seeds}; text bootstrap {_interval(row.boot_low, row.boot_high)}"
+    if row.verdict == "A better":
+        call = f"{row.a} is better"
+    elif row.verdict == "B better":
+        call = f"{row.b} is better"
+    else:
+        call = NOT_DISTINGUISHABLE
+    return f"{row.a} − {row.b}: {metric} {row['diff']:+.3f} ({ci}): **{call}**."
+
+
+def pareto_front(summary: pd.DataFrame, metric: str, cost: str = "latency_ms_b1_cpu") -> list[str]:
+    """Methods no other method beats on both quality (higher `metric` mean) and cost (lower mean), cheapest first."""
+    s = summary.dropna(subset=[f"{metric}_mean", f"{cost}_mean"])
+    front = []
+    for _, row in s.iterrows():
+        dominated = (
+            (s[f"{metric}_mean"] >= row[f"{metric}_mean"])
+            & (s[f"{cost}_mean"] <= row[f"{cost}_mean"])
+            & ((s[f"{metric}_mean"] > row[f"{metric}_mean"]) | (s[f"{cost}_mean"] < row[f"{cost}_mean"]))
+        ).any()
+        if not dominated:
+            front.append((row[f"{cost}_mean"], row.method))
+    return [m for _, m in sorted(front)]
+
+
+def verdict(results: pd.DataFrame, summary: pd.DataFrame, split: str, pairs: pd.DataFrame | None = None) -> str:
+    """A few sentences made only from the numbers: the best method, then the paired differences the study asks
+    about (odd vs even; distillation vs its CE-only control; where LoRA sits), then the quality/latency front."""
     s = summary.set_index("method")
     multi_seed = bool((s.n_models > 1).any())
     best_f1 = s.f1_mean.idxmax()
@@ -195,61 +257,34 @@ def verdict(results: pd.DataFrame, summary: pd.DataFrame, split: str) -> str:
             f"On the {split} split ({n} texts; {per}), **{best_f1}** is best on F1 ({s.f1_mean[best_f1]:.3f}) "
             f"and **{best_auc}** on ROC-AUC ({s.roc_auc_mean[best_auc]:.3f})."
         )
-    for name in dict.fromkeys([best_f1, best_auc]):
-        if name is None:
-            continue
+    if not multi_seed:
         parts.append(
-            f"{name} serves from {s.serving_size_mb_mean[name]:.1f} MB of weights "
-            f"({s.size_mb_mean[name]:.1f} MB of its own), answers one text in {s.latency_ms_b1_mean[name]:.1f} ms "
-            f"({s.latency_ms_b1_cpu_mean[name]:.1f} ms of CPU time) and classifies {s.throughput_b32_mean[name]:.0f} "
-            "texts/s at batch 32."
+            "Each method was trained with one seed, so the seed-to-seed spread is unknown (train with several `--seeds` "
+            "to measure it): no difference below is called."
         )
-    if "teacher" in s.index:
-        t = s.loc["teacher"]
-        for method, row in s.iterrows():
-            if method == "teacher":
-                continue
-            gap = row.f1_mean - t.f1_mean
-            text = (
-                f"{method} vs the teacher: F1 {gap:+.3f}, ROC-AUC {row.roc_auc_mean - t.roc_auc_mean:+.3f}, "
-                f"{row.serving_size_mb_mean / t.serving_size_mb_mean:.2f}× the serving size, "
-                f"{t.latency_ms_b1_mean / row.latency_ms_b1_mean:.2f}× the single-text speed "
-                f"({t.latency_ms_b1_cpu_mean / row.latency_ms_b1_cpu_mean:.2f}× by CPU time), "
-                f"{row.trainable_pct_mean:.2f}% of its parameters trained"
+    if pairs is not None and len(pairs):
+        primary = pairs.metric.iloc[0]
+        main = pairs[(pairs.metric == primary) & (pairs.b != "teacher")]
+        parts += [_pair_sentence(row) for _, row in main.iterrows()]
+        vs_teacher = pairs[(pairs.metric == primary) & (pairs.b == "teacher")]
+        if len(vs_teacher):
+            same = vs_teacher[vs_teacher.verdict == NOT_DISTINGUISHABLE].a.tolist()
+            worse = vs_teacher[vs_teacher.verdict == "B better"].a.tolist()
+            better = vs_teacher[vs_teacher.verdict == "A better"].a.tolist()
+            text = f"Against the teacher ({METRIC_LABELS.get(primary, primary)}): "
+            text += "; ".join(
+                f"{label} {', '.join(names)}"
+                for label, names in (("worse:", worse), ("not distinguishable:", same), ("better:", better))
+                if names
             )
-            spread = np.nanmax([row.f1_std, t.f1_std]) if multi_seed else math.nan
-            if not math.isnan(spread):
-                text += f" (the F1 gap is {'larger' if abs(gap) > spread else 'not larger'} than the seed-to-seed std {spread:.3f})"
-            parts.append(text + ".")
-    ranked = s.f1_mean.sort_values(ascending=False)
-    if len(ranked) > 1:
-        first, second = ranked.index[0], ranked.index[1]
-        gap = ranked.iloc[0] - ranked.iloc[1]
-        if multi_seed:
-            spread = np.nanmax([s.f1_std[first], s.f1_std[second]])
-            if math.isnan(spread):
-                parts.append(
-                    f"The F1 lead of {first} over {second} ({gap:.3f}) cannot be compared with seed spread: one of them has a single seed."
-                )
-            else:
-                exceeds = gap > spread
-                parts.append(
-                    f"The F1 lead of {first} over {second} ({gap:.3f}) is {'larger' if exceeds else 'smaller'} than the "
-                    f"larger seed-to-seed std of the two ({spread:.3f}): "
-                    + (
-                        "it is more than seed noise."
-                        if exceeds
-                        else "it is within seed noise; run more seeds before choosing on F1."
-                    )
-                )
-        else:
-            best = results[results.method == first].iloc[0]
-            inside = best.f1_ci_low <= ranked.iloc[1] <= best.f1_ci_high
+            parts.append(text + " (forest plot below).")
+    metric = "f1" if "f1_mean" in summary else None
+    if metric and "latency_ms_b1_cpu_mean" in summary:
+        front = pareto_front(summary, metric)
+        if front:
             parts.append(
-                f"Each method was trained with one seed, so the seed-to-seed spread is unknown (train with several `--seeds` to measure it). "
-                f"The test set's own noise: {first}'s F1 has a bootstrap 95% interval of {best.f1_ci_low:.3f}–{best.f1_ci_high:.3f}, "
-                f"which {'contains' if inside else 'excludes'} {second}'s F1 ({ranked.iloc[1]:.3f})"
-                + (": the lead is within test-set noise." if inside else ".")
+                f"Quality vs latency (mean F1 against CPU-time latency per text): the Pareto front is {', '.join(front)} "
+                "(every other method is slower without being better)."
             )
     return " ".join(parts)
 
@@ -268,17 +303,145 @@ def load_warning(results: pd.DataFrame, context: dict[str, Any]) -> list[str]:
     return [warning, ""]
 
 
+def read_predictions(output_dir: str, models: list[str]) -> dict[str, pd.DataFrame]:
+    """predictions/<model>.csv (or .csv.gz) of each model that has one."""
+    found = {}
+    for model in models:
+        for ext in (".csv", ".csv.gz"):
+            path = os.path.join(output_dir, "predictions", f"{model}{ext}")
+            if os.path.isfile(path):
+                found[model] = pd.read_csv(path)
+                break
+    return found
+
+
+def compare_pairs(
+    results: pd.DataFrame, predictions: dict[str, pd.DataFrame], n_resamples: int = 1000
+) -> pd.DataFrame | None:
+    """The paired-difference table (distillkit.stats) of the pairs the study asks about, keyed by stage_key.
+
+    None when fewer than two methods have predictions on the same seeds.
+    """
+    by_method: dict[str, dict[int, pd.DataFrame]] = {}
+    for row in results.itertuples():
+        if row.model in predictions and not pd.isna(row.seed):
+            by_method.setdefault(stage_key(row.model, row.method), {})[int(row.seed)] = predictions[row.model]
+    ordered = sorted(by_method, key=method_rank)
+    pairs = [(a, b) for a, b in study_pairs(ordered, CONTROLS) if set(by_method[a]) & set(by_method[b])]
+    if not pairs:
+        return None
+    some = next(iter(predictions.values()))
+    k = sum(c.startswith("prob_") for c in some.columns)
+    return paired_table(by_method, pairs, metric_names(k), n_resamples)
+
+
+def plot_forest(pairs: pd.DataFrame, path: str, reference: str = "teacher") -> str | None:
+    """Difference vs `reference` per method with its intervals: thick = 95% t across seeds, thin = text bootstrap."""
+    rows = pairs[pairs.b == reference]
+    if rows.empty:
+        return None
+    metrics = list(dict.fromkeys(rows.metric))
+    methods = list(dict.fromkeys(rows.a))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 0.45 * len(methods) + 1.5), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        part = rows[rows.metric == metric].set_index("a")
+        ys = np.arange(len(methods))[::-1]
+        for y, method in zip(ys, methods):
+            if method not in part.index:
+                continue
+            r = part.loc[method]
+            ax.plot([r.boot_low, r.boot_high], [y, y], color="0.6", lw=1)
+            if not pd.isna(r.ci_low):
+                ax.plot([r.ci_low, r.ci_high], [y, y], color="tab:blue", lw=4, alpha=0.7)
+            ax.plot([r["diff"]], [y], "o", color="black" if r.verdict == NOT_DISTINGUISHABLE else "tab:red")
+        ax.axvline(0, color="black", lw=0.8, ls="--")
+        ax.set_yticks(ys, methods)
+        ax.set_xlabel(f"{METRIC_LABELS.get(metric, metric)} − {reference}")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0][0].set_title("blue: 95% CI across seeds; grey: text bootstrap; red dot: called", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_method_means(summary: pd.DataFrame, metric: str, path: str, cost: str = "latency_ms_b1_cpu") -> str:
+    """One point per method (mean ± std over seeds) of quality against CPU-time latency, the Pareto front joined."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, row in enumerate(summary.itertuples()):
+        x, y = getattr(row, f"{cost}_mean"), getattr(row, f"{metric}_mean")
+        xerr, yerr = getattr(row, f"{cost}_std"), getattr(row, f"{metric}_std")
+        ax.errorbar(
+            x,
+            y,
+            xerr=None if pd.isna(xerr) else xerr,
+            yerr=None if pd.isna(yerr) else yerr,
+            fmt="o",
+            color=plt.cm.tab10(i % 10),
+            label=row.method,
+            capsize=3,
+        )
+        ax.annotate(row.method, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    front = summary.set_index("method").loc[pareto_front(summary, metric, cost)]
+    ax.plot(front[f"{cost}_mean"], front[f"{metric}_mean"], color="0.5", ls=":", lw=1, label="Pareto front")
+    ax.set_xlabel("single-text latency, CPU time (ms, mean over seeds)")
+    ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def pairs_markdown(pairs: pd.DataFrame) -> list[str]:
+    lines = [
+        "| A | B | metric | seeds | A mean | B mean | A − B | 95% CI (seeds, t) | p (paired t) | 95% CI (texts, bootstrap) | call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in pairs.itertuples():
+        p = "–" if pd.isna(row.p_value) else f"{row.p_value:.3f}"
+        call = {"A better": f"{row.a} better", "B better": f"{row.b} better"}.get(row.verdict, row.verdict)
+        lines.append(
+            f"| {row.a} | {row.b} | {METRIC_LABELS.get(row.metric, row.metric)} | {row.n_seeds} | {row.mean_a:.3f} | "
+            f"{row.mean_b:.3f} | {row.diff:+.3f} | {_interval(row.ci_low, row.ci_high)} | {p} | "
+            f"{_interval(row.boot_low, row.boot_high)} | {call} |"
+        )
+    return lines
+
+
+def linked_images(markdown_path: str) -> list[str]:
+    """Paths of the images a markdown file links, resolved against its folder."""
+    with open(markdown_path) as f:
+        text = f.read()
+    folder = os.path.dirname(markdown_path)
+    return [os.path.normpath(os.path.join(folder, link)) for link in _IMAGE_LINK.findall(text)]
+
+
 def write_report(
     output_dir: str,
     results: pd.DataFrame,
     summary: pd.DataFrame,
     plots: dict[str, Any],
     context: dict[str, Any],
+    predictions: dict[str, pd.DataFrame] | None = None,
+    n_resamples: int = 1000,
 ) -> str:
-    """report.md: setup, results table, per-method summary (with several seeds), plots, verdict."""
+    """report.md: setup, verdict, results table, per-method summary, paired differences, plots.
+
+    `predictions` (model → label, pred, prob_* frame) defaults to the files in `output_dir/predictions/`; with
+    them the paired differences of distillkit.stats are computed, written to `paired.csv` and drawn in a forest plot.
+    """
     split = context["split"]
+    if predictions is None:
+        predictions = read_predictions(output_dir, list(results.model))
+    pairs = compare_pairs(results, predictions, n_resamples) if predictions else None
+    if pairs is not None:
+        pairs.to_csv(os.path.join(output_dir, "paired.csv"), index=False)
+        os.makedirs(os.path.join(output_dir, "plots"), exist_ok=True)
+        plots = {**plots, "forest": plot_forest(pairs, os.path.join(output_dir, "plots", "forest.png"))}
     lines = [
-        "# Comparison report",
+        f"# {context.get('title', 'Comparison report')}",
         "",
         (
             f"Data: `{context['dataset']}`, split `{split}` ({int(results.samples.iloc[0])} texts, labels: "
@@ -289,12 +452,13 @@ def write_report(
             "F1, precision and recall are of the positive class for binary tasks and macro for multi-class; "
             "ROC-AUC is macro one-vs-rest for multi-class. `size` is the weights in the model's own directory; "
             "`serving` adds the base model an adapter needs."
+            + (f" {context['setup_note']}" if context.get("setup_note") else "")
         ),
         "",
         *load_warning(results, context),
         "## Verdict",
         "",
-        verdict(results, summary, split),
+        verdict(results, summary, split, pairs),
         "",
         "## Results (one row per model; `results.csv` has every column)",
         "",
@@ -337,15 +501,33 @@ def write_report(
                 f"{_mean_std(row, 'serving_size_mb', 1)} |"
             )
         lines.append("")
+    if pairs is not None:
+        lines += [
+            "## Paired differences (`paired.csv`)",
+            "",
+            (
+                "Per seed, A and B are scored on the same test texts; the table gives the mean difference, a 95% t "
+                "interval across seeds (seed noise) and a 95% paired bootstrap over the test texts pooled across "
+                "seeds (test-set noise). A difference is called only when both intervals exclude 0; otherwise it is "
+                f'"{NOT_DISTINGUISHABLE}". The CE-only controls (odd_ce, even_ce) start from the same teacher layers '
+                "and train on the labels alone."
+            ),
+            "",
+            *pairs_markdown(pairs),
+            "",
+        ]
     lines += ["## Plots", ""]
     for title, key in (
+        ("Difference vs the teacher (forest plot)", "forest"),
+        ("Quality vs latency, per method", "method_means"),
         ("Quality vs size", "quality_vs_size"),
         ("Quality vs latency", "quality_vs_latency"),
         ("Training loss", "loss_curves"),
     ):
         if plots.get(key):
             lines += [f"### {title}", "", f"![{title}]({os.path.relpath(plots[key], output_dir)})", ""]
-    lines += ["### Confusion matrices", ""]
+    if plots.get("confusion"):
+        lines += ["### Confusion matrices", ""]
     for name, path in plots.get("confusion", {}).items():
         lines += [f"![{name}]({os.path.relpath(path, output_dir)})", ""]
     path = os.path.join(output_dir, "report.md")

@@ -1,0 +1,101 @@
+"""The report: paired differences, forest plot, a verdict made from the difference table, and every linked plot exists."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO
+
+from distillkit.report import SUMMARY_COLUMNS, linked_images, pareto_front, summarize, write_report
+
+CONTEXT = {
+    "dataset": "tiny",
+    "split": "test",
+    "label_names": ["no", "yes"],
+    "machine": "test machine",
+    "torch": "x",
+    "num_threads": 1,
+    "device": "cpu",
+    "latency_runs": 50,
+    "throughput_texts": 32,
+}
+
+
+def synthetic_study(seeds: list[int], flip: dict[str, float], n: int = 300, k: int = 2):
+    """results rows and predictions of methods whose error rate is `flip[method]`, on the same texts."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, k, n)
+    rows, predictions = [], {}
+    for method, rate in flip.items():
+        for seed in seeds:
+            wrong = rng.random(n) < rate
+            preds = np.where(wrong, (labels + 1) % k, labels)
+            probs = np.full((n, k), 0.1 / max(k - 1, 1))
+            probs[np.arange(n), preds] = 0.9
+            model = f"seed{seed}-{method}"
+            predictions[model] = pd.DataFrame(
+                {"label": labels, "pred": preds, **{f"prob_{i}": probs[:, i] for i in range(k)}}
+            )
+            row = {c: float(rng.random()) for c in SUMMARY_COLUMNS}
+            row |= {"model": model, "method": method, "seed": seed, "samples": n, "f1": 1 - rate + 0.01 * seed}
+            row |= {"f1_ci_low": 0.0, "f1_ci_high": 1.0, "latency_ms_b1_cpu": 30.0 if method == "teacher" else 15.0}
+            row |= {"layers": "all", "latency_ms_b1": 1.0, "train_runtime_s": 1.0}
+            rows.append(row)
+    return pd.DataFrame(rows), predictions
+
+
+def test_report_with_pairs_links_only_existing_plots(tmp_path):
+    results, predictions = synthetic_study([1, 2, 3], {"teacher": 0.05, "odd": 0.1, "even": 0.4, "odd_ce": 0.11})
+    path = write_report(str(tmp_path), results, summarize(results), {}, CONTEXT, predictions, n_resamples=200)
+    text = Path(path).read_text()
+    links = linked_images(path)
+    assert os.path.join(str(tmp_path), "plots", "forest.png") in links
+    assert all(os.path.isfile(p) for p in links), [p for p in links if not os.path.isfile(p)]
+    pairs = pd.read_csv(tmp_path / "paired.csv")
+    got = {(r.a, r.b, r.metric): r.verdict for r in pairs.itertuples()}
+    assert got[("odd", "even", "f1")] == "A better"  # 10% vs 40% errors on every seed
+    assert got[("odd", "odd_ce", "f1")] == "not distinguishable"  # 10% vs 11%: within the noise
+    assert got[("even", "teacher", "f1")] == "B better"
+    # The verdict sentences come from that table; the old "more than seed noise" wording is gone.
+    assert "odd − even: positive-class F1" in text and "**odd is better**" in text
+    assert "odd − odd_ce: positive-class F1" in text and "**not distinguishable**" in text
+    assert "Against the teacher" in text and "seed noise." not in text
+    assert "| odd | even | positive-class F1 | 3 |" in text
+
+
+def test_one_seed_calls_nothing(tmp_path):
+    results, predictions = synthetic_study([7], {"teacher": 0.05, "even": 0.4})
+    path = write_report(str(tmp_path), results, summarize(results), {}, CONTEXT, predictions, n_resamples=100)
+    text = Path(path).read_text()
+    assert "seed-to-seed spread is unknown" in text
+    assert "| even | teacher | positive-class F1 | 1 |" in text and "teacher better" not in text
+    assert "Against the teacher (positive-class F1): not distinguishable: even" in text
+
+
+def test_multiclass_uses_macro_f1(tmp_path):
+    results, predictions = synthetic_study([1, 2], {"teacher": 0.1, "odd": 0.2, "even": 0.2}, k=4)
+    write_report(str(tmp_path), results, summarize(results), {}, CONTEXT | {"label_names": list("abcd")}, predictions)
+    pairs = pd.read_csv(tmp_path / "paired.csv")
+    assert set(pairs.metric) == {"macro_f1"}
+
+
+def test_pareto_front():
+    summary = pd.DataFrame(
+        {
+            "method": ["teacher", "odd", "even", "lora"],
+            "f1_mean": [0.92, 0.91, 0.90, 0.91],
+            "latency_ms_b1_cpu_mean": [30.0, 15.0, 15.0, 29.0],
+        }
+    )
+    assert pareto_front(summary, "f1") == ["odd", "teacher"]  # even: as slow as odd, worse; lora: dominated by odd
+
+
+@pytest.mark.parametrize("markdown", sorted(glob.glob(str(REPO / "docs" / "results" / "**" / "*.md"), recursive=True)))
+def test_committed_reports_link_existing_plots(markdown):
+    missing = [p for p in linked_images(markdown) if not os.path.isfile(p)]
+    assert not missing, f"{markdown} links missing files: {missing}"
