@@ -25,6 +25,7 @@ from distillkit.teacher import (
     default_teacher_dir,
     finetune_classifier,
     plan_teacher,
+    teacher_record,
     teacher_training_args,
 )
 from distillkit.training import build_trainer, load_tokenized, start_run, train_evaluate_save
@@ -51,7 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
     # Everything below up to training only reads: bad input fails before anything is written.
     resume_from, data = start_run(training_args, data_args, teacher_args.cache_dir)
     teacher_dir = teacher_args.teacher_output_dir or default_teacher_dir(training_args.output_dir)
-    plan = plan_teacher(teacher_args, teacher_dir, data.num_labels)
+    plan = plan_teacher(
+        teacher_args, teacher_dir, data, data_args.max_seq_length, overwrite=training_args.overwrite_output_dir
+    )
     layers = select_layers(student_args.layers, plan.config.num_hidden_layers, student_args.student_num_layers)
     logger.info(f"student: teacher layers {layers} of {plan.config.num_hidden_layers}")
 
@@ -65,14 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
             data,
             tokenized,
             tokenizer,
-            teacher_training_args(training_args, teacher_dir, teacher_args),
+            teacher_training_args(training_args, teacher_dir, teacher_args, overwrite=plan.overwrite),
             plan.resume_from_checkpoint,
-            record={
-                "method": "teacher",
-                "base_model": plan.finetune_from,
-                "dataset": data.source,
-                "seed": training_args.seed,
-            },
+            record=teacher_record(plan.finetune_from, data, data_args.max_seq_length, training_args.seed),
             cache_dir=teacher_args.cache_dir,
             revision=teacher_args.model_revision,
         )

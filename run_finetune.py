@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments
-from distillkit.teacher import finetune_classifier, load_config
+from distillkit.teacher import finetune_classifier, load_config, teacher_record
 from distillkit.training import load_tokenized, start_run
 
 
@@ -52,12 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer,
         training_args,
         resume_from,
-        record={
-            "method": "teacher",
-            "base_model": model_args.model_name_or_path,
-            "dataset": data.source,
-            "seed": training_args.seed,
-        },
+        record=teacher_record(model_args.model_name_or_path, data, data_args.max_seq_length, training_args.seed),
         cache_dir=model_args.cache_dir,
         revision=model_args.model_revision,
     )

@@ -45,12 +45,14 @@ class TeacherArguments:
 
 @dataclass
 class TeacherPlan:
-    """Where the ready teacher is (or will be), and whether it must be fine-tuned first."""
+    """Where the ready teacher is (or will be), and whether it must be fine-tuned first (replacing a finished
+    teacher that does not match the request when `overwrite`)."""
 
     source: str
     config: PretrainedConfig
     finetune_from: str | None = None
     resume_from_checkpoint: str | None = None
+    overwrite: bool = False
 
     @property
     def needs_finetuning(self) -> bool:
@@ -82,30 +84,149 @@ def has_trained_head(config: PretrainedConfig, num_labels: int) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == num_labels
 
 
-def plan_teacher(args: TeacherArguments, teacher_dir: str, num_labels: int) -> TeacherPlan:
-    """Decide, without writing anything, which teacher to use."""
+def teacher_record(base_model: str, data: TextClassificationData, max_seq_length: int, seed: int) -> dict[str, Any]:
+    """What a fine-tuned teacher records about itself (config.json `training_record`): enough for a later run to
+    tell whether it may reuse it (`reuse_mismatch`)."""
+    return {
+        "method": "teacher",
+        "base_model": base_model,
+        "dataset": data.source,
+        "max_seq_length": max_seq_length,
+        "seed": seed,
+    }
+
+
+def _same_source(recorded: Any, wanted: Any) -> bool:
+    """The same hub id, or the same local file/directory however its path is spelled."""
+    if recorded == wanted:
+        return True
+    paths = [str(x) for x in (recorded, wanted) if x is not None]
+    return len(paths) == 2 and all(os.path.exists(p) for p in paths) and os.path.samefile(*paths)
+
+
+def _dataset_name(source: dict[str, Any]) -> str:
+    return f"{source.get('dataset')}" + (f" ({source['config']})" if source.get("config") else "")
+
+
+def _generic_names(names: list[str]) -> bool:
+    """LABEL_0, LABEL_1, ...: what a run without class names calls its classes."""
+    return list(names) == [f"LABEL_{i}" for i in range(len(names))]
+
+
+def reuse_mismatch(
+    recorded: dict[str, Any], recorded_labels: list[str], wanted: dict[str, Any], wanted_labels: list[str]
+) -> str | None:
+    """How a finished teacher's record differs from what this run asks for, or None when it may be reused.
+
+    Both records are `teacher_record` dicts; the label sets are the class names in id order (generic LABEL_i names,
+    from a run without --label_names, match any names of the same count). Compared: the base model it was
+    fine-tuned from, the data set (name, config, label set) and --max_seq_length. A teacher from before
+    max_seq_length was recorded is not refused for it.
+    """
+    if not recorded:
+        return "it has no training record (config.json training_record), so what it was trained on is unknown"
+    if not _same_source(recorded.get("base_model"), wanted["base_model"]):
+        return (
+            f"it was fine-tuned from {recorded.get('base_model')}, this run asks for {wanted['base_model']} "
+            "(--teacher_name_or_path)"
+        )
+    was, now = recorded.get("dataset") or {}, wanted["dataset"]
+    was = was if isinstance(was, dict) else {"dataset": was}
+    if not _same_source(was.get("dataset"), now.get("dataset")) or was.get("config") != now.get("config"):
+        return f"it was trained on the data set {_dataset_name(was)}, this run uses {_dataset_name(now)} (--dataset_name)"
+    if len(recorded_labels) != len(wanted_labels) or (
+        list(recorded_labels) != list(wanted_labels)
+        and not (_generic_names(recorded_labels) or _generic_names(wanted_labels))
+    ):
+        return (
+            f"its labels are {', '.join(recorded_labels)}, this run's are {', '.join(wanted_labels)} "
+            "(the data set's label set or --label_names)"
+        )
+    if recorded.get("max_seq_length") not in (None, wanted["max_seq_length"]):
+        return (
+            f"it was trained with --max_seq_length {recorded['max_seq_length']}, this run asks for "
+            f"{wanted['max_seq_length']}"
+        )
+    return None
+
+
+def plan_teacher(
+    args: TeacherArguments,
+    teacher_dir: str,
+    data: TextClassificationData,
+    max_seq_length: int,
+    overwrite: bool = False,
+) -> TeacherPlan:
+    """Decide, without writing anything, which teacher to use.
+
+    A finished teacher in `teacher_dir` (or an unfinished one to resume) is used only when its record matches the
+    request (`reuse_mismatch`); otherwise the run stops, unless the requested teacher is itself a classifier for this
+    label set (used as it is) or `overwrite` (--overwrite_output_dir) says to fine-tune a new teacher in its place.
+    """
+    num_labels = data.num_labels
+    replace = False
     if is_finished_run(teacher_dir):
         config = load_config(teacher_dir, "--teacher_output_dir")
-        if config.num_labels != num_labels:
-            raise UsageError(
-                f"--teacher_output_dir {teacher_dir} holds a teacher for {config.num_labels} labels but the data set has "
-                f"{num_labels}; choose another --teacher_output_dir"
-            )
-        logger.info(f"Reusing the fine-tuned teacher in {teacher_dir}")
-        return TeacherPlan(source=teacher_dir, config=config)
+        mismatch = _teacher_mismatch(config, args, data, max_seq_length)
+        if mismatch is None:
+            logger.info(f"Reusing the fine-tuned teacher in {teacher_dir}")
+            return TeacherPlan(source=teacher_dir, config=config)
+        requested = _try_load_config(args)
+        if requested is not None and has_trained_head(requested, num_labels):
+            logger.warning(f"{teacher_dir} does not match this run ({mismatch}): not used")
+        else:
+            replace = _replace_or_refuse(teacher_dir, "a finished teacher", mismatch, overwrite)
     config = load_config(args.teacher_name_or_path, "--teacher_name_or_path", args.cache_dir, args.model_revision)
     if has_trained_head(config, num_labels):
         logger.info(
             f"{args.teacher_name_or_path} is already a {num_labels}-label classifier: used as the teacher as it is"
         )
         return TeacherPlan(source=args.teacher_name_or_path, config=config)
-    resume = resolve_output_dir(teacher_dir, overwrite_output_dir=False, resume_from_checkpoint=None)
+    resume = resolve_output_dir(teacher_dir, overwrite_output_dir=replace, resume_from_checkpoint=None)
+    if resume is not None:  # a killed fine-tuning: resume it only if it is this request's
+        mismatch = _teacher_mismatch(load_config(resume, "--teacher_output_dir"), args, data, max_seq_length)
+        if mismatch is not None:
+            replace = _replace_or_refuse(teacher_dir, f"an unfinished teacher ({resume})", mismatch, overwrite)
+            resume = None
     logger.info(
         f"{args.teacher_name_or_path} has no trained {num_labels}-label head: fine-tuning it into {teacher_dir} first"
     )
     return TeacherPlan(
-        source=teacher_dir, config=config, finetune_from=args.teacher_name_or_path, resume_from_checkpoint=resume
+        source=teacher_dir,
+        config=config,
+        finetune_from=args.teacher_name_or_path,
+        resume_from_checkpoint=resume,
+        overwrite=replace,
     )
+
+
+def _teacher_mismatch(
+    config: PretrainedConfig, args: TeacherArguments, data: TextClassificationData, max_seq_length: int
+) -> str | None:
+    recorded_labels = [str(config.id2label[i]) for i in sorted(config.id2label)]
+    wanted = teacher_record(args.teacher_name_or_path, data, max_seq_length, seed=0)
+    return reuse_mismatch(
+        getattr(config, "training_record", None) or {}, recorded_labels, wanted, list(data.id2label.values())
+    )
+
+
+def _replace_or_refuse(teacher_dir: str, what: str, mismatch: str, overwrite: bool) -> bool:
+    """True (replace it) with --overwrite_output_dir, else the one-line error with both ways out."""
+    if not overwrite:
+        raise UsageError(
+            f"--teacher_output_dir {teacher_dir} holds {what} that does not match this run: {mismatch}; "
+            "pass another --teacher_output_dir to fine-tune a new teacher there, or --overwrite_output_dir to "
+            "replace this one"
+        )
+    logger.warning(f"--overwrite_output_dir: replacing {what} in {teacher_dir} ({mismatch})")
+    return True
+
+
+def _try_load_config(args: TeacherArguments) -> PretrainedConfig | None:
+    try:
+        return load_config(args.teacher_name_or_path, "--teacher_name_or_path", args.cache_dir, args.model_revision)
+    except UsageError:
+        return None  # the mismatch is the clearer error
 
 
 def load_classifier(
@@ -123,8 +244,9 @@ def load_classifier(
     )
 
 
-def teacher_training_args(training_args, teacher_dir: str, args: TeacherArguments):
-    """The student's TrainingArguments, re-aimed at plain fine-tuning of the teacher."""
+def teacher_training_args(training_args, teacher_dir: str, args: TeacherArguments, overwrite: bool = False):
+    """The student's TrainingArguments, re-aimed at plain fine-tuning of the teacher (`overwrite`: replacing a
+    finished teacher that did not match, see `plan_teacher`)."""
     return dataclasses.replace(
         training_args,
         output_dir=teacher_dir,
@@ -134,7 +256,7 @@ def teacher_training_args(training_args, teacher_dir: str, args: TeacherArgument
         alpha_kl=0.0,
         alpha_cos=0.0,
         cache_teacher_logits=False,  # there is no teacher to cache for the teacher itself
-        overwrite_output_dir=False,
+        overwrite_output_dir=overwrite,
         do_train=True,
         run_name=f"{training_args.run_name or 'run'}-teacher" if training_args.run_name else None,
     )

@@ -1,6 +1,7 @@
 """run_distill.py end to end on tiny models: outputs, teacher reuse, refusal, argument files, resume."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -149,8 +150,72 @@ def test_bad_inputs_fail_before_writing(tmp_path, tiny_classifier_dir, tiny_data
     bad_labels = tmp_path / "bad"
     bad_labels.mkdir()
     (bad_labels / "train.csv").write_text("text,label\n" + "".join(f"row {i},{i % 3}\n" for i in range(30)))
-    _expect_usage_error(capsys, argv(data=bad_labels, label_names="a,b"), "label 2 in split 'train' is outside [0, 2)")
+    _expect_usage_error(
+        capsys, argv(data=bad_labels, label_names="a,b"), "split 'train', row 2: label 2 is outside the label set [0, 2)"
+    )
     assert not (tmp_path / "EXP").exists()
+
+
+def test_teacher_reuse_follows_the_request(tmp_path, tiny_base_model_dir, tiny_classifier_dir, tiny_data_dir, capsys):
+    """EXP/teacher is reused only for the base model, data set and max length it was made with (issue 11, defect 3)."""
+    exp = tmp_path / "EXP"
+    teacher_dir = exp / "teacher"
+    one_epoch = {"teacher_num_train_epochs": 1, "teacher_learning_rate": 1e-3}
+
+    def argv(name, data=tiny_data_dir, teacher=tiny_base_model_dir, **kw):
+        return common_args(data, exp / name, teacher_name_or_path=teacher, **one_epoch, **kw)
+
+    run_main(run_distill, argv("even"))
+    record = json.loads((teacher_dir / "config.json").read_text())["training_record"]
+    assert record["base_model"] == str(tiny_base_model_dir) and record["max_seq_length"] == 32
+    stamp = (teacher_dir / "model.safetensors").stat().st_mtime_ns
+    ways_out = (
+        "pass another --teacher_output_dir to fine-tune a new teacher there, or --overwrite_output_dir to replace "
+        "this one"
+    )
+    refusal = f"error: --teacher_output_dir {teacher_dir} holds a finished teacher that does not match this run: "
+
+    # Another base model (one that does not even exist): refused, naming both, before anything is written.
+    with pytest.raises(SystemExit):
+        run_main(run_distill, argv("odd", teacher="/nonexistent/model"))
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert line == (
+        f"{refusal}it was fine-tuned from {tiny_base_model_dir}, this run asks for /nonexistent/model "
+        f"(--teacher_name_or_path); {ways_out}"
+    )
+    # Another data set with the same labels.
+    other_data = tmp_path / "other_data"
+    shutil.copytree(tiny_data_dir, other_data)
+    with pytest.raises(SystemExit):
+        run_main(run_distill, argv("odd", data=other_data))
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert line == (
+        f"{refusal}it was trained on the data set {tiny_data_dir}, this run uses {other_data} (--dataset_name); "
+        f"{ways_out}"
+    )
+    # Another --max_seq_length.
+    _expect_usage_error(
+        capsys, argv("odd", max_seq_length=16), "it was trained with --max_seq_length 32, this run asks for 16"
+    )
+    assert not (exp / "odd").exists() and (teacher_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+    # The same request, the data set's path spelled differently: reused as it is.
+    run_main(run_distill, argv("odd", data=f"{tiny_data_dir}/./", layers="odd"))
+    assert (teacher_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    # A teacher that is already a classifier for the label set is used as it is; EXP/teacher is left alone.
+    run_main(run_distill, argv("bottom", teacher=tiny_classifier_dir, layers="bottom"))
+    bottom = json.loads((exp / "bottom" / "config.json").read_text())["training_record"]
+    assert bottom["teacher"] == str(tiny_classifier_dir)
+    assert (teacher_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+    # The two ways out: a teacher of its own elsewhere, or --overwrite_output_dir replacing EXP/teacher.
+    run_main(run_distill, argv("top", data=other_data, layers="top", teacher_output_dir=exp / "teacher_other"))
+    other_record = json.loads((exp / "teacher_other" / "config.json").read_text())["training_record"]
+    assert other_record["dataset"]["dataset"] == str(other_data)
+    run_main(run_distill, argv("odd2", data=other_data, layers="odd", overwrite_output_dir="true"))
+    replaced = json.loads((teacher_dir / "config.json").read_text())["training_record"]
+    assert replaced["dataset"]["dataset"] == str(other_data)
+    assert (teacher_dir / "model.safetensors").stat().st_mtime_ns > stamp
 
 
 def test_finished_run_is_refused_unless_overwrite(tmp_path, tiny_classifier_dir, tiny_data_dir):
