@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Inference speed of a teacher, its odd and even students, and LoRA on it (unmerged and merged): same inputs, same
-device, one process.
+"""Inference speed of a teacher, its odd and even students, and LoRA on it (unmerged and merged), and of the teacher
+and students exported to ONNX (fp32 and int8, run on ONNX Runtime): same inputs, same device, one process.
 
     python bench/inference.py --output_dir OUT/inference                 # real MiniLM (6 → 3) and bert-base (12 → 6)
     python bench/inference.py --teachers random-bert-base --output_dir OUT/inference_base
@@ -8,7 +8,9 @@ device, one process.
 
 The models are the project's own: students from `distillkit.students.build_student` (the teacher's odd / even
 layers), LoRA from `distillkit.lora.apply_lora` with run_lora.py's default adapter (r 8 on query,value, trained head),
-merged with PEFT's `merge_and_unload` as run_lora.py --merge does. Weights are untrained (a random-init bert-base, or
+merged with PEFT's `merge_and_unload` as run_lora.py --merge does; the ONNX rows are the same teacher and students
+through run_export.py's code (`distillkit.export`: fp32 export, int8 with its default quantization), timed with the
+same number of threads. Weights are untrained (a random-init bert-base, or
 the MiniLM encoder with a fresh head): speed does not depend on them. Inputs are real comments from the data set's test
 split, the same texts in the same order for every model.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -48,11 +51,15 @@ from bench.common import (
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.evaluation import SPEED_BATCH_SIZE, SpeedSettings, measure_speed
+from distillkit.export import OnnxClassifier, QuantSettings, export_fp32, quantize_int8
 from distillkit.lora import LoraArguments, apply_lora
 from distillkit.students import build_student, count_parameters, select_layers
 
 RESULTS_FILE = "inference.csv"
-MODELS = ("teacher", "odd", "even", "lora", "lora_merged")
+TORCH_MODELS = ("teacher", "odd", "even", "lora", "lora_merged")
+ONNX_SOURCES = ("teacher", "odd", "even")  # exported, each as fp32 and int8
+ONNX_MODELS = tuple(f"{name}_onnx{suffix}" for name in ONNX_SOURCES for suffix in ("", "_int8"))
+MODELS = TORCH_MODELS + ONNX_MODELS
 QUICK = {
     "teachers": [RANDOM_TINY],
     "latency_runs": 10,
@@ -95,6 +102,9 @@ class InferenceArguments:
     )
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
     seed: int = field(default=0, metadata={"help": "Seed of the random teachers and LoRA weights."})
+    models: list[str] = field(
+        default_factory=lambda: list(MODELS), metadata={"help": f"Models to time (default all: {', '.join(MODELS)})."}
+    )
     quick: bool = field(
         default=False,
         metadata={"help": "Seconds-long smoke run: random-tiny teacher, 10 single texts, 64 in batches, 1 thread."},
@@ -116,21 +126,43 @@ class InferenceArguments:
             raise UsageError(f"--warmup {self.warmup}: must be >= 0")
         if not self.teachers:
             raise UsageError("--teachers is empty: give a checkpoint directory or random-bert-base")
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown or "teacher" not in self.models:
+            raise UsageError(
+                f"--models {','.join(self.models)}: choose from {', '.join(MODELS)}, teacher included (the ratios' base)"
+            )
+        if self.dtype != "float32" and any(m in ONNX_MODELS for m in self.models):
+            self.models = [m for m in self.models if m not in ONNX_MODELS]  # ONNX rows are fp32 and int8 only
 
 
-def build_models(teacher: torch.nn.Module, args: InferenceArguments) -> dict[str, tuple[torch.nn.Module, str]]:
-    """name → (model, the teacher layers it keeps): the teacher, its odd/even students, LoRA unmerged and merged."""
+def build_models(
+    teacher: torch.nn.Module, args: InferenceArguments, tokenizer=None, onnx_dir: str | None = None
+) -> dict[str, tuple[torch.nn.Module, str]]:
+    """name → (model, the teacher layers it keeps): the teacher, its odd/even students, LoRA unmerged and merged, and
+    (with `onnx_dir`, where the .onnx files go) the teacher and students on ONNX Runtime, fp32 and int8."""
     depth = teacher.config.num_hidden_layers
     models: dict[str, tuple[torch.nn.Module, str]] = {"teacher": (teacher, "all")}
     for spec in ("odd", "even"):
         layers = select_layers(spec, depth)
         models[spec] = (build_student(teacher, layers).eval(), ",".join(map(str, layers)))
-    torch.manual_seed(args.seed)
-    lora_args = LoraArguments(lora_r=args.lora_r, lora_target_modules=args.lora_target_modules)
-    lora = apply_lora(copy.deepcopy(teacher), lora_args).eval()
-    models["lora"] = (lora, "all")
-    models["lora_merged"] = (copy.deepcopy(lora).merge_and_unload().eval(), "all")
-    return models
+    if "lora" in args.models or "lora_merged" in args.models:
+        torch.manual_seed(args.seed)
+        lora_args = LoraArguments(lora_r=args.lora_r, lora_target_modules=args.lora_target_modules)
+        lora = apply_lora(copy.deepcopy(teacher), lora_args).eval()
+        models["lora"] = (lora, "all")
+        models["lora_merged"] = (copy.deepcopy(lora).merge_and_unload().eval(), "all")
+    if onnx_dir is not None:
+        for name in ONNX_SOURCES:
+            if not {f"{name}_onnx", f"{name}_onnx_int8"} & set(args.models):
+                continue
+            model, layers = models[name]
+            _, params = count_parameters(model)
+            fp32, int8 = os.path.join(onnx_dir, f"{name}.onnx"), os.path.join(onnx_dir, f"{name}-int8.onnx")
+            export_fp32(model, tokenizer, fp32)
+            quantize_int8(fp32, int8, model.config, QuantSettings())
+            models[f"{name}_onnx"] = (OnnxClassifier(fp32, model.config, params), layers)
+            models[f"{name}_onnx_int8"] = (OnnxClassifier(int8, model.config, params), layers)
+    return {name: models[name] for name in MODELS if name in models and name in args.models}
 
 
 def time_models(
@@ -164,7 +196,9 @@ def bench_teacher(name: str, texts: list[str], args: InferenceArguments, device:
     dtype = getattr(torch, args.dtype)
     teacher = load_bench_teacher(name, num_labels=2, seed=args.seed).to(device=device, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or default_tokenizer_for(name))
-    models = build_models(teacher, args)
+    onnx = device == "cpu" and any(m in ONNX_MODELS for m in args.models)
+    with tempfile.TemporaryDirectory() as onnx_dir:  # sessions hold their model in memory: the files can go after
+        models = build_models(teacher, args, tokenizer, onnx_dir if onnx else None)
     figures = time_models(models, tokenizer, texts, args, device)
     base = figures["teacher"]
     rows = []
@@ -175,6 +209,9 @@ def bench_teacher(name: str, texts: list[str], args: InferenceArguments, device:
             {
                 "teacher": os.path.basename(os.path.normpath(name)),
                 "model": model_name,
+                "runtime": "pytorch"
+                if model_name in TORCH_MODELS
+                else ("onnxruntime-int8" if model_name.endswith("_int8") else "onnxruntime-fp32"),
                 "layers": layers,
                 "num_layers": model.config.num_hidden_layers,
                 "params": params,

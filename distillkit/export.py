@@ -296,6 +296,7 @@ def _optimize(fp32_path: str, out_path: str, config: PretrainedConfig) -> None:
 
 def quantize_int8(fp32_path: str, out_path: str, config: PretrainedConfig, settings: QuantSettings) -> None:
     """The dynamic int8 twin of an fp32 ONNX model."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -304,37 +305,35 @@ def quantize_int8(fp32_path: str, out_path: str, config: PretrainedConfig, setti
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             source = os.path.join(tmp, "pre.onnx")
-            quant_pre_process(fp32_path, source, skip_symbolic_shape=False)
+            # Symbolic shape inference does not complete on the traced BERT graph; ONNX's own shape inference does.
+            quant_pre_process(fp32_path, source, skip_symbolic_shape=True)
         elif settings.preprocess == "optimizer":
             source = os.path.join(tmp, "optimized.onnx")
             _optimize(fp32_path, source, config)
         op_types = ["MatMul"] if settings.matmul_only else None
-        quantize_dynamic(
-            source,
-            out_path,
-            weight_type=QuantType.QInt8,
-            per_channel=settings.per_channel,
-            reduce_range=settings.reduce_range,
-            op_types_to_quantize=op_types,
-            nodes_to_exclude=head_nodes(source) if settings.keep_head_fp32 else None,
-        )
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_dynamic logs every tensor it leaves alone on the root logger
+        try:
+            quantize_dynamic(
+                source,
+                out_path,
+                weight_type=QuantType.QInt8,
+                per_channel=settings.per_channel,
+                reduce_range=settings.reduce_range,
+                op_types_to_quantize=op_types,
+                nodes_to_exclude=head_nodes(source) if settings.keep_head_fp32 else None,
+                # Fused contrib ops (pre_process, optimizer) have no ONNX shape inference: their outputs are float.
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        finally:
+            root.setLevel(level)
 
 
-def quantization_quality(
-    fp32: OnnxClassifier,
-    int8: OnnxClassifier,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    labels: np.ndarray | None,
-    max_length: int,
-) -> dict[str, Any]:
-    """int8 vs fp32 on the same texts: argmax agreement, largest probability change, and F1/ROC-AUC of each."""
-    from .evaluation import predict_logits
-
-    probs32 = softmax(predict_logits(fp32, tokenizer, texts, max_length))  # type: ignore[arg-type]
-    probs8 = softmax(predict_logits(int8, tokenizer, texts, max_length))  # type: ignore[arg-type]
+def agreement_metrics(probs32: np.ndarray, probs8: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+    """int8 vs fp32 class probabilities of the same texts: argmax agreement, probability change, F1/ROC-AUC of each."""
     out: dict[str, Any] = {
-        "texts": len(texts),
+        "texts": len(probs32),
         "agreement": float((probs32.argmax(-1) == probs8.argmax(-1)).mean()),
         "max_prob_diff": float(np.abs(probs32 - probs8).max()),
         "mean_prob_diff": float(np.abs(probs32 - probs8).mean()),
@@ -346,6 +345,25 @@ def quantization_quality(
             out[f"accuracy_{key}"] = metrics["accuracy"]
             out[f"roc_auc_{key}"] = metrics["roc_auc"]
     return out
+
+
+def onnx_probs(model: OnnxClassifier, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int):
+    from .evaluation import predict_logits
+
+    return softmax(predict_logits(model, tokenizer, texts, max_length))  # type: ignore[arg-type]
+
+
+def quantization_quality(
+    fp32: OnnxClassifier,
+    int8: OnnxClassifier,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    labels: np.ndarray | None,
+    max_length: int,
+) -> dict[str, Any]:
+    """`agreement_metrics` of the two models on `texts`."""
+    probs32 = onnx_probs(fp32, tokenizer, texts, max_length)
+    return agreement_metrics(probs32, onnx_probs(int8, tokenizer, texts, max_length), labels)
 
 
 # --- the command ------------------------------------------------------------------------------------------------

@@ -201,3 +201,20 @@ def test_existing_output_and_a_failed_check_keep_nothing(tmp_path, capsys, tiny_
     fresh = tmp_path / "fresh"
     _expect_error(capsys, ["--model_dir", tiny_classifier_dir, "--output_dir", fresh], "differ from PyTorch", code=1)
     assert not (fresh / export.ONNX_FILE).exists()
+
+
+def test_quantization_bench_compares_the_levers(tmp_path, tiny_classifier_dir, tiny_data_dir, capsys):
+    from bench import onnx_quant
+
+    variants = ["plain", "per_channel+matmul+head_fp32", "optimizer"]
+    rows = onnx_quant.main(
+        ["--model_dir", str(tiny_classifier_dir), "--dataset_name", str(tiny_data_dir), "--output_dir", str(tmp_path)]
+        + ["--variants", *variants, "--latency_runs", "5", "--throughput_texts", "32", "--max_seq_length", "32"]
+    )
+    written = pd.read_csv(tmp_path / onnx_quant.RESULTS_FILE)
+    assert list(written.variant) == ["fp32", *variants] == [r["variant"] for r in rows]
+    assert written.agreement_pct.iloc[0] == 100 and written.f1_change_pt.iloc[0] == 0
+    assert written.agreement_pct.between(0, 100).all() and (written.latency_ms_b1 > 0).all()
+    # Quantized weights are smaller on disk than fp32 ones.
+    assert (written.size_mb.iloc[1:] < written.size_mb.iloc[0]).all()
+    assert "int8 variants vs fp32" in capsys.readouterr().out
