@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Serve trained models side by side: a JSON API and a page that classifies text with every model at once.
 
-    python app.py --experiment_dir EXP                      # every model in an experiment directory
-    python app.py --model_dirs EXP/teacher EXP/even --port 8000
+    python app.py --experiment_dir EXP                      # every model in an experiment directory, and EXP/report
+    python app.py --model_dirs EXP/teacher EXP/even --report_dir OUT/eval --port 8000
 
 Then open http://127.0.0.1:8000/. API: GET /healthz, GET /api/models, POST /api/predict with
 {"texts": ["..."], "models": ["teacher", "even"]} (models optional). Each model is loaded once, at start-up.
+Read-only, over the evaluation output (run_eval.py's predictions on the test split): GET /api/evaluation,
+/api/distribution?model=NAME, /api/errors?model=NAME&limit=N&offset=K, /api/disagreements?a=NAME&b=NAME&limit=N.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
+from distillkit.explore import DEFAULT_LIMIT, Explorer
 from distillkit.serving import ModelRegistry, RequestError, ServingLimits, parse_json_body, validate_predict_request
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,10 @@ class ServeArguments:
     )
     model_dirs: list[str] = field(
         default_factory=list, metadata={"help": "Model or PEFT adapter directories to serve (with or instead of it)."}
+    )
+    report_dir: str | None = field(
+        default=None,
+        metadata={"help": "run_eval.py's --output_dir to explore (default: EXP/report of --experiment_dir, if any)."},
     )
     host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; the API has no authentication."})
     port: int = field(default=8000, metadata={"help": "Port to bind (0: any free port)."})
@@ -133,8 +140,23 @@ async def read_json_body(request: Request, limits: ServingLimits) -> object:
     return parse_json_body(bytes(body), limits.max_json_depth)
 
 
-def create_app(registry: ModelRegistry) -> FastAPI:
-    """The web app around a loaded registry: the page, the JSON API, and JSON errors for everything that goes wrong."""
+def int_query(request: Request, name: str, default: int) -> int:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise RequestError(422, f"{name}={value[:40]}: expected a whole number") from None
+
+
+def create_app(registry: ModelRegistry, explorer: Explorer | None = None) -> FastAPI:
+    """The web app around a loaded registry: the page, the JSON API, and JSON errors for everything that goes wrong.
+
+    `explorer` holds the evaluation output behind the read-only exploration endpoints (without one they answer 404).
+    """
+    if explorer is None:
+        explorer = Explorer.missing("no evaluation output: start app.py with --experiment_dir EXP or --report_dir DIR")
     app = FastAPI(title="distillkit: compare classifiers", docs_url="/docs", redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     limits = registry.limits
@@ -173,6 +195,33 @@ def create_app(registry: ModelRegistry) -> FastAPI:
         parsed = validate_predict_request(payload, limits, registry.names)
         return await registry.predict_async(parsed)
 
+    @app.get("/api/evaluation")
+    async def evaluation() -> dict:
+        return explorer.overview()
+
+    @app.get("/api/distribution")
+    async def distribution(request: Request) -> dict:
+        return explorer.distribution(request.query_params.get("model"))
+
+    @app.get("/api/errors")
+    async def errors(request: Request) -> dict:
+        return explorer.errors(
+            request.query_params.get("model"),
+            limit=int_query(request, "limit", DEFAULT_LIMIT),
+            offset=int_query(request, "offset", 0),
+        )
+
+    @app.get("/api/disagreements")
+    async def disagreements(request: Request) -> dict:
+        params = request.query_params
+        return explorer.disagreements(
+            params.get("a"),
+            params.get("b"),
+            limit=int_query(request, "limit", DEFAULT_LIMIT),
+            offset=int_query(request, "offset", 0),
+            kind=params.get("kind") or "all",
+        )
+
     return app
 
 
@@ -203,13 +252,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.host not in LOOPBACK:
         logger.warning(f"--host {args.host}: the API has no authentication; anyone who can reach it can use it")
     label_names = [name.strip() for name in args.label_names.split(",")] if args.label_names else None
+    explorer = Explorer.load(args.report_dir, args.experiment_dir)  # before the models: a bad --report_dir fails fast
+    if not explorer.available:
+        logger.warning(f"exploration endpoints off: {explorer.missing_reason}")
     registry = ModelRegistry.from_dirs(
         args.model_dirs, args.limits, experiment_dir=args.experiment_dir, label_names=label_names
     )
     for info in registry.describe():
         logger.info(f"serving {info['name']}: {info['method']}, layers {info['layers']}, {info['params']:,} params")
     uvicorn.run(
-        create_app(registry),
+        create_app(registry, explorer),
         host=args.host,
         port=args.port,
         log_level=args.log_level,

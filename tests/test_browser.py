@@ -2,14 +2,15 @@
 
 Chromium is the system one (/usr/bin/chromium, Debian's `chromium` package), launched by Playwright with
 `executable_path`; Playwright's own browser download is never used. Optional environment variables:
-- DISTILLKIT_APP_EXPERIMENT_DIR=EXP: also check real trained models (a toxic and a friendly comment differ).
-- DISTILLKIT_APP_SCREENSHOT=PATH: copy that check's screenshot there (how docs/app_screenshot.png is made).
+- DISTILLKIT_APP_EXPERIMENT_DIR=EXP: also check real trained models (a toxic and a friendly comment differ) and,
+  when EXP has an evaluation output (EXP/report), every tab on it.
+- DISTILLKIT_APP_SCREENSHOT_DIR=DIR: write that check's screenshots there, one per tab (app_classify.png,
+  app_distribution.png, app_errors.png, app_disagreements.png: how docs/app_*.png are made).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import httpx
 import pytest
 from conftest import REPO
 from test_app import make_experiment
+from test_explore import make_evaluated_experiment
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags for this offline, GPU-less machine: without the networking ones Chromium keeps dialling Google's hosts.
@@ -137,6 +139,15 @@ def test_page_classifies_a_comment_and_a_csv_batch(tmp_path, tiny_classifier_dir
         csv_path.write_text(
             'text,label\n"you stupid idiot, really",1\nthanks for the edit,0\n"multi\nline",non-toxic\n'
         )
+        assert page.locator("#evaluation-section").is_hidden()  # no evaluation output: no results table
+        emotions_bars = page.locator("#results .card[data-model=emotions] .class-prob")  # 5 classes: a bar each
+        assert (
+            emotions_bars.count() == 5 and page.locator("#results .card[data-model=teacher] .class-prob").count() == 0
+        )
+        assert sum(float(emotions_bars.nth(i).get_attribute("data-probability")) for i in range(5)) == pytest.approx(1)
+        page.click("button[data-tab=errors]")
+        missing = page.locator("#tab-errors .explore-missing")
+        assert missing.is_visible() and "holds no evaluation output yet" in missing.inner_text()
         page.click("button[data-tab=batch]")
         page.set_input_files("#csv-file", str(csv_path))
         page.click("#classify-batch")
@@ -151,6 +162,91 @@ def test_page_classifies_a_comment_and_a_csv_batch(tmp_path, tiny_classifier_dir
         summary = page.locator("#errors ul.summary li")
         assert summary.count() == 3 and "on 3 labelled rows" in summary.first.inner_text()
         page.screenshot(path=str(tmp_path / "app_batch.png"), full_page=True)
+        assert not errors, errors
+
+
+def check_explore_tabs(page, url: str, shots: Path | None = None) -> dict[str, str]:
+    """Open every tab of an app with an evaluation output and read one value off each against the API.
+
+    Returns a value read from each tab; with `shots`, saves one screenshot per tab there (app_<tab>.png).
+    """
+    evaluation = httpx.get(f"{url}/api/evaluation").json()
+    names, read = evaluation["models"], {}
+    results = page.locator("#results-table tbody tr")
+    assert page.locator("#evaluation-section").is_visible() and results.count() == len(evaluation["results"])
+    first = evaluation["results"][0]
+    assert results.first.locator("td[data-column=f1]").inner_text() == f"{first['f1']:.3f}"
+    read["results"] = results.first.locator("td[data-column=f1]").inner_text()
+    if shots:
+        page.screenshot(path=str(shots / "app_classify.png"), full_page=True)
+
+    page.click("button[data-tab=distribution]")
+    page.wait_for_function(f"document.querySelectorAll('#test-distribution .chart').length === {len(names)}")
+    model = names[0]
+    api = httpx.get(f"{url}/api/distribution", params={"model": model}).json()
+    for kind in ("gold", "predicted"):
+        bar = page.locator(f"#test-distribution .chart[data-model='{model}'] rect[data-kind={kind}]").first
+        assert bar.get_attribute("data-label") == api["classes"][0]["label"]
+        assert int(bar.get_attribute("data-count")) == api["classes"][0][kind]
+    read["distribution"] = bar.get_attribute("data-count")
+    if shots:
+        page.screenshot(path=str(shots / "app_distribution.png"), full_page=True)
+
+    page.click("button[data-tab=errors]")
+    page.wait_for_selector("#test-errors-table tbody tr")
+    model = page.locator("#errors-model").input_value()
+    api = httpx.get(f"{url}/api/errors", params={"model": model, "limit": 20}).json()
+    first_row = page.locator("#test-errors-table tbody tr").first
+    assert int(first_row.get_attribute("data-index")) == api["errors"][0]["index"]
+    assert float(first_row.locator("td.prob").get_attribute("data-probability")) == pytest.approx(
+        api["errors"][0]["probability"], abs=1e-6
+    )
+    status = page.locator("#errors-status").inner_text()
+    assert status.startswith(f"1–{len(api['errors'])} of {api['total']} errors")
+    read["errors"] = status
+    if shots:
+        page.screenshot(path=str(shots / "app_errors.png"), full_page=True)
+    if api["total"] > 20:  # the next page starts where the API's offset=20 does
+        page.click("#errors-next")
+        page.wait_for_function("document.getElementById('errors-status').textContent.startsWith('21–')")
+        page2 = httpx.get(f"{url}/api/errors", params={"model": model, "limit": 20, "offset": 20}).json()
+        assert int(first_row.get_attribute("data-index")) == page2["errors"][0]["index"]
+
+    page.click("button[data-tab=disagreements]")
+    page.wait_for_selector("#dis-table td[data-cell=both_right]")
+    a, b = page.locator("#dis-a").input_value(), page.locator("#dis-b").input_value()
+    api = httpx.get(f"{url}/api/disagreements", params={"a": a, "b": b}).json()
+    cells = {k: int(page.locator(f"#dis-table td[data-cell={k}]").inner_text()) for k in api["table"]}
+    assert cells == api["table"] and sum(cells.values()) == api["samples"]
+    assert page.locator("#dis-rows tbody tr").count() == min(20, api["total"])
+    read["disagreements"] = str(cells["both_right"])
+    if shots:
+        page.screenshot(path=str(shots / "app_disagreements.png"), full_page=True)
+    return read
+
+
+def test_page_explores_the_evaluation_in_every_tab(tmp_path):
+    exp = make_evaluated_experiment(tmp_path / "explore")
+    with app_server(["--experiment_dir", str(exp)], tmp_path / "app.log") as url, browser_page() as (page, errors):
+        page.goto(url)
+        page.wait_for_selector("body[data-ready=true]")
+        shown = classify_on_page(page, "you stupid idiot", num_models=3)
+        assert shown == api_labels(url, "you stupid idiot")
+        bars = page.locator("#results .card[data-model=odd] .class-prob")  # 3 classes: a probability bar each
+        assert [bars.nth(i).get_attribute("data-label") for i in range(bars.count())] == ["joy", "anger", "fear"]
+        read = check_explore_tabs(page, url)
+        assert set(read) == {"results", "distribution", "errors", "disagreements"}
+
+        # Another pair and a narrower view: the table follows the pickers.
+        page.select_option("#dis-a", "teacher")
+        page.select_option("#dis-kind", "only_a")
+        api = httpx.get(f"{url}/api/disagreements", params={"a": "teacher", "b": "even", "kind": "only_a"}).json()
+        page.wait_for_function(
+            f"document.querySelector('#dis-table td[data-cell=only_a]') && "
+            f"document.getElementById('dis-rows').querySelectorAll('tbody tr').length === {min(20, api['total'])} && "
+            f"document.querySelector('#dis-rows th:nth-child(4)').textContent === 'teacher'"
+        )
+        assert int(page.locator("#dis-table td[data-cell=only_a]").inner_text()) == api["table"]["only_a"]
         assert not errors, errors
 
 
@@ -171,8 +267,10 @@ def test_real_models_tell_a_threat_from_thanks(tmp_path):
         assert set(toxic_labels) == {m["name"] for m in models}
         for name in toxic_labels:
             assert toxic_labels[name] != friendly_labels[name], f"{name} gives both texts {toxic_labels[name]}"
-        shot = tmp_path / "app_real.png"
-        page.screenshot(path=str(shot), full_page=True)
+        shots = Path(os.environ.get("DISTILLKIT_APP_SCREENSHOT_DIR") or tmp_path)
+        shots.mkdir(parents=True, exist_ok=True)
+        if httpx.get(f"{url}/api/evaluation").status_code == 200:
+            check_explore_tabs(page, url, shots)
+        else:
+            page.screenshot(path=str(shots / "app_classify.png"), full_page=True)
         assert not errors, errors
-    if os.environ.get("DISTILLKIT_APP_SCREENSHOT"):
-        shutil.copy(shot, os.environ["DISTILLKIT_APP_SCREENSHOT"])

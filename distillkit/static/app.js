@@ -5,7 +5,14 @@ const MAX_BATCH_ROWS = 5000; // a page-side bound: batches go to the server in c
 const MAX_CSV_BYTES = 10 * 1024 * 1024;
 const PALETTE = ["#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7", "#a463f2", "#97bbf5", "#9c6b4e", "#9498a0"];
 
-const state = { models: [], limits: { max_texts: 256, max_text_chars: 5000 }, batch: null };
+const PAGE_SIZE = 20; // rows per page of the Errors and Disagreements tabs (the API allows up to 100)
+const GOLD_COLOUR = "#9aa3b0";
+
+const state = {
+  models: [], limits: { max_texts: 256, max_text_chars: 5000 }, batch: null,
+  evaluation: null, evaluationMissing: null, // the evaluation output explored by the last three tabs
+  loaded: {}, errorsOffset: 0, disOffset: 0,
+};
 
 function el(tag, attrs = {}, children = []) {
   const node = document.createElement(tag);
@@ -93,6 +100,17 @@ async function classifySingle() {
   }
 }
 
+// Multi-class models: one bar per class, so the runner-up classes are seen too (binary: the one bar says it all).
+function classBars(model, probabilities) {
+  const entries = Object.entries(probabilities);
+  if (entries.length <= 2) return null;
+  return el("div", { class: "class-probs" }, entries.map(([label, prob], id) => el("div", { class: "class-prob", "data-label": label, "data-probability": prob.toFixed(6) }, [
+    el("span", { class: "class-name", text: label, title: label }),
+    el("div", { class: "bar thin" }, el("div", { class: "fill", style: `width:${(100 * prob).toFixed(1)}%;background:${labelColour(model, id)}` })),
+    el("span", { class: "class-pct", text: `${(100 * prob).toFixed(1)}%` }),
+  ])));
+}
+
 function renderCards(predictions) {
   const cards = predictions.map((p) => {
     const model = modelInfo(p.model);
@@ -110,6 +128,7 @@ function renderCards(predictions) {
         el("span", { class: "prob", text: `${pct}%` }),
         el("span", { class: "latency", text: `${p.latency_ms.toFixed(1)} ms` }),
       ]),
+      classBars(model, p.probabilities),
     ]);
   });
   document.getElementById("results").replaceChildren(...cards);
@@ -274,6 +293,184 @@ function switchTab(buttonClass, panelPrefix, attr, target) {
   document.querySelectorAll(`.${buttonClass}`).forEach((b) => {
     document.getElementById(`${panelPrefix}${b.dataset[attr]}`).hidden = b.dataset[attr] !== target;
   });
+  if (buttonClass === "tab") openExploreTab(target);
+}
+
+// ---- The evaluation output: results table, and the Distribution / Errors / Disagreements tabs ----
+
+// Columns of results.csv shown above the models: [key, header, format]
+const RESULT_COLUMNS = [
+  ["model", "model", String], ["method", "method", String], ["layers", "layers", String],
+  ["params", "params", formatParams], ["trainable_pct", "trained", (v) => `${v < 1 ? v.toFixed(2) : v.toFixed(0)}%`],
+  ["serving_size_mb", "serving MB", (v) => v.toFixed(1)], ["f1", "F1", (v) => v.toFixed(3)],
+  ["roc_auc", "ROC-AUC", (v) => v.toFixed(3)], ["accuracy", "accuracy", (v) => v.toFixed(3)],
+  ["latency_ms_b1", "latency ms (1 text)", (v) => v.toFixed(1)], ["throughput_b32", "texts/s (batch 32)", (v) => v.toFixed(1)],
+];
+
+function evalModel() { return { labels: state.evaluation ? state.evaluation.labels : [] }; }
+
+function percent(x) { return `${(100 * x).toFixed(1)}%`; }
+
+function renderResults() {
+  const { results, samples, report_dir: dir } = state.evaluation;
+  if (!results.length) return;
+  const columns = RESULT_COLUMNS.filter(([key]) => key in results[0]);
+  const head = el("tr", {}, columns.map(([, header]) => el("th", { text: header })));
+  const body = results.map((row) => el("tr", { "data-model": row.model }, columns.map(([key, , format]) =>
+    el("td", { "data-column": key, text: row[key] == null ? "—" : format(row[key]) }))));
+  document.getElementById("results-table").replaceChildren(el("thead", {}, head), el("tbody", {}, body));
+  document.getElementById("evaluation-caption").textContent = `— ${samples} test texts, from ${dir}/results.csv`;
+  document.getElementById("evaluation-section").hidden = false;
+}
+
+function fillSelect(id, names, selected) {
+  const select = document.getElementById(id);
+  select.replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
+  if (selected) select.value = selected;
+}
+
+async function loadEvaluation() {
+  const data = await api("/api/evaluation");
+  if (!data.available) { // the reason names the command that makes the evaluation output
+    state.evaluationMissing = data.reason;
+    document.querySelectorAll(".explore-missing").forEach((p) => { p.textContent = data.reason; p.hidden = false; });
+    document.querySelectorAll(".explore .actions, .explore .legend, .explore .contingency").forEach((n) => { n.hidden = true; });
+    return;
+  }
+  state.evaluation = data;
+  const names = state.evaluation.models;
+  renderResults();
+  fillSelect("errors-model", names, names.find((n) => /even/.test(n)) || names[0]);
+  const a = names.find((n) => /odd/.test(n)) || names[0];
+  const b = names.find((n) => /even/.test(n) && !/lora/.test(n)) || names.find((n) => n !== a) || a;
+  fillSelect("dis-a", names, a);
+  fillSelect("dis-b", names, b);
+}
+
+async function openExploreTab(tab) {
+  if (!["distribution", "errors", "disagreements"].includes(tab) || !state.evaluation || state.loaded[tab]) return;
+  state.loaded[tab] = true;
+  try {
+    if (tab === "distribution") await loadDistribution();
+    if (tab === "errors") await loadErrors();
+    if (tab === "disagreements") await loadDisagreements();
+  } catch (err) {
+    state.loaded[tab] = false;
+    showError(err.message);
+  }
+}
+
+function distributionChart(d) {
+  const model = evalModel();
+  const rowH = 18, groupH = 2 * rowH + 10, labelW = 110, barW = 260;
+  const height = d.classes.length * groupH + 4;
+  const max = Math.max(1, ...d.classes.flatMap((c) => [c.gold, c.predicted]));
+  const chart = svg("svg", { width: labelW + barW + 60, height, role: "img", "aria-label": `gold and predicted labels of ${d.model}` });
+  d.classes.forEach((c, j) => {
+    const y = 4 + j * groupH;
+    const name = svg("text", { x: labelW - 6, y: y + rowH + 4, "text-anchor": "end", class: "axis" });
+    name.textContent = c.label;
+    chart.append(name);
+    [["gold", c.gold, GOLD_COLOUR], ["predicted", c.predicted, labelColour(model, c.id)]].forEach(([kind, count, fill], k) => {
+      const w = Math.round((barW * count) / max);
+      const top = y + k * rowH;
+      const bar = svg("rect", { x: labelW, y: top, width: w, height: rowH - 3, fill, "data-kind": kind, "data-label": c.label, "data-count": count });
+      const value = svg("text", { x: labelW + w + 5, y: top + rowH - 6, class: "axis" });
+      value.textContent = String(count);
+      chart.append(bar, value);
+    });
+  });
+  const title = `${d.model} — accuracy ${percent(d.accuracy)}`;
+  return el("div", { class: "chart", "data-model": d.model }, [el("h3", { text: title }), chart]);
+}
+
+async function loadDistribution() {
+  const all = await Promise.all(state.evaluation.models.map((m) => api(`/api/distribution?model=${encodeURIComponent(m)}`)));
+  document.getElementById("test-distribution").replaceChildren(...all.map(distributionChart));
+}
+
+function labelChip(labelId, label) {
+  const model = evalModel();
+  return el("span", { class: `label small ${labelKind(model, labelId)}`, style: `background:${labelColour(model, labelId)}`, text: label });
+}
+
+function pageStatus(offset, shown, total, noun) {
+  if (!total) return `no ${noun}`;
+  return `${offset + 1}–${offset + shown} of ${total} ${noun}`;
+}
+
+async function loadErrors() {
+  const model = document.getElementById("errors-model").value;
+  const data = await api(`/api/errors?model=${encodeURIComponent(model)}&limit=${PAGE_SIZE}&offset=${state.errorsOffset}`);
+  const head = el("tr", {}, ["#", "text", "gold", "predicted", "probability"].map((h) => el("th", { text: h })));
+  const rows = data.errors.map((e) => el("tr", { "data-index": e.index }, [
+    el("td", { text: String(e.index + 1) }),
+    el("td", { class: "text-cell", text: e.text }),
+    el("td", {}, labelChip(e.gold_id, e.gold)),
+    el("td", {}, labelChip(e.predicted_id, e.predicted)),
+    el("td", { class: "prob", "data-probability": e.probability.toFixed(6), text: percent(e.probability) }),
+  ]));
+  document.getElementById("test-errors-table").replaceChildren(el("thead", {}, head), el("tbody", {}, rows));
+  document.getElementById("errors-status").textContent =
+    `${pageStatus(data.offset, data.errors.length, data.total, "errors")} on ${data.samples} test texts`;
+  document.getElementById("errors-prev").disabled = data.offset === 0;
+  document.getElementById("errors-next").disabled = data.offset + data.errors.length >= data.total;
+}
+
+async function loadDisagreements() {
+  const a = document.getElementById("dis-a").value;
+  const b = document.getElementById("dis-b").value;
+  const kind = document.getElementById("dis-kind").value;
+  const query = `a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}&kind=${kind}&limit=${PAGE_SIZE}&offset=${state.disOffset}`;
+  const data = await api(`/api/disagreements?${query}`);
+  const t = data.table;
+  const cell = (key) => el("td", { "data-cell": key, text: String(t[key]) });
+  document.getElementById("dis-table").replaceChildren(
+    el("thead", {}, el("tr", {}, [el("th", { text: "" }), el("th", { text: `${b} right` }), el("th", { text: `${b} wrong` })])),
+    el("tbody", {}, [
+      el("tr", {}, [el("th", { text: `${a} right` }), cell("both_right"), cell("only_a")]),
+      el("tr", {}, [el("th", { text: `${a} wrong` }), cell("only_b"), cell("both_wrong")]),
+    ]),
+  );
+  document.getElementById("dis-summary").textContent =
+    `${data.samples} test texts; they label ${data.disagree} differently. Only ${a} right: ${t.only_a}, only ${b} right: ${t.only_b} `
+    + `(McNemar exact p = ${data.mcnemar_p < 0.001 ? data.mcnemar_p.toExponential(1) : data.mcnemar_p.toFixed(3)}).`;
+  const head = el("tr", {}, ["#", "text", "gold", a, b].map((h) => el("th", { text: h })));
+  const side = (s) => el("td", { class: s.correct ? "right" : "wrong" }, [
+    labelChip(s.predicted_id, s.predicted), el("span", { class: "prob", text: ` ${percent(s.probability)}` })]);
+  const rows = data.rows.map((r) => el("tr", { "data-index": r.index }, [
+    el("td", { text: String(r.index + 1) }),
+    el("td", { class: "text-cell", text: r.text }),
+    el("td", {}, labelChip(r.gold_id, r.gold)),
+    side(r.a), side(r.b),
+  ]));
+  document.getElementById("dis-rows").replaceChildren(el("thead", {}, head), el("tbody", {}, rows));
+  document.getElementById("dis-status").textContent = pageStatus(data.offset, data.rows.length, data.total, "texts");
+  document.getElementById("dis-prev").disabled = data.offset === 0;
+  document.getElementById("dis-next").disabled = data.offset + data.rows.length >= data.total;
+}
+
+function pager(button, offsetKey, direction, load) {
+  document.getElementById(button).addEventListener("click", async () => {
+    state[offsetKey] = Math.max(0, state[offsetKey] + direction * PAGE_SIZE);
+    try { await load(); } catch (err) { showError(err.message); }
+  });
+}
+
+function reloadOn(id, offsetKey, load) {
+  document.getElementById(id).addEventListener("change", async () => {
+    state[offsetKey] = 0;
+    try { await load(); } catch (err) { showError(err.message); }
+  });
+}
+
+function initExplore() {
+  pager("errors-prev", "errorsOffset", -1, loadErrors);
+  pager("errors-next", "errorsOffset", 1, loadErrors);
+  pager("dis-prev", "disOffset", -1, loadDisagreements);
+  pager("dis-next", "disOffset", 1, loadDisagreements);
+  reloadOn("errors-model", "errorsOffset", loadErrors);
+  ["dis-a", "dis-b", "dis-kind"].forEach((id) => reloadOn(id, "disOffset", loadDisagreements));
 }
 
 async function init() {
@@ -282,11 +479,13 @@ async function init() {
   document.getElementById("classify").addEventListener("click", classifySingle);
   document.getElementById("text").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) classifySingle(); });
   document.getElementById("classify-batch").addEventListener("click", classifyBatch);
+  initExplore();
   try {
     const data = await api("/api/models");
     state.models = data.models;
     state.limits = data.limits;
     renderModels();
+    await loadEvaluation();
     document.body.dataset.ready = "true";
   } catch (err) {
     showError(`could not list the models: ${err.message}`);

@@ -1,0 +1,322 @@
+"""Exploring an evaluation's predictions: label distributions, each model's mistakes, where two models disagree.
+
+Reads what `run_eval.py` writes (its `--output_dir`; `run_compare.py` writes it as EXP/report): `results.csv`, one
+row per model, and `predictions/NAME.csv`, one row per test text with the columns `text, label, label_name, pred,
+pred_name, prob_0 ... prob_{k-1}` (`distillkit.evaluation.evaluate_model`). Read-only and loaded once; nothing here
+knows about HTTP: a bad question raises `RequestError`, which `app.py` turns into a JSON error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .cli import UsageError
+from .serving import RequestError
+
+logger = logging.getLogger(__name__)
+
+REPORT_SUBDIR = "report"  # where run_compare.py has run_eval.py write: EXP/report
+PREDICTIONS_SUBDIR = "predictions"
+RESULTS_FILE = "results.csv"
+REQUIRED_COLUMNS = ("text", "label", "pred")
+MAX_LIMIT = 100  # rows one /api/errors or /api/disagreements page may ask for
+DEFAULT_LIMIT = 20
+# results.csv columns the page shows, in its order (the file has more: intervals, CPU times, paths).
+RESULT_COLUMNS = (
+    "model",
+    "method",
+    "layers",
+    "params",
+    "trainable_pct",
+    "serving_size_mb",
+    "f1",
+    "roc_auc",
+    "accuracy",
+    "latency_ms_b1",
+    "throughput_b32",
+    "samples",
+)
+DISAGREEMENT_KINDS = ("all", "only_a", "only_b", "both_wrong")
+
+
+def make_command(experiment_dir: str | None) -> str:
+    """The command that writes the evaluation output, for the one-line reason when there is none."""
+    exp = experiment_dir or "EXP"
+    return (
+        f"python run_eval.py --experiment_dir {exp} --dataset_name DATA --output_dir {os.path.join(exp, REPORT_SUBDIR)}"
+        " (run_compare.py's eval stage runs it)"
+    )
+
+
+@dataclass
+class Predictions:
+    """One model's predictions on the test split, as arrays."""
+
+    name: str
+    texts: np.ndarray  # (n,) object
+    gold: np.ndarray  # (n,) int
+    pred: np.ndarray  # (n,) int
+    probs: np.ndarray  # (n, classes)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.pred == self.gold
+
+
+def read_predictions(path: str, name: str) -> tuple[Predictions, dict[int, str]]:
+    """A predictions CSV and the class names it spells out (label_name / pred_name beside the ids)."""
+    frame = pd.read_csv(path, keep_default_na=False)  # a text "NA" or "" stays a text
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    prob_columns = sorted((c for c in frame.columns if c.startswith("prob_")), key=lambda c: int(c[5:]))
+    if missing or not prob_columns:
+        raise UsageError(
+            f"{path}: not a run_eval.py predictions file (missing {', '.join(missing) or 'prob_0 ...'}); "
+            "point --report_dir at run_eval.py's --output_dir"
+        )
+    probs = frame[prob_columns].to_numpy(dtype=np.float64)
+    gold = frame["label"].to_numpy(dtype=np.int64)
+    pred = frame["pred"].to_numpy(dtype=np.int64)
+    num_classes = probs.shape[1]
+    if len(frame) and (gold.min() < 0 or max(gold.max(), pred.max()) >= num_classes):
+        raise UsageError(f"{path}: a label or prediction is outside 0..{num_classes - 1} (the prob_ columns)")
+    names: dict[int, str] = {}
+    for ids, column in (("label", "label_name"), ("pred", "pred_name")):
+        if column in frame.columns:
+            names.update(zip(frame[ids].astype(int), frame[column].astype(str)))
+    texts = frame["text"].astype(str).to_numpy(dtype=object)
+    return Predictions(name=name, texts=texts, gold=gold, pred=pred, probs=probs), names
+
+
+def _json_value(value: Any) -> Any:
+    """A results.csv cell as JSON: numpy scalars as Python numbers, NaN as null."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def mcnemar_p_value(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar test: are the discordant pairs split more unevenly than a fair coin would split them?"""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+class Explorer:
+    """The evaluation output behind the exploration endpoints, or the reason there is none (every call is then 404)."""
+
+    def __init__(
+        self,
+        predictions: dict[str, Predictions] | None = None,
+        label_names: list[str] | None = None,
+        results: pd.DataFrame | None = None,
+        report_dir: str | None = None,
+        missing_reason: str | None = None,
+    ):
+        self.predictions = predictions or {}
+        self.label_names = label_names or []
+        self.results = results
+        self.report_dir = report_dir
+        self.missing_reason = missing_reason
+
+    @classmethod
+    def missing(cls, reason: str) -> Explorer:
+        return cls(missing_reason=reason)
+
+    @classmethod
+    def load(cls, report_dir: str | None = None, experiment_dir: str | None = None) -> Explorer:
+        """The evaluation output in `report_dir`, else EXP/report.
+
+        A `report_dir` given by the user must hold one (an error otherwise); a missing EXP/report only leaves the
+        exploration endpoints answering 404 with the command that makes it, while the models are served.
+        """
+        if report_dir is None:
+            if experiment_dir is None:
+                return cls.missing(
+                    "no evaluation output: start app.py with --experiment_dir EXP (its report/) or --report_dir DIR "
+                    "(run_eval.py's --output_dir)"
+                )
+            candidate = os.path.join(experiment_dir, REPORT_SUBDIR)
+            if not os.path.isdir(os.path.join(candidate, PREDICTIONS_SUBDIR)):
+                return cls.missing(
+                    f"{candidate} holds no evaluation output yet: make it with {make_command(experiment_dir)}"
+                )
+            report_dir = candidate
+        elif not os.path.isdir(os.path.join(report_dir, PREDICTIONS_SUBDIR)):
+            raise UsageError(
+                f"--report_dir {report_dir}: no {PREDICTIONS_SUBDIR}/ folder; pass run_eval.py's --output_dir "
+                f"(EXP/{REPORT_SUBDIR} for run_compare.py)"
+            )
+        folder = os.path.join(report_dir, PREDICTIONS_SUBDIR)
+        files = sorted(f for f in os.listdir(folder) if f.endswith(".csv"))
+        if not files:
+            return cls.missing(f"{folder} holds no predictions: make them with {make_command(experiment_dir)}")
+        predictions, names = {}, {}
+        for file in files:
+            name = file[: -len(".csv")]
+            predictions[name], found = read_predictions(os.path.join(folder, file), name)
+            names.update(found)
+        num_classes = max(p.probs.shape[1] for p in predictions.values())
+        label_names = [names.get(i, str(i)) for i in range(num_classes)]
+        results_path = os.path.join(report_dir, RESULTS_FILE)
+        results = pd.read_csv(results_path) if os.path.isfile(results_path) else None
+        logger.info(f"exploring {len(predictions)} models' predictions from {report_dir}")
+        return cls(predictions, label_names, results, report_dir)
+
+    @property
+    def available(self) -> bool:
+        return self.missing_reason is None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.predictions)
+
+    def _require(self) -> None:
+        if not self.available:
+            raise RequestError(404, str(self.missing_reason))
+
+    def _model(self, name: str | None, param: str = "model") -> Predictions:
+        self._require()
+        if not name:
+            raise RequestError(422, f"missing ?{param}=NAME: one of {', '.join(self.names)}")
+        if name not in self.predictions:
+            raise RequestError(404, f"unknown model {name}: the evaluation has {', '.join(self.names)}")
+        return self.predictions[name]
+
+    def _label(self, class_id: int) -> str:
+        return self.label_names[class_id] if class_id < len(self.label_names) else str(class_id)
+
+    def _text(self, p: Predictions, i: int) -> dict[str, Any]:
+        """A test text by its row in the test split, with its gold label."""
+        return {"index": int(i), "text": p.texts[i], "gold": self._label(int(p.gold[i])), "gold_id": int(p.gold[i])}
+
+    def _answer(self, p: Predictions, i: int) -> dict[str, Any]:
+        """What the model said about test text `i`: its label, the probability it gave it, and whether it is right."""
+        return {
+            "predicted": self._label(int(p.pred[i])),
+            "predicted_id": int(p.pred[i]),
+            "probability": float(p.probs[i, p.pred[i]]),
+            "correct": bool(p.correct[i]),
+        }
+
+    def overview(self) -> dict[str, Any]:
+        """What the page shows first: the models that can be explored, the classes, and the results table.
+
+        Without an evaluation output: `available` false and the reason (a page asks this on every load; the
+        endpoints that need the output are the ones that answer 404).
+        """
+        if not self.available:
+            return {"available": False, "reason": self.missing_reason}
+        rows = []
+        if self.results is not None:
+            columns = [c for c in RESULT_COLUMNS if c in self.results.columns]
+            rows = [{c: _json_value(v) for c, v in row.items()} for row in self.results[columns].to_dict("records")]
+        first = next(iter(self.predictions.values()))
+        return {
+            "available": True,
+            "report_dir": os.path.basename(os.path.normpath(self.report_dir or "")),
+            "models": self.names,
+            "labels": self.label_names,
+            "samples": len(first.gold),
+            "results": rows,
+        }
+
+    def distribution(self, model: str | None) -> dict[str, Any]:
+        """Per class: how many test texts are of it (gold) and how many the model assigns to it (predicted)."""
+        p = self._model(model)
+        k = p.probs.shape[1]
+        gold = np.bincount(p.gold, minlength=k)
+        predicted = np.bincount(p.pred, minlength=k)
+        return {
+            "model": p.name,
+            "samples": len(p.gold),
+            "accuracy": float(p.correct.mean()) if len(p.gold) else None,
+            "classes": [
+                {"id": i, "label": self._label(i), "gold": int(gold[i]), "predicted": int(predicted[i])}
+                for i in range(k)
+            ],
+        }
+
+    def errors(self, model: str | None, limit: int = DEFAULT_LIMIT, offset: int = 0) -> dict[str, Any]:
+        """The model's misclassified test texts, most confident mistakes first (the probability of its wrong label)."""
+        p = self._model(model)
+        limit, offset = check_page(limit, offset)
+        wrong = np.flatnonzero(~p.correct)
+        confidence = p.probs[wrong, p.pred[wrong]]
+        order = wrong[np.lexsort((wrong, -confidence))]  # ties: test-set order
+        page = order[offset : offset + limit]
+        return {
+            "model": p.name,
+            "samples": len(p.gold),
+            "total": len(order),
+            "offset": offset,
+            "limit": limit,
+            "errors": [
+                {**self._text(p, i), **self._answer(p, i), "gold_probability": float(p.probs[i, p.gold[i]])}
+                for i in page
+            ],
+        }
+
+    def disagreements(
+        self, a: str | None, b: str | None, limit: int = DEFAULT_LIMIT, offset: int = 0, kind: str = "all"
+    ) -> dict[str, Any]:
+        """The 2x2 table of two models' correctness on the same texts, and the texts on which their labels differ.
+
+        `kind` narrows the texts: `only_a` (a right, b wrong), `only_b`, `both_wrong` (both wrong, different labels).
+        Texts come most confident first (the larger of the two models' probabilities of their own labels).
+        """
+        pa, pb = self._model(a, "a"), self._model(b, "b")
+        limit, offset = check_page(limit, offset)
+        if kind not in DISAGREEMENT_KINDS:
+            raise RequestError(422, f"kind={kind}: expected one of {', '.join(DISAGREEMENT_KINDS)}")
+        if len(pa.gold) != len(pb.gold) or not (pa.gold == pb.gold).all() or not (pa.texts == pb.texts).all():
+            raise RequestError(
+                409, f"{pa.name} and {pb.name} were not scored on the same test texts: re-run run_eval.py"
+            )
+        ca, cb = pa.correct, pb.correct
+        table = {
+            "both_right": int((ca & cb).sum()),
+            "only_a": int((ca & ~cb).sum()),
+            "only_b": int((~ca & cb).sum()),
+            "both_wrong": int((~ca & ~cb).sum()),
+        }
+        differ = pa.pred != pb.pred
+        chosen = {"all": differ, "only_a": ca & ~cb, "only_b": ~ca & cb, "both_wrong": differ & ~ca & ~cb}[kind]
+        rows = np.flatnonzero(chosen)
+        n = np.arange(len(pa.gold))
+        confidence = np.maximum(pa.probs[n, pa.pred], pb.probs[n, pb.pred])[rows]
+        order = rows[np.lexsort((rows, -confidence))]
+        page = order[offset : offset + limit]
+        return {
+            "a": pa.name,
+            "b": pb.name,
+            "samples": len(pa.gold),
+            "table": table,
+            "disagree": int(differ.sum()),
+            "mcnemar_p": mcnemar_p_value(table["only_a"], table["only_b"]),
+            "kind": kind,
+            "total": len(order),
+            "offset": offset,
+            "limit": limit,
+            "rows": [{**self._text(pa, i), "a": self._answer(pa, i), "b": self._answer(pb, i)} for i in page],
+        }
+
+
+def check_page(limit: int, offset: int) -> tuple[int, int]:
+    """A page of rows within bounds: 1 <= limit <= MAX_LIMIT, offset >= 0 (past the end: an empty page)."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise RequestError(422, f"limit={limit}: must be 1..{MAX_LIMIT}")
+    if offset < 0:
+        raise RequestError(422, f"offset={offset}: must be 0 or more")
+    return limit, offset

@@ -1,0 +1,229 @@
+"""The exploration endpoints over a real run_eval.py output of a tiny 3-class experiment: every count, error and
+disagreement is checked against the predictions CSVs themselves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_tokenizer, synthetic_rows, tiny_bert_config
+from fastapi.testclient import TestClient
+from scipy.stats import binomtest
+from transformers import BertForSequenceClassification
+
+import app as app_module
+import run_eval
+from distillkit.explore import MAX_LIMIT, Explorer, mcnemar_p_value
+from distillkit.serving import ModelRegistry, ServingLimits
+
+CLASSES = ["joy", "anger", "fear"]
+TEST_SIZE = 30
+EVAL_FAST = ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_texts", "32", "--num_threads", "1"]
+EVAL_FAST += ["--bootstrap_samples", "20"]
+
+
+def make_evaluated_experiment(root: Path) -> Path:
+    """EXP/{teacher,odd,even}: tiny 3-class BERTs that disagree (random, each its own seed), and
+    EXP/report: what run_eval.py writes for them on a 3-class data set (the layout run_compare.py leaves)."""
+    data = root / "data"
+    data.mkdir(parents=True)
+    for split, n, seed in (("train", 12, 1), ("validation", 6, 2), ("test", TEST_SIZE, 3)):
+        synthetic_rows(n, seed, num_labels=len(CLASSES)).to_csv(data / f"{split}.csv", index=False)
+    exp = root / "exp"
+    for seed, (name, layers) in enumerate((("teacher", 4), ("odd", 2), ("even", 2))):
+        torch.manual_seed(seed)
+        config = tiny_bert_config(
+            num_layers=layers,
+            num_labels=len(CLASSES),
+            id2label=dict(enumerate(CLASSES)),
+            label2id={c: i for i, c in enumerate(CLASSES)},
+            initializer_range=1.0,  # large random weights: answers that depend on the text (0.02 gives one class)
+        )
+        BertForSequenceClassification(config).save_pretrained(exp / name)
+        make_tokenizer(exp / name)
+        (exp / name / "all_results.json").write_text(json.dumps({"method": name}))
+    run_eval.main(
+        ["--experiment_dir", str(exp), "--dataset_name", str(data), "--output_dir", str(exp / "report")]
+        + ["--label_names", ",".join(CLASSES)]
+        + EVAL_FAST
+    )
+    return exp
+
+
+@pytest.fixture(scope="module")
+def evaluated_exp(tmp_path_factory) -> Path:
+    return make_evaluated_experiment(tmp_path_factory.mktemp("explore"))
+
+
+@pytest.fixture(scope="module")
+def client(evaluated_exp):
+    registry = ModelRegistry.from_dirs([], ServingLimits(), experiment_dir=str(evaluated_exp))
+    explorer = Explorer.load(experiment_dir=str(evaluated_exp))
+    with TestClient(app_module.create_app(registry, explorer)) as test_client:
+        yield test_client
+    registry.close()
+
+
+def predictions(exp: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(exp / "report" / "predictions" / f"{name}.csv")
+
+
+def test_the_page_lists_the_evaluation_and_its_results_table(client, evaluated_exp):
+    body = client.get("/api/evaluation").json()
+    assert body["available"] is True and sorted(body["models"]) == ["even", "odd", "teacher"]
+    assert body["labels"] == CLASSES and body["samples"] == TEST_SIZE and body["report_dir"] == "report"
+    results = pd.read_csv(evaluated_exp / "report" / "results.csv")
+    assert [r["model"] for r in body["results"]] == results.model.tolist()
+    for row, expected in zip(body["results"], results.itertuples()):
+        assert row["f1"] == pytest.approx(expected.f1) and row["params"] == expected.params
+        assert row["latency_ms_b1"] == pytest.approx(expected.latency_ms_b1)
+        assert "path" not in row  # the machine's absolute paths stay on the machine
+    served = {m["name"] for m in client.get("/api/models").json()["models"]}
+    assert served == set(body["models"])  # the report/ folder is not taken for a model
+
+
+@pytest.mark.parametrize("model", ["teacher", "odd", "even"])
+def test_distribution_counts_equal_the_predictions_csv(client, evaluated_exp, model):
+    frame = predictions(evaluated_exp, model)
+    body = client.get("/api/distribution", params={"model": model}).json()
+    assert body["model"] == model and body["samples"] == len(frame) == TEST_SIZE
+    assert [c["label"] for c in body["classes"]] == CLASSES
+    for c in body["classes"]:
+        assert c["gold"] == int((frame.label == c["id"]).sum())
+        assert c["predicted"] == int((frame.pred == c["id"]).sum())
+    assert sum(c["gold"] for c in body["classes"]) == sum(c["predicted"] for c in body["classes"]) == TEST_SIZE
+    assert body["accuracy"] == pytest.approx((frame.label == frame.pred).mean())
+
+
+@pytest.mark.parametrize("model", ["teacher", "odd", "even"])
+def test_errors_are_real_errors_most_confident_first_and_page_through_all(client, evaluated_exp, model):
+    frame = predictions(evaluated_exp, model)
+    wrong = set(np.flatnonzero(frame.label.to_numpy() != frame.pred.to_numpy()).tolist())
+    assert wrong, "the tiny models should make mistakes for this test to mean anything"
+    seen, offset = [], 0
+    while True:
+        page = client.get("/api/errors", params={"model": model, "limit": 4, "offset": offset}).json()
+        assert page["total"] == len(wrong) and page["limit"] == 4 and page["offset"] == offset
+        if not page["errors"]:
+            break
+        seen += page["errors"]
+        offset += 4
+    assert sorted(e["index"] for e in seen) == sorted(wrong)  # every mistake once, no right answer
+    for e in seen:
+        row = frame.iloc[e["index"]]
+        assert e["text"] == row.text and e["gold_id"] == row.label and e["predicted_id"] == row.pred
+        assert e["gold"] == row.label_name == CLASSES[row.label] and e["predicted"] == row.pred_name
+        assert e["gold"] != e["predicted"]
+        assert e["probability"] == pytest.approx(row[f"prob_{row.pred}"])
+        assert e["gold_probability"] == pytest.approx(row[f"prob_{row.label}"])
+    confidence = [e["probability"] for e in seen]
+    assert confidence == sorted(confidence, reverse=True)
+
+
+def test_disagreements_give_the_2x2_table_and_the_differing_texts(client, evaluated_exp):
+    odd, even = predictions(evaluated_exp, "odd"), predictions(evaluated_exp, "even")
+    right_a, right_b = (odd.pred == odd.label).to_numpy(), (even.pred == even.label).to_numpy()
+    body = client.get("/api/disagreements", params={"a": "odd", "b": "even", "limit": MAX_LIMIT}).json()
+    table = body["table"]
+    assert sum(table.values()) == body["samples"] == TEST_SIZE
+    assert table == {
+        "both_right": int((right_a & right_b).sum()),
+        "only_a": int((right_a & ~right_b).sum()),
+        "only_b": int((~right_a & right_b).sum()),
+        "both_wrong": int((~right_a & ~right_b).sum()),
+    }
+    differ = np.flatnonzero(odd.pred.to_numpy() != even.pred.to_numpy())
+    assert len(differ) > 0 and body["total"] == body["disagree"] == len(differ)
+    assert sorted(r["index"] for r in body["rows"]) == differ.tolist()
+    for r in body["rows"]:
+        i = r["index"]
+        assert r["text"] == odd.text[i] and r["gold_id"] == odd.label[i]
+        assert r["a"]["predicted_id"] == odd.pred[i] != r["b"]["predicted_id"] == even.pred[i]
+        assert r["a"]["correct"] == right_a[i] and r["b"]["correct"] == right_b[i]
+        assert r["a"]["probability"] == pytest.approx(odd[f"prob_{odd.pred[i]}"][i])
+    confidence = [max(r["a"]["probability"], r["b"]["probability"]) for r in body["rows"]]
+    assert confidence == sorted(confidence, reverse=True)
+    n = table["only_a"] + table["only_b"]
+    expected_p = binomtest(table["only_a"], n, 0.5).pvalue if n else 1.0
+    assert body["mcnemar_p"] == pytest.approx(expected_p)
+
+    only_a = client.get("/api/disagreements", params={"a": "odd", "b": "even", "kind": "only_a"}).json()
+    assert only_a["total"] == table["only_a"]
+    assert all(r["a"]["correct"] and not r["b"]["correct"] for r in only_a["rows"])
+    swapped = client.get("/api/disagreements", params={"a": "even", "b": "odd"}).json()["table"]
+    assert (swapped["only_a"], swapped["only_b"]) == (table["only_b"], table["only_a"])
+    paged = client.get("/api/disagreements", params={"a": "odd", "b": "even", "limit": 1, "offset": 1}).json()
+    assert paged["rows"] == body["rows"][1:2]
+
+
+def test_mcnemar_p_value_edges():
+    assert mcnemar_p_value(0, 0) == 1.0 and mcnemar_p_value(3, 3) == 1.0
+    assert mcnemar_p_value(10, 0) == pytest.approx(2 / 2**10)
+
+
+BAD = [
+    ("/api/distribution", {"model": "nope"}, 404, "unknown model nope: the evaluation has"),
+    ("/api/distribution", {}, 422, "missing ?model=NAME"),
+    ("/api/errors", {"model": "odd", "limit": 0}, 422, "limit=0: must be 1..100"),
+    ("/api/errors", {"model": "odd", "limit": MAX_LIMIT + 1}, 422, "must be 1..100"),
+    ("/api/errors", {"model": "odd", "limit": "ten"}, 422, "limit=ten: expected a whole number"),
+    ("/api/errors", {"model": "odd", "offset": -1}, 422, "offset=-1"),
+    ("/api/disagreements", {"a": "odd"}, 422, "missing ?b=NAME"),
+    ("/api/disagreements", {"a": "odd", "b": "nope"}, 404, "unknown model nope"),
+    ("/api/disagreements", {"a": "odd", "b": "even", "kind": "x"}, 422, "kind=x: expected one of"),
+]
+
+
+@pytest.mark.parametrize("path,params,status,message", BAD, ids=[f"{b[0]}-{b[2]}-{b[3][:12]}" for b in BAD])
+def test_bad_questions_get_a_json_error(client, path, params, status, message):
+    response = client.get(path, params=params)
+    assert response.status_code == status and message in response.json()["error"]
+
+
+def test_a_page_past_the_end_is_empty(client):
+    body = client.get("/api/errors", params={"model": "odd", "offset": 10_000}).json()
+    assert body["errors"] == [] and body["total"] > 0
+
+
+def test_without_an_evaluation_output_the_endpoints_are_404_with_the_command(tmp_path, evaluated_exp, capsys):
+    bare = tmp_path / "bare"
+    (bare / "odd").mkdir(parents=True)
+    for file in (evaluated_exp / "odd").iterdir():
+        (bare / "odd" / file.name).write_bytes(file.read_bytes())
+    registry = ModelRegistry.from_dirs([], ServingLimits(), experiment_dir=str(bare))
+    explorer = Explorer.load(experiment_dir=str(bare))
+    assert not explorer.available
+    with TestClient(app_module.create_app(registry, explorer)) as test_client:
+        overview = test_client.get("/api/evaluation").json()  # what the page asks first: 200, with the reason
+        assert overview["available"] is False and "python run_eval.py" in overview["reason"]
+        for path, params in (
+            ("/api/distribution", {"model": "odd"}),
+            ("/api/errors", {"model": "odd"}),
+            ("/api/disagreements", {"a": "odd", "b": "odd"}),
+        ):
+            response = test_client.get(path, params=params)
+            assert response.status_code == 404
+            error = response.json()["error"]
+            assert "holds no evaluation output yet" in error and "python run_eval.py --experiment_dir" in error
+            assert "\n" not in error
+        assert test_client.post("/api/predict", json={"texts": ["still serving"]}).status_code == 200
+    registry.close()
+    with TestClient(app_module.create_app(registry)) as test_client:  # --model_dirs only: no report to look for
+        assert "--report_dir" in test_client.get("/api/errors", params={"model": "odd"}).json()["error"]
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # a --report_dir given by hand must hold an evaluation
+        app_module.main(["--experiment_dir", str(bare), "--report_dir", str(bare / "odd")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --report_dir") and "no predictions/ folder" in err and err.count("\n") == 1
+
+
+def test_report_dir_of_a_run_eval_output_outside_the_experiment(evaluated_exp):
+    explorer = Explorer.load(report_dir=str(evaluated_exp / "report"))
+    assert explorer.available and sorted(explorer.names) == ["even", "odd", "teacher"]
+    assert explorer.label_names == CLASSES
