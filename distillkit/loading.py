@@ -67,6 +67,29 @@ def read_results(path: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def adapter_head_kwargs(path: str) -> dict[str, Any]:
+    """num_labels/id2label/label2id for the base an adapter is loaded on.
+
+    `AutoPeftModelForSequenceClassification` builds the base from `base_model_name_or_path`; a pretrained encoder
+    has no head, so it would get the default 2 labels and the adapter's 3-class head would not fit. The run
+    recorded its labels in all_results.json; without them, the count is read off the saved head's bias.
+    """
+    id2label = read_results(path).get("id2label") or {}
+    if id2label:
+        id2label = {int(k): str(v) for k, v in id2label.items()}
+        return {"num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    weights = os.path.join(path, "adapter_model.safetensors")
+    if os.path.isfile(weights):
+        from safetensors import safe_open
+
+        with safe_open(weights, framework="pt") as f:
+            names = f.keys()  # a safe_open handle is not iterable
+            heads = [k for k in names if k.endswith(("classifier.bias", "classifier.out_proj.bias"))]
+            if len(heads) == 1:
+                return {"num_labels": f.get_slice(heads[0]).get_shape()[0]}
+    return {}
+
+
 def load_classifier_dir(path: str, name: str | None = None, device: str | torch.device = "cpu") -> LoadedClassifier:
     """Load a saved full model or PEFT adapter in eval mode (safetensors only, never remote code).
 
@@ -83,7 +106,9 @@ def load_classifier_dir(path: str, name: str | None = None, device: str | torch.
     if adapter:
         from peft import AutoPeftModelForSequenceClassification
 
-        model = AutoPeftModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
+        model = AutoPeftModelForSequenceClassification.from_pretrained(
+            path, use_safetensors=True, **adapter_head_kwargs(path)
+        )
     else:
         model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
     model.to(device).eval()

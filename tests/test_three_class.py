@@ -1,0 +1,120 @@
+"""More than two classes end to end: a LoRA adapter on a pretrained (headless) base loads back in run_eval.py, in
+the serving loader app.py uses and with its model card's snippet; run_compare.py on a 3-class data set."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from conftest import common_args, synthetic_rows
+
+import run_compare
+import run_eval
+import run_lora
+from distillkit.loading import load_classifier_dir
+from distillkit.serving import ModelRegistry, PredictRequest, ServingLimits
+
+CLASSES = ["anger", "joy", "neutral"]
+EVAL_FAST = ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_texts", "32", "--num_threads", "1"]
+EVAL_FAST += ["--bootstrap_samples", "10"]
+
+
+@pytest.fixture(scope="module")
+def three_class_data(tmp_path_factory):
+    """Its own column names, as a user's CSV has them: `comment` and `emotion`."""
+    directory = tmp_path_factory.mktemp("three_class")
+    for split, n, seed in (("train", 96, 1), ("validation", 24, 2), ("test", 24, 3)):
+        rows = synthetic_rows(n, seed, num_labels=3).rename(columns={"text": "comment", "label": "emotion"})
+        rows.to_csv(directory / f"{split}.csv", index=False)
+    return directory
+
+
+def test_three_class_lora_on_a_pretrained_base_loads_everywhere(tmp_path, tiny_base_model_dir, three_class_data):
+    out = tmp_path / "lora"
+    columns = ["--text_column", "comment", "--label_column", "emotion"]
+    argv = common_args(three_class_data, out, model_name_or_path=tiny_base_model_dir, label_names=",".join(CLASSES))
+    run_lora.main(argv + columns + ["--merge", "true"])
+    assert not (out / "config.json").exists()  # an adapter on a headless base: the labels live in the results
+
+    # The serving loader (app.py) and run_eval.py's: the 3-class head and names, the weights as trained.
+    clf = load_classifier_dir(str(out))
+    assert clf.is_adapter and clf.id2label == dict(enumerate(CLASSES)) and clf.model.config.num_labels == 3
+    merged = load_classifier_dir(str(out / "merged"))
+    batch = clf.tokenizer(["joy joy the", "anger is anger"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.allclose(clf.model(**batch).logits, merged.model(**batch).logits, atol=1e-4)
+
+    # A copy without its results (labels unknown): the head's size still gives the class count.
+    bare = tmp_path / "bare"
+    shutil.copytree(out, bare, ignore=shutil.ignore_patterns("merged", "all_results.json"))
+    assert load_classifier_dir(str(bare)).model.config.num_labels == 3
+
+    registry = ModelRegistry.from_dirs([str(out)], ServingLimits())
+    (name,) = registry.names
+    answer = registry.predict(PredictRequest(texts=["joy joy"], models=[name]))
+    assert set(re.findall(r"'(anger|joy|neutral)'", str(answer))) == set(CLASSES)
+
+    results = run_eval.main(
+        ["--model_dirs", str(out), str(out / "merged"), "--dataset_name", str(three_class_data)]
+        + ["--output_dir", str(tmp_path / "report")]
+        + columns
+        + EVAL_FAST
+    )
+    assert len(results) == 2 and results.accuracy.nunique() == 1  # adapter and merged model agree
+    predictions = pd.read_csv(tmp_path / "report" / "predictions" / "lora.csv")
+    assert set(predictions.label) == {0, 1, 2}
+
+    # The card's documented snippet, run as a user would, in a fresh interpreter.
+    card = (out / "README.md").read_text()
+    (snippet,) = re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL)
+    assert "num_labels=3" in snippet
+    proc = subprocess.run(
+        [sys.executable, "-c", snippet],
+        cwd=tmp_path,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"'label': '(anger|joy|neutral)'", proc.stdout), proc.stdout
+
+
+def test_run_compare_on_a_three_class_data_set(tmp_path, tiny_base_model_dir, three_class_data):
+    exp = tmp_path / "exp"
+    argv = [
+        "--teacher_name_or_path", str(tiny_base_model_dir),
+        "--dataset_name", str(three_class_data),
+        "--text_column", "comment",
+        "--label_column", "emotion",
+        "--experiment_dir", str(exp),
+        "--seeds", "0",
+        "--methods", "teacher", "even", "lora", "eval",
+        "--max_seq_length", "32",
+        "--teacher_learning_rate", "1e-3",
+        "--student_learning_rate", "1e-3",
+        "--eval_args", " ".join(EVAL_FAST[2:]),
+        "--max_steps", "3",
+        "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "16",
+        "--do_eval", "false",
+        "--do_predict", "false",
+        "--save_strategy", "no",
+        "--use_cpu", "true",
+        "--report_to", "none",
+        "--disable_tqdm", "true",
+    ]  # fmt: skip
+    status = run_compare.main(argv)
+    assert status == {"seed0/teacher": "ran", "seed0/even": "ran", "seed0/lora": "ran", "eval": "ran"}, status
+    results = pd.read_csv(exp / "report" / "results.csv")
+    assert set(results.method) == {"teacher", "even", "lora"}
+    assert results.macro_f1.notna().all() and results.roc_auc.notna().all()
+    for name in ("seed0-teacher", "seed0-even", "seed0-lora"):
+        assert set(pd.read_csv(exp / "report" / "predictions" / f"{name}.csv").label) == {0, 1, 2}
