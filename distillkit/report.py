@@ -534,3 +534,68 @@ def write_report(
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
+
+
+# --- the study across data sets ----------------------------------------------------------------------------------
+
+KEY_PAIRS = (("odd", "even"), ("odd", "odd_ce"), ("even", "even_ce"), ("lora", "even"), ("lora_even", "even"))
+
+
+def study_index_markdown(
+    summaries: dict[str, pd.DataFrame], pairs: dict[str, pd.DataFrame | None], num_labels: dict[str, int]
+) -> str:
+    """The methods × data sets table (mean ± std over seeds, number of seeds) and the key paired differences."""
+    if not summaries:
+        return "No stage of the study has finished yet."
+    primary = {d: "f1" if num_labels[d] == 2 else "macro_f1" for d in summaries}
+    methods = sorted({m for s in summaries.values() for m in s.method}, key=method_rank)
+    header = ["method"] + [f"{d}: {METRIC_LABELS[primary[d]]}" for d in summaries] + ["CPU ms / text (first set)"]
+    lines = [
+        "## Methods × data sets",
+        "",
+        (
+            "Mean ± std over seeds (n = seeds finished so far) on each data set's test split; binary sets report the "
+            "positive class's F1, multi-class sets macro-F1. Latency is single-text CPU time on the 2-core machine."
+        ),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    first = next(iter(summaries))
+    for method in methods:
+        cells = [method]
+        for dataset, summary in summaries.items():
+            row = summary[summary.method == method]
+            if row.empty:
+                cells.append("–")
+                continue
+            r = row.iloc[0]
+            cells.append(f"{_mean_std(r, primary[dataset])} (n={int(r.n_models)})")
+        lat = summaries[first][summaries[first].method == method]
+        cells.append(_fmt(lat.latency_ms_b1_cpu_mean.iloc[0], 1) if len(lat) else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## The question, per data set (paired differences, 95% intervals)",
+        "",
+        (
+            "A − B on the same test texts, per seed; CI across seeds (t) and a paired bootstrap over the texts. "
+            f'Called only when both intervals exclude 0, else "{NOT_DISTINGUISHABLE}".'
+        ),
+        "",
+        "| data set | A − B | metric | seeds | mean | 95% CI (seeds) | 95% CI (texts) | call |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset, table in pairs.items():
+        if table is None:
+            continue
+        for a, b in KEY_PAIRS:
+            for row in table[(table.a == a) & (table.b == b)].itertuples():
+                call = {"A better": f"{a} better", "B better": f"{b} better"}.get(row.verdict, row.verdict)
+                lines.append(
+                    f"| {dataset} | {a} − {b} | {METRIC_LABELS.get(row.metric, row.metric)} | {row.n_seeds} | "
+                    f"{row.diff:+.3f} | {_interval(row.ci_low, row.ci_high)} | "
+                    f"{_interval(row.boot_low, row.boot_high)} | {call} |"
+                )
+    lines += ["", "Each data set's report: " + ", ".join(f"[{d}]({d}/report.md)" for d in summaries) + "."]
+    return "\n".join(lines)

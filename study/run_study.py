@@ -1,0 +1,317 @@
+#!/usr/bin/env python
+"""The study: every method × seed on one data set, resumable, one stage at a time, small results committed as they land.
+
+    nice -n 15 python study/run_study.py --dataset wiki_toxic --seeds 42 43 44 45 46 --work_dir ../study
+    python study/run_study.py --report_only true        # rebuild every data set's report and docs/results/README.md
+
+For each (method, seed), in the order of PHASES (the core question first, for every seed; then the rest):
+1. `run_compare.py --methods <what it starts from> <method>` trains it into WORK/<data set>/seed<S>/<method> (finished
+   stages are skipped, a killed one resumes from its last checkpoint);
+2. `run_eval.py --model_dirs` scores just that model into WORK/<data set>/stage_eval/<method>/seed<S>;
+3. its small outputs — results.csv, predictions.csv.gz (label, pred, probabilities; no text), loss_history.json,
+   stage.json — go to docs/results/<data set>/stages/<method>/seed<S>/ (never weights), written to a temporary
+   folder and renamed, so a stage folder exists only when complete;
+4. docs/results/<data set>/report.md (paired differences, forest plot, quality vs latency) is rebuilt from every
+   stage folder, and docs/results/README.md from every data set.
+A stage whose folder exists is skipped, also on a fresh clone where the weights are gone (a method that starts from
+a teacher or student not on disk trains that base again, same seed). Commit with
+`git add docs/results/<data set> && git commit -m ... -- docs/results/<data set> docs/results/README.md`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from distillkit.cli import UsageError, exit_on_usage_error, parse_args
+from distillkit.evaluation import loss_history
+from distillkit.methods import METHODS, dependencies
+from distillkit.report import (
+    plot_loss_curves,
+    plot_method_means,
+    sort_results,
+    study_index_markdown,
+    summarize,
+    write_report,
+)
+
+logger = logging.getLogger("run_study")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The training budget of each data set, the same for every method, chosen by the pilot documented in
+# docs/results/README.md ("Budget"). Teacher learning rate and sequence length are the same everywhere.
+BUDGETS = {
+    "wiki_toxic": "--max_train_samples 4000 --num_train_epochs 2",
+    "hate_speech18": "--max_train_samples 4000 --num_train_epochs 3",
+    "go_emotions": "--max_train_samples 8000 --num_train_epochs 3",
+}
+COMMON = (
+    "--teacher_learning_rate 5e-5 --max_seq_length 128 --per_device_train_batch_size 32 --save_strategy steps "
+    "--save_steps 50 --save_total_limit 1 --logging_steps 25 --do_eval false --do_predict false --use_cpu true "
+    "--report_to none --disable_tqdm true"
+)
+EVAL_FLAGS = "--num_threads 1 --latency_runs 100 --throughput_texts 256 --bootstrap_samples 100"
+# The question first: teacher, odd, even and their CE-only controls for every seed; then LoRA and the other layer sets.
+PHASES = (("teacher", "odd", "even", "odd_ce", "even_ce"), ("lora", "lora_even", "spread", "bottom", "top"))
+STAGES_DIR = "stages"
+
+
+@dataclass
+class StudyArguments:
+    dataset: str | None = field(
+        default=None, metadata={"help": "Data set folder name in --data_root (wiki_toxic, ...)."}
+    )
+    seeds: list[int] = field(default_factory=lambda: [42, 43, 44], metadata={"help": "Seeds, one run per method each."})
+    methods: list[str] = field(
+        default_factory=lambda: list(METHODS), metadata={"help": "Methods of distillkit/methods.py (default: all)."}
+    )
+    work_dir: str = field(default="../study", metadata={"help": "Where weights and per-stage evaluations go."})
+    results_dir: str = field(default="docs/results", metadata={"help": "Where the small, committed outputs go."})
+    data_root: str = field(default="../shared/data", metadata={"help": "Folder holding one folder per data set."})
+    teacher: str = field(default="../shared/models/all-MiniLM-L6-v2", metadata={"help": "Pretrained teacher."})
+    budget: str | None = field(default=None, metadata={"help": "Training flags instead of BUDGETS[dataset], quoted."})
+    n_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples of the paired differences."})
+    report_only: bool = field(default=False, metadata={"help": "Only rebuild the reports from the stage folders."})
+    dry_run: bool = field(default=False, metadata={"help": "Say which stages would run, run nothing."})
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise UsageError(f"--methods {unknown[0]}: unknown method; choose from {' '.join(METHODS)}")
+        if not self.report_only and not self.dataset:
+            raise UsageError("give --dataset NAME (or --report_only true)")
+        if self.dataset and self.budget is None and self.dataset not in BUDGETS:
+            raise UsageError(f"--dataset {self.dataset}: no budget in BUDGETS ({', '.join(BUDGETS)}); pass --budget")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UsageError(f"--seeds {' '.join(map(str, self.seeds))}: a seed appears twice")
+        # Relative paths are the repository's (the stages run there), wherever this is started from.
+        for name in ("work_dir", "results_dir", "data_root", "teacher"):
+            setattr(self, name, os.path.normpath(os.path.join(REPO, getattr(self, name))))
+
+
+def portable(value: object) -> object:
+    """An absolute path of this machine becomes relative to the repository: committed files carry none."""
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.relpath(value, REPO)
+    return value
+
+
+def stage_dir(results_dir: str, dataset: str, method: str, seed: int) -> str:
+    return os.path.join(results_dir, dataset, STAGES_DIR, method, f"seed{seed}")
+
+
+def stage_order(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """(method, seed) in run order: phase by phase, seed by seed, methods in phase order."""
+    order = []
+    leftover = tuple(m for m in METHODS if not any(m in phase for phase in PHASES))
+    for phase in (*PHASES, leftover):
+        for seed in seeds:
+            order += [(m, seed) for m in phase if m in methods]
+    return order
+
+
+def run(cmd: list[str], dry_run: bool) -> None:
+    logger.info(shlex.join(cmd))
+    if dry_run:
+        return
+    code = subprocess.call(cmd, cwd=REPO)
+    if code != 0:
+        raise SystemExit(
+            f"error: {shlex.join(cmd[:3])} ... failed (exit code {code}); run the same study command again"
+        )
+
+
+def train_and_score(args: StudyArguments, method: str, seed: int) -> str:
+    """Train the stage (and its bases when their weights are gone) and score it alone; returns the eval folder."""
+    work = os.path.join(args.work_dir, args.dataset)
+    data = os.path.join(args.data_root, args.dataset)
+    budget = args.budget if args.budget is not None else BUDGETS[args.dataset]
+    run(
+        [sys.executable, os.path.join(REPO, "run_compare.py"), "--teacher_name_or_path", args.teacher]
+        + ["--dataset_name", data, "--experiment_dir", work, "--seeds", str(seed)]
+        + ["--methods", *dependencies(method), method, *shlex.split(COMMON), *shlex.split(budget)],
+        args.dry_run,
+    )
+    out = os.path.join(work, "stage_eval", method, f"seed{seed}")
+    run(
+        [sys.executable, os.path.join(REPO, "run_eval.py"), "--model_dirs", os.path.join(work, f"seed{seed}", method)]
+        + ["--dataset_name", data, "--max_seq_length", "128", "--output_dir", out, "--overwrite_output_dir", "true"]
+        + shlex.split(EVAL_FLAGS),
+        args.dry_run,
+    )
+    return out
+
+
+def publish(args: StudyArguments, method: str, seed: int, eval_dir: str) -> str:
+    """Copy the stage's small outputs into its committed folder, atomically (temporary folder, then rename)."""
+    target = stage_dir(args.results_dir, args.dataset, method, seed)
+    tmp = f"{target}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    results = pd.read_csv(os.path.join(eval_dir, "results.csv"))
+    if len(results) != 1:
+        raise SystemExit(f"error: {eval_dir}/results.csv has {len(results)} rows; expected the one model of the stage")
+    recorded_method = results.method.iloc[0]
+    results["model"], results["method"] = f"seed{seed}-{method}", method
+    results = results.drop(columns=["path"], errors="ignore").map(portable)
+    (prediction_file,) = glob.glob(os.path.join(eval_dir, "predictions", "*.csv"))
+    frame = pd.read_csv(prediction_file)
+    names = dict(zip(frame.label, frame.label_name)) | dict(zip(frame.pred, frame.pred_name))
+    probs = [c for c in frame.columns if c.startswith("prob_")]
+    frame[["label", "pred", *probs]].round(6).to_csv(os.path.join(tmp, "predictions.csv.gz"), index=False)
+    model_dir = os.path.join(args.work_dir, args.dataset, f"seed{seed}", method)
+    with open(os.path.join(tmp, "loss_history.json"), "w") as f:
+        json.dump(loss_history(model_dir), f)
+    with open(os.path.join(tmp, "stage.json"), "w") as f:
+        json.dump(
+            {
+                "dataset": args.dataset,
+                "method": method,
+                "recorded_method": recorded_method,
+                "seed": seed,
+                "label_names": [str(names.get(i, i)) for i in range(len(probs))],
+                "budget": args.budget if args.budget is not None else BUDGETS[args.dataset],
+                "common": COMMON,
+                "eval": EVAL_FLAGS,
+                "machine": f"{platform.machine()} {os.cpu_count()} CPU(s)",
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            },
+            f,
+            indent=1,
+        )
+    results.to_csv(os.path.join(tmp, "results.csv"), index=False)
+    os.replace(tmp, target)
+    return target
+
+
+def load_stages(dataset_dir: str) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, list], list[dict]]:
+    """Every committed stage of a data set: results rows, predictions, loss histories (by model) and stage records."""
+    rows, predictions, histories, records = [], {}, {}, []
+    for path in sorted(glob.glob(os.path.join(dataset_dir, STAGES_DIR, "*", "seed*", "results.csv"))):
+        folder = os.path.dirname(path)
+        row = pd.read_csv(path)
+        model = row.model.iloc[0]
+        rows.append(row)
+        predictions[model] = pd.read_csv(os.path.join(folder, "predictions.csv.gz"))
+        with open(os.path.join(folder, "loss_history.json")) as f:
+            histories[model] = json.load(f)
+        with open(os.path.join(folder, "stage.json")) as f:
+            records.append(json.load(f))
+    results = sort_results(pd.concat(rows, ignore_index=True)) if rows else pd.DataFrame()
+    return results, predictions, histories, records
+
+
+def build_report(results_dir: str, dataset: str, n_resamples: int = 1000) -> pd.DataFrame | None:
+    """docs/results/<data set>/: results.csv, summary.csv, paired.csv, plots/, report.md from the stage folders."""
+    out = os.path.join(results_dir, dataset)
+    results, predictions, histories, records = load_stages(out)
+    if results.empty:
+        return None
+    summary = summarize(results)
+    plots_dir = os.path.join(out, "plots")
+    os.makedirs(plots_dir, exist_ok=True)
+    for old in glob.glob(os.path.join(plots_dir, "*.png")):
+        os.remove(old)  # plots of an earlier layout must not linger beside the new report
+    first_seed = min(int(s) for s in results.seed)
+    plots = {
+        "method_means": plot_method_means(summary, "f1", os.path.join(plots_dir, "quality_vs_latency.png")),
+        "loss_curves": plot_loss_curves(
+            {m: h for m, h in histories.items() if h and m.startswith(f"seed{first_seed}-")},
+            os.path.join(plots_dir, f"loss_curves_seed{first_seed}.png"),
+        ),
+    }
+    results.to_csv(os.path.join(out, "results.csv"), index=False)
+    summary.to_csv(os.path.join(out, "summary.csv"), index=False)
+    record = records[0]
+    budgets = sorted({r["budget"] for r in records})
+    context = {
+        "title": f"Study: {dataset}",
+        "dataset": f"../shared/data/{dataset}",
+        "split": str(results.split.iloc[0]),
+        "label_names": record["label_names"],
+        "machine": record["machine"],
+        "torch": "2.13.0+cpu" if "torch" not in results else str(results.torch.iloc[0]),
+        "num_threads": int(results.num_threads.iloc[0]),
+        "device": str(results.device.iloc[0]),
+        "latency_runs": 100,
+        "throughput_texts": 256,
+        "setup_note": (
+            f"Each (method, seed) was trained with `{' / '.join(budgets)}` and scored alone by run_eval.py right "
+            "after it finished (`stages/<method>/seed<S>/`), so the timings come from different moments of a shared "
+            "machine: compare the CPU-time latency. The loss-curve plot shows the first seed."
+        ),
+    }
+    write_report(out, results, summary, plots, context, predictions, n_resamples)
+    return summary
+
+
+def build_index(results_dir: str) -> str:
+    """docs/results/README.md: the methods × data sets table and how each was produced."""
+    summaries, pairs, num_labels = {}, {}, {}
+    for dataset_dir in sorted(glob.glob(os.path.join(results_dir, "*", STAGES_DIR))):
+        dataset = os.path.basename(os.path.dirname(dataset_dir))
+        summary_path = os.path.join(results_dir, dataset, "summary.csv")
+        if os.path.isfile(summary_path):
+            summaries[dataset] = pd.read_csv(summary_path)
+            paired = os.path.join(results_dir, dataset, "paired.csv")
+            pairs[dataset] = pd.read_csv(paired) if os.path.isfile(paired) else None
+            (stage,) = glob.glob(os.path.join(dataset_dir, "*", "seed*", "stage.json"))[:1]
+            with open(stage) as f:
+                num_labels[dataset] = len(json.load(f)["label_names"])
+    path = os.path.join(results_dir, "README.md")
+    head = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README_head.md")
+    with open(head) as f:
+        intro = f.read()
+    with open(path, "w") as f:
+        f.write(intro.rstrip() + "\n\n" + study_index_markdown(summaries, pairs, num_labels) + "\n")
+    return path
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> list[str]:
+    """Run the pending stages; returns the stage folders written."""
+    (args,) = parse_args((StudyArguments,), argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    written = []
+    if not args.report_only:
+        for method, seed in stage_order(args.methods, args.seeds):
+            target = stage_dir(args.results_dir, args.dataset, method, seed)
+            if os.path.isfile(os.path.join(target, "results.csv")):
+                logger.info(f"[{args.dataset} {method} seed{seed}] skipped: {target} is there")
+                continue
+            start = time.time()
+            eval_dir = train_and_score(args, method, seed)
+            if args.dry_run:
+                continue
+            written.append(publish(args, method, seed, eval_dir))
+            logger.info(f"[{args.dataset} {method} seed{seed}] done in {time.time() - start:.0f} s -> {target}")
+            build_report(args.results_dir, args.dataset, args.n_resamples)
+            build_index(args.results_dir)
+    datasets = (
+        [args.dataset]
+        if args.dataset
+        else sorted(
+            os.path.basename(os.path.dirname(d)) for d in glob.glob(os.path.join(args.results_dir, "*", STAGES_DIR))
+        )
+    )
+    if args.report_only:
+        for dataset in datasets:
+            build_report(args.results_dir, dataset, args.n_resamples)
+        build_index(args.results_dir)
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""study/run_study.py: stages trained and scored one at a time, small outputs published, skipped once published."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from distillkit.report import linked_images
+from study import run_study
+
+ABSOLUTE = re.compile(r"(^|[\s,\"'(])/(tmp|work|home|root)/")
+
+BUDGET = (
+    "--max_steps 3 --per_device_train_batch_size 8 --max_seq_length 32 --save_strategy no "
+    "--teacher_learning_rate 1e-3 --student_learning_rate 1e-3"
+)
+
+
+def study_argv(tmp_path, base, data, *extra: str) -> list[str]:
+    return [
+        "--dataset", data.name, "--data_root", str(data.parent), "--teacher", str(base),
+        "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results"),
+        "--budget", BUDGET, "--n_resamples", "50", *extra,
+    ]  # fmt: skip
+
+
+def test_stage_order_puts_the_question_first():
+    order = run_study.stage_order(["top", "odd", "teacher", "odd_ce", "lora"], [1, 2])
+    assert order == [
+        ("teacher", 1), ("odd", 1), ("odd_ce", 1), ("teacher", 2), ("odd", 2), ("odd_ce", 2), ("lora", 1), ("top", 1),
+        ("lora", 2), ("top", 2),
+    ]  # fmt: skip
+
+
+def test_study_publishes_stages_then_skips_them_on_a_fresh_machine(
+    tmp_path, caplog, tiny_base_model_dir, tiny_data_dir
+):
+    argv = study_argv(
+        tmp_path, tiny_base_model_dir, tiny_data_dir, "--seeds", "0", "1", "--methods", "teacher", "odd_ce"
+    )
+    written = run_study.main(argv)
+    results_dir = tmp_path / "results" / tiny_data_dir.name
+    assert [os.path.relpath(w, results_dir) for w in written] == [
+        os.path.join("stages", m, f"seed{s}") for s in (0, 1) for m in ("teacher", "odd_ce")
+    ]
+    stage = results_dir / "stages" / "odd_ce" / "seed1"
+    assert sorted(os.listdir(stage)) == ["loss_history.json", "predictions.csv.gz", "results.csv", "stage.json"]
+    row = pd.read_csv(stage / "results.csv")
+    assert row.model.tolist() == ["seed1-odd_ce"] and row.method.tolist() == ["odd_ce"] and row.seed.tolist() == [1]
+    predictions = pd.read_csv(stage / "predictions.csv.gz")
+    assert list(predictions.columns) == ["label", "pred", "prob_0", "prob_1"] and len(predictions) == 24
+    assert json.loads((stage / "stage.json").read_text())["recorded_method"] == "odd_ce"  # CE-only, named so
+    # No weights and no absolute path of this machine in anything published.
+    for path in glob.glob(str(tmp_path / "results" / "**" / "*"), recursive=True):
+        assert not path.endswith((".safetensors", ".bin")), path
+        if path.endswith((".csv", ".json", ".md")):
+            assert not ABSOLUTE.search(Path(path).read_text()), path
+
+    # The data set's report: paired differences of the two seeds, every linked plot present.
+    report = results_dir / "report.md"
+    pairs = pd.read_csv(results_dir / "paired.csv")
+    assert set(zip(pairs.a, pairs.b)) == {("odd_ce", "teacher")} and set(pairs.n_seeds) == {2}
+    assert all(os.path.isfile(p) for p in linked_images(str(report)))
+    index = (tmp_path / "results" / "README.md").read_text()
+    assert "## Methods × data sets" in index and "| odd_ce |" in index and "(n=2)" in index
+
+    # A fresh machine: the weights are gone, the published stages are not. Nothing runs again.
+    shutil.rmtree(tmp_path / "work")
+    assert run_study.main(argv) == []
+    # A stage that never finished publishing (killed): its folder is missing, so it runs, with its base retrained.
+    shutil.rmtree(stage)
+    with caplog.at_level("INFO", logger="run_study"):
+        assert run_study.main(argv + ["--dry_run", "true"]) == []
+    assert "--methods teacher odd_ce" in caplog.text and "--seeds 1" in caplog.text
+    assert "--seeds 0" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--methods", "middle"], "unknown method"),
+        (["--seeds", "1", "1"], "a seed appears twice"),
+    ],
+)
+def test_bad_study_flags(tmp_path, capsys, tiny_base_model_dir, tiny_data_dir, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_study.main(study_argv(tmp_path, tiny_base_model_dir, tiny_data_dir, *extra))
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_data_set_without_a_budget_needs_one(capsys):
+    with pytest.raises(SystemExit):
+        run_study.main(["--dataset", "imdb"])
+    assert "no budget in BUDGETS" in capsys.readouterr().err
