@@ -225,8 +225,9 @@ def build_report(results_dir: str, dataset: str, n_resamples: int = 1000) -> pd.
     for old in glob.glob(os.path.join(plots_dir, "*.png")):
         os.remove(old)  # plots of an earlier layout must not linger beside the new report
     first_seed = min(int(s) for s in results.seed)
+    metric = "f1" if len(records[0]["label_names"]) == 2 else "macro_f1"
     plots = {
-        "method_means": plot_method_means(summary, "f1", os.path.join(plots_dir, "quality_vs_latency.png")),
+        "method_means": plot_method_means(summary, metric, os.path.join(plots_dir, "quality_vs_latency.png")),
         "loss_curves": plot_loss_curves(
             {m: h for m, h in histories.items() if h and m.startswith(f"seed{first_seed}-")},
             os.path.join(plots_dir, f"loss_curves_seed{first_seed}.png"),

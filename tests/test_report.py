@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,19 @@ def test_pareto_front():
 def test_committed_reports_link_existing_plots(markdown):
     missing = [p for p in linked_images(markdown) if not os.path.isfile(p)]
     assert not missing, f"{markdown} links missing files: {missing}"
+
+
+MACHINE_PATH = re.compile(r"(^|[\s,\"'(:=])/(tmp|work|home|root|Users)/")
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p
+        for p in glob.glob(str(REPO / "docs" / "results" / "**" / "*"), recursive=True)
+        if p.endswith((".md", ".csv", ".txt", ".json"))
+    ),
+)
+def test_committed_results_carry_no_machine_path(path):
+    text = Path(path).read_text()
+    assert not MACHINE_PATH.search(text), f"{path}: {MACHINE_PATH.search(text).group(0)!r}"
