@@ -218,3 +218,30 @@ def test_quantization_bench_compares_the_levers(tmp_path, tiny_classifier_dir, t
     # Quantized weights are smaller on disk than fp32 ones.
     assert (written.size_mb.iloc[1:] < written.size_mb.iloc[0]).all()
     assert "int8 variants vs fp32" in capsys.readouterr().out
+
+
+def test_goals_bench_measures_every_goal_in_one_run(tmp_path, exported, tiny_classifier_dir, tiny_data_dir):
+    import socket
+
+    from bench import onnx_goals
+
+    shutil.copytree(tiny_classifier_dir, tmp_path / "teacher")
+    with socket.socket() as sock:  # a free port for the server
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "goals"
+    table = onnx_goals.main(
+        ["--teacher_dir", str(tmp_path / "teacher"), "--student_dir", str(tiny_classifier_dir)]
+        + ["--export_dir", str(exported[0]), "--dataset_name", str(tiny_data_dir), "--output_dir", str(out)]
+        + ["--clients", "4", "--duration", "2", "--num_threads", "1", "--port", str(port)]
+    )
+    written = pd.read_csv(out / onnx_goals.RESULTS_FILE)
+    assert len(written) == len(table) == 4 and written.measured.notna().all()
+    # The agreement goal is the share of test texts on which the two exported models' predictions are equal.
+    preds = {
+        name: pd.read_csv(out / "eval" / "predictions" / f"{name}.csv").pred for name in ("clf-onnx", "clf-onnx-int8")
+    }
+    assert written.measured[2] == pytest.approx(100 * (preds["clf-onnx"] == preds["clf-onnx-int8"]).mean())
+    assert written.met[2] == (written.measured[2] >= 99)
+    for name in (tiny_classifier_dir.name, "clf-onnx-int8"):  # both models were load-tested and answered
+        assert pd.read_csv(out / f"load_{name}" / "load_test.csv").ok[0] > 0
