@@ -165,6 +165,12 @@ def test_page_classifies_a_comment_and_a_csv_batch(tmp_path, tiny_classifier_dir
         assert not errors, errors
 
 
+def screenshot(page, path: Path, max_height: int = 1500) -> None:
+    """The page from its top, at most `max_height` pixels: what docs/app_*.png show."""
+    height = min(max_height, page.evaluate("document.documentElement.scrollHeight"))
+    page.screenshot(path=str(path), full_page=True, clip={"x": 0, "y": 0, "width": 1200, "height": height})
+
+
 def check_explore_tabs(page, url: str, shots: Path | None = None) -> dict[str, str]:
     """Open every tab of an app with an evaluation output and read one value off each against the API.
 
@@ -178,7 +184,7 @@ def check_explore_tabs(page, url: str, shots: Path | None = None) -> dict[str, s
     assert results.first.locator("td[data-column=f1]").inner_text() == f"{first['f1']:.3f}"
     read["results"] = results.first.locator("td[data-column=f1]").inner_text()
     if shots:
-        page.screenshot(path=str(shots / "app_classify.png"), full_page=True)
+        screenshot(page, shots / "app_classify.png")
 
     page.click("button[data-tab=distribution]")
     page.wait_for_function(f"document.querySelectorAll('#test-distribution .chart').length === {len(names)}")
@@ -190,7 +196,7 @@ def check_explore_tabs(page, url: str, shots: Path | None = None) -> dict[str, s
         assert int(bar.get_attribute("data-count")) == api["classes"][0][kind]
     read["distribution"] = bar.get_attribute("data-count")
     if shots:
-        page.screenshot(path=str(shots / "app_distribution.png"), full_page=True)
+        screenshot(page, shots / "app_distribution.png")
 
     page.click("button[data-tab=errors]")
     page.wait_for_selector("#test-errors-table tbody tr")
@@ -205,7 +211,7 @@ def check_explore_tabs(page, url: str, shots: Path | None = None) -> dict[str, s
     assert status.startswith(f"1–{len(api['errors'])} of {api['total']} errors")
     read["errors"] = status
     if shots:
-        page.screenshot(path=str(shots / "app_errors.png"), full_page=True)
+        screenshot(page, shots / "app_errors.png")
     if api["total"] > 20:  # the next page starts where the API's offset=20 does
         page.click("#errors-next")
         page.wait_for_function("document.getElementById('errors-status').textContent.startsWith('21–')")
@@ -221,7 +227,7 @@ def check_explore_tabs(page, url: str, shots: Path | None = None) -> dict[str, s
     assert page.locator("#dis-rows tbody tr").count() == min(20, api["total"])
     read["disagreements"] = str(cells["both_right"])
     if shots:
-        page.screenshot(path=str(shots / "app_disagreements.png"), full_page=True)
+        screenshot(page, shots / "app_disagreements.png")
     return read
 
 
@@ -251,26 +257,37 @@ def test_page_explores_the_evaluation_in_every_tab(tmp_path):
 
 
 REAL_EXP = os.environ.get("DISTILLKIT_APP_EXPERIMENT_DIR")
+needs_real_exp = pytest.mark.skipif(not REAL_EXP, reason="set DISTILLKIT_APP_EXPERIMENT_DIR=EXP to check real models")
+REAL_ARGS = ["--experiment_dir", REAL_EXP or "", "--label_names", "non-toxic,toxic"]
+TOXIC, FRIENDLY = "I will find you and hurt you, idiot", "Thanks for fixing the citation"
 
 
-@pytest.mark.skipif(not REAL_EXP, reason="set DISTILLKIT_APP_EXPERIMENT_DIR=EXP to check real trained models")
+@needs_real_exp
 def test_real_models_tell_a_threat_from_thanks(tmp_path):
-    toxic, friendly = "I will find you and hurt you, idiot", "Thanks for fixing the citation"
-    args = ["--experiment_dir", REAL_EXP, "--label_names", "non-toxic,toxic"]
-    with app_server(args, tmp_path / "app.log") as url, browser_page() as (page, errors):
+    with app_server(REAL_ARGS, tmp_path / "app.log") as url, browser_page() as (page, errors):
         models = httpx.get(f"{url}/api/models").json()["models"]
         page.goto(url)
         page.wait_for_selector("body[data-ready=true]")
         assert page.locator("#models-table tbody tr").count() == len(models)
-        friendly_labels = classify_on_page(page, friendly, len(models))
-        toxic_labels = classify_on_page(page, toxic, len(models))
+        friendly_labels = classify_on_page(page, FRIENDLY, len(models))
+        toxic_labels = classify_on_page(page, TOXIC, len(models))
         assert set(toxic_labels) == {m["name"] for m in models}
         for name in toxic_labels:
             assert toxic_labels[name] != friendly_labels[name], f"{name} gives both texts {toxic_labels[name]}"
-        shots = Path(os.environ.get("DISTILLKIT_APP_SCREENSHOT_DIR") or tmp_path)
-        shots.mkdir(parents=True, exist_ok=True)
-        if httpx.get(f"{url}/api/evaluation").status_code == 200:
-            check_explore_tabs(page, url, shots)
-        else:
-            page.screenshot(path=str(shots / "app_classify.png"), full_page=True)
+        assert not errors, errors
+
+
+@needs_real_exp
+def test_real_experiment_every_tab(tmp_path):
+    """`python app.py --experiment_dir EXP` on a run_compare.py output: every tab reads its evaluation (EXP/report)."""
+    shots = Path(os.environ.get("DISTILLKIT_APP_SCREENSHOT_DIR") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    with app_server(REAL_ARGS, tmp_path / "app.log") as url, browser_page() as (page, errors):
+        models = httpx.get(f"{url}/api/models").json()["models"]
+        assert httpx.get(f"{url}/api/evaluation").json()["available"], "EXP has no report/: run run_compare.py's eval"
+        page.goto(url)
+        page.wait_for_selector("body[data-ready=true]")
+        assert classify_on_page(page, TOXIC, len(models)) == api_labels(url, TOXIC)
+        read = check_explore_tabs(page, url, shots)
+        assert set(read) == {"results", "distribution", "errors", "disagreements"}
         assert not errors, errors

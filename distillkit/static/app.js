@@ -7,6 +7,7 @@ const PALETTE = ["#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7
 
 const PAGE_SIZE = 20; // rows per page of the Errors and Disagreements tabs (the API allows up to 100)
 const GOLD_COLOUR = "#9aa3b0";
+const SHOWN_TEXT_CHARS = 300; // longer test texts are cut on the page; the whole text is the cell's tooltip
 
 const state = {
   models: [], limits: { max_texts: 256, max_text_chars: 5000 }, batch: null,
@@ -394,6 +395,11 @@ function labelChip(labelId, label) {
   return el("span", { class: `label small ${labelKind(model, labelId)}`, style: `background:${labelColour(model, labelId)}`, text: label });
 }
 
+function textCell(text) {
+  const cut = text.length > SHOWN_TEXT_CHARS ? `${text.slice(0, SHOWN_TEXT_CHARS)}…` : text;
+  return el("td", { class: "text-cell", title: text, text: cut });
+}
+
 function pageStatus(offset, shown, total, noun) {
   if (!total) return `no ${noun}`;
   return `${offset + 1}–${offset + shown} of ${total} ${noun}`;
@@ -405,7 +411,7 @@ async function loadErrors() {
   const head = el("tr", {}, ["#", "text", "gold", "predicted", "probability"].map((h) => el("th", { text: h })));
   const rows = data.errors.map((e) => el("tr", { "data-index": e.index }, [
     el("td", { text: String(e.index + 1) }),
-    el("td", { class: "text-cell", text: e.text }),
+    textCell(e.text),
     el("td", {}, labelChip(e.gold_id, e.gold)),
     el("td", {}, labelChip(e.predicted_id, e.predicted)),
     el("td", { class: "prob", "data-probability": e.probability.toFixed(6), text: percent(e.probability) }),
@@ -440,7 +446,7 @@ async function loadDisagreements() {
     labelChip(s.predicted_id, s.predicted), el("span", { class: "prob", text: ` ${percent(s.probability)}` })]);
   const rows = data.rows.map((r) => el("tr", { "data-index": r.index }, [
     el("td", { text: String(r.index + 1) }),
-    el("td", { class: "text-cell", text: r.text }),
+    textCell(r.text),
     el("td", {}, labelChip(r.gold_id, r.gold)),
     side(r.a), side(r.b),
   ]));
