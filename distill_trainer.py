@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import TrainOutput
 
 from distillkit.losses import LossWeights, distillation_loss
 from distillkit.teacher_logits import TEACHER_LOGITS_COLUMN, add_teacher_logits, default_cache_dir, precision_name
@@ -182,6 +183,35 @@ def prepare_deepspeed_teacher(teacher: nn.Module, accelerator) -> nn.Module:
     return engine
 
 
+class LogAtCheckpoints(TrainerCallback):
+    """Log the training loss at every checkpoint and at the last step, whatever --logging_steps says.
+
+    Then the loss history restored from a checkpoint covers every step before it, and `whole_run_train_loss` can
+    give a resumed run the same `train_loss` as an uninterrupted one (the Trainer's own averages only the steps of
+    the current `train()` call).
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save or control.should_training_stop:
+            control.should_log = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
+        return control
+
+
+def whole_run_train_loss(log_history: list[dict], global_step: int) -> float | None:
+    """The mean training loss over steps 1..global_step from the logged interval means, or None if a step is
+    not covered (a history written without `LogAtCheckpoints`)."""
+    total, last = 0.0, 0
+    for entry in sorted((h for h in log_history if "loss" in h), key=lambda h: h["step"]):
+        total += float(entry["loss"]) * (entry["step"] - last)
+        last = entry["step"]
+    return total / global_step if global_step and last == global_step else None
+
+
 class DistillationTrainer(Trainer):
     """Trains `model` (the student) against a frozen `teacher_model`.
 
@@ -211,6 +241,7 @@ class DistillationTrainer(Trainer):
         self.teacher: nn.Module | None = None
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
+        self.add_callback(LogAtCheckpoints())
         if not args.uses_teacher:
             return
         if teacher_model is None:
@@ -226,6 +257,18 @@ class DistillationTrainer(Trainer):
             self.train_dataset = self._with_cached_teacher_logits(teacher_model)
         if args.needs_live_teacher:
             self.teacher = self._prepare_teacher(teacher_model)
+
+    def train(self, *args, **kwargs) -> TrainOutput:
+        """`Trainer.train`, with `train_loss` the mean over the whole run, also after a resume."""
+        output = super().train(*args, **kwargs)
+        loss = whole_run_train_loss(self.state.log_history, self.state.global_step)
+        if loss is None:
+            return output
+        metrics = dict(output.metrics or {}, train_loss=loss)
+        final = self.state.log_history[-1] if self.state.log_history else {}
+        if "train_loss" in final:  # the summary the Trainer logged: trainer_state.json must agree
+            final["train_loss"] = loss
+        return TrainOutput(output.global_step, loss, metrics)
 
     def _with_cached_teacher_logits(self, teacher: nn.Module):
         if self.args.cosine_off_for_cached_logits:

@@ -241,6 +241,55 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_classifier_d
     assert state["global_step"] == 10 * 12  # 10 epochs of 96 rows in batches of 8
 
 
+def test_a_resumed_run_records_the_whole_runs_train_loss(tmp_path, tiny_classifier_dir, tiny_data_dir):
+    """Killed after a checkpoint and resumed: all_results.json, trainer_state.json and the card say the same
+    train_loss as an uninterrupted run (the Trainer alone would average only the steps after the resume)."""
+    settings = {"num_train_epochs": 2, "save_strategy": "steps", "save_steps": 4, "save_total_limit": 50}
+    settings["logging_steps"] = 1  # the kill-and-resume helper checks every step's loss
+
+    def argv(out):
+        return common_args(tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, **settings)
+
+    straight = run_main(run_distill, argv(tmp_path / "straight"))
+    out = tmp_path / "resumed"
+    state = kill_at_checkpoint_then_resume("run_distill.py", argv(out), out, checkpoint_step=4)
+    assert state["global_step"] == 24
+    resumed = json.loads((out / "all_results.json").read_text())
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], abs=1e-3)
+    assert state["log_history"][-1]["train_loss"] == resumed["train_loss"]
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert resumed["train_loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-6)  # one loss a step here
+    card = (out / "README.md").read_text()
+    assert f"| final mean training loss | {resumed['train_loss']:.4f} |" in card
+
+
+def test_the_loss_is_logged_at_every_checkpoint_so_a_resume_can_average_it(tmp_path, tiny_task):
+    """--logging_steps 3 and a checkpoint every 2 steps: the log at each checkpoint (and at the end) lets a
+    resumed trainer report the whole run's mean loss, equal to an uninterrupted run's."""
+    from distill_trainer import DistillationTrainingArguments, whole_run_train_loss
+    from distillkit.students import build_student
+    from distillkit.training import build_trainer
+
+    _, tokenized, tokenizer, teacher = tiny_task
+
+    def trainer(out):
+        torch.manual_seed(0)
+        args = DistillationTrainingArguments(
+            output_dir=str(out), per_device_train_batch_size=8, max_steps=5, logging_steps=3, save_strategy="steps",
+            save_steps=2, use_cpu=True, report_to="none", disable_tqdm=True, seed=0, train_sampling_strategy="sequential",
+        )  # fmt: skip
+        return build_trainer(build_student(teacher, [2, 4]), args, tokenized, tokenizer, teacher_model=teacher)
+
+    straight = trainer(tmp_path / "a")
+    whole = straight.train()
+    assert [h["step"] for h in straight.state.log_history if "loss" in h] == [2, 3, 4, 5]
+    assert whole.metrics["train_loss"] == pytest.approx(whole_run_train_loss(straight.state.log_history, 5))
+    resumed = trainer(tmp_path / "a").train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-4"))
+    assert resumed.training_loss == pytest.approx(whole.training_loss, abs=1e-6)
+    assert resumed.metrics["train_loss"] == pytest.approx(whole.metrics["train_loss"], abs=1e-6)
+    assert whole_run_train_loss([{"loss": 1.0, "step": 3}], 5) is None  # steps 4-5 unaccounted for: no guess
+
+
 @pytest.mark.parametrize("script", ["run_distill", "run_finetune", "run_lora", "run_eval", "run_compare"])
 def test_every_script_prints_its_help(script, capsys):
     module = __import__(script)
