@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.explore import DEFAULT_LIMIT, Explorer
@@ -68,7 +69,11 @@ class ServeArguments:
         metadata={"help": "Seconds a request waits for a model's turn before it is refused with 503 and Retry-After."},
     )
     max_concurrent_requests: int = field(
-        default=200, metadata={"help": "Connections and requests in flight before the server answers 503."}
+        default=200,
+        metadata={
+            "help": "Requests in flight before the server answers 503 with Retry-After at once (open connections "
+            "are capped by uvicorn at 4x this)."
+        },
     )
     label_names: str | None = field(
         default=None,
@@ -150,7 +155,37 @@ def int_query(request: Request, name: str, default: int) -> int:
         raise RequestError(422, f"{name}={value[:40]}: expected a whole number") from None
 
 
-def create_app(registry: ModelRegistry, explorer: Explorer | None = None) -> FastAPI:
+class InFlightLimit:
+    """At most `limit` HTTP requests inside the app at once; one more gets a JSON 503 with Retry-After at once.
+
+    uvicorn's own `limit_concurrency` answers a bare text 503 without Retry-After (and counts idle keep-alive
+    connections): it stays only as the outer guard against connection floods. /healthz is never refused.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, retry_after: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.retry_after = retry_after
+        self.in_flight = 0  # one event loop: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            message = f"server busy: {self.limit} requests in flight (--max_concurrent_requests); retry shortly"
+            await error_response(503, message, self.retry_after)(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def create_app(
+    registry: ModelRegistry, explorer: Explorer | None = None, max_concurrent_requests: int = 200
+) -> FastAPI:
     """The web app around a loaded registry: the page, the JSON API, and JSON errors for everything that goes wrong.
 
     `explorer` holds the evaluation output behind the read-only exploration endpoints (without one they answer 404).
@@ -160,6 +195,7 @@ def create_app(registry: ModelRegistry, explorer: Explorer | None = None) -> Fas
     app = FastAPI(title="distillkit: compare classifiers", docs_url="/docs", redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     limits = registry.limits
+    app.add_middleware(InFlightLimit, limit=max_concurrent_requests, retry_after=limits.retry_after_s)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, err: RequestError) -> JSONResponse:
@@ -261,11 +297,11 @@ def main(argv: list[str] | None = None) -> None:
     for info in registry.describe():
         logger.info(f"serving {info['name']}: {info['method']}, layers {info['layers']}, {info['params']:,} params")
     uvicorn.run(
-        create_app(registry, explorer),
+        create_app(registry, explorer, args.max_concurrent_requests),
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        limit_concurrency=args.max_concurrent_requests,
+        limit_concurrency=4 * args.max_concurrent_requests,
     )
 
 

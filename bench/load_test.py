@@ -87,6 +87,8 @@ class RequestRecord:
     status: int  # 0: no HTTP answer (timeout, refused connection)
     error: str
     batch_texts: float = float("nan")  # texts in the server's forward pass that carried this request (mean over models)
+    queue_ms: float = float("nan")  # the server's own account: waiting for the models' turns (sum over models)
+    forward_ms: float = float("nan")  # ... and their forward passes (sum over models)
 
 
 async def client_loop(
@@ -102,6 +104,7 @@ async def client_loop(
             body["models"] = args.models
         start = time.perf_counter()
         status, error, batch_texts = 0, "", float("nan")
+        queue_ms = forward_ms = float("nan")
         try:
             response = await http.post("/api/predict", json=body)
             status = response.status_code
@@ -110,10 +113,12 @@ async def client_loop(
             else:
                 timing = response.json()["timing"].values()
                 batch_texts = sum(t["batch_texts"] for t in timing) / len(timing)
+                queue_ms = sum(t["queue_ms"] for t in timing)
+                forward_ms = sum(t["forward_ms"] for t in timing)
         except httpx.HTTPError as err:
             error = f"{type(err).__name__}: {err}"[:200]
         latency_ms = 1000 * (time.perf_counter() - start)
-        out.append(RequestRecord(client_id, start - t0, latency_ms, status, error, batch_texts))
+        out.append(RequestRecord(client_id, start - t0, latency_ms, status, error, batch_texts, queue_ms, forward_ms))
 
 
 async def run_load(args: LoadTestArguments) -> tuple[list[RequestRecord], float, list[str]]:
@@ -139,7 +144,9 @@ async def run_load(args: LoadTestArguments) -> tuple[list[RequestRecord], float,
 
 def summarise(records: list[RequestRecord], elapsed: float, args: LoadTestArguments, models: list[str]) -> dict:
     ok = [r.latency_ms for r in records if r.status == 200 and not r.error]
-    batches = [r.batch_texts for r in records if r.status == 200 and not r.error]
+    answered = [r for r in records if r.status == 200 and not r.error]
+    batches = [r.batch_texts for r in answered]
+    queued = [r.queue_ms for r in answered]
     shed = [r.latency_ms for r in records if r.status == 503]  # refused by the server's own bounds, by design
     errors = len(records) - len(ok) - len(shed)
 
@@ -164,6 +171,10 @@ def summarise(records: list[RequestRecord], elapsed: float, args: LoadTestArgume
         "max_ms": round(max(ok), 1) if ok else float("nan"),
         "mean_ms": round(float(np.mean(ok)), 1) if ok else float("nan"),
         "mean_batch_texts": round(float(np.mean(batches)), 1) if batches else float("nan"),
+        # The server's view of the answered requests: how long they waited for the models (bounded by
+        # --max_queue_wait per model); the rest of `latency` is the forward pass, the HTTP stack and the client.
+        "server_queue_p50_ms": round(percentile(queued, 50), 1),
+        "server_queue_max_ms": round(max(queued), 1) if queued else float("nan"),
     }
 
 

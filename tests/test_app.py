@@ -324,6 +324,31 @@ def test_a_request_waits_for_a_turn_at_most_max_queue_wait_then_gets_503_with_re
         ServingLimits(max_queue_wait_s=0)
 
 
+def test_requests_past_max_concurrent_requests_get_a_json_503_with_retry_after_at_once(registry):
+    import httpx
+
+    clf = registry.models["teacher"].clf
+    with (
+        blocked_registry(clf, max_queue_wait_s=30) as (busy, release),
+        real_server(app_module.create_app(busy, max_concurrent_requests=2)) as url,
+        ThreadPoolExecutor(max_workers=2) as pool,
+    ):
+        waiting = [
+            pool.submit(httpx.post, f"{url}/api/predict", json={"texts": [f"waits {i}"]}, timeout=60) for i in range(2)
+        ]
+        deadline = time.time() + 20
+        while busy.worker._pending_texts < 2:  # both requests are in the app, queued for the held worker
+            assert time.time() < deadline
+            time.sleep(0.02)
+        refused = httpx.post(f"{url}/api/predict", json={"texts": ["one too many"]}, timeout=10)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "30"
+        assert "2 requests in flight" in refused.json()["error"]
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # never refused
+        release.set()
+        assert [f.result().status_code for f in waiting] == [200, 200]
+        assert httpx.post(f"{url}/api/predict", json={"texts": ["free again"]}, timeout=30).status_code == 200
+
+
 def test_a_full_queue_is_503_with_retry_after(registry):
     clf = registry.models["teacher"].clf
     with blocked_registry(clf, max_texts=2, max_pending_texts=2) as (busy, _):
@@ -445,6 +470,7 @@ def test_load_script_against_a_real_server(registry, tmp_path, capsys):
         )
         assert summary["requests"] > 0 and summary["errors"] == 0
         assert 0 < summary["p50_ms"] <= summary["p99_ms"]
+        assert 0 <= summary["server_queue_p50_ms"] <= summary["server_queue_max_ms"] < summary["max_ms"]
         rows = (out / "requests.csv").read_text().splitlines()
         assert len(rows) == summary["requests"] + 1
         assert "p99_ms" in (out / "load_test.csv").read_text()
