@@ -17,8 +17,9 @@ from transformers import BertForSequenceClassification
 
 import app as app_module
 import run_eval
+from distillkit.cli import UsageError
 from distillkit.explore import MAX_LIMIT, Explorer, mcnemar_p_value
-from distillkit.serving import ModelRegistry, ServingLimits
+from distillkit.serving import ModelRegistry, RequestError, ServingLimits
 
 CLASSES = ["joy", "anger", "fear"]
 TEST_SIZE = 30
@@ -227,3 +228,20 @@ def test_report_dir_of_a_run_eval_output_outside_the_experiment(evaluated_exp):
     explorer = Explorer.load(report_dir=str(evaluated_exp / "report"))
     assert explorer.available and sorted(explorer.names) == ["even", "odd", "teacher"]
     assert explorer.label_names == CLASSES
+
+
+def test_a_bad_predictions_file_is_a_start_up_error_and_unaligned_models_are_409(tmp_path, evaluated_exp):
+    report = tmp_path / "report"
+    (report / "predictions").mkdir(parents=True)
+    (report / "predictions" / "odd.csv").write_text("text,label\nhello,0\n")
+    with pytest.raises(UsageError, match=r"odd.csv: not a run_eval.py predictions file \(missing pred\)"):
+        Explorer.load(report_dir=str(report))
+
+    odd = predictions(evaluated_exp, "odd")
+    odd.to_csv(report / "predictions" / "odd.csv", index=False)
+    odd.iloc[:-1].to_csv(report / "predictions" / "short.csv", index=False)  # scored on another test set
+    explorer = Explorer.load(report_dir=str(report))
+    assert explorer.results is None and explorer.overview()["results"] == []  # no results.csv: no table
+    with pytest.raises(RequestError) as err:
+        explorer.disagreements("odd", "short")
+    assert err.value.status == 409 and "not scored on the same test texts" in err.value.message
