@@ -63,6 +63,9 @@ class ExportArguments:
     )
     per_channel: bool = field(default=QuantSettings.per_channel, metadata={"help": "int8: one scale per channel."})
     matmul_only: bool = field(default=QuantSettings.matmul_only, metadata={"help": "int8: quantize only MatMul."})
+    embeddings: bool = field(
+        default=QuantSettings.embeddings, metadata={"help": "int8, with --matmul_only: the embedding tables too."}
+    )
     keep_head_fp32: bool = field(
         default=QuantSettings.keep_head_fp32, metadata={"help": "int8: pooler and classifier stay fp32."}
     )
@@ -115,7 +118,13 @@ def main(argv: list[str] | None = None) -> dict:
         logging.getLogger(name).setLevel(logging.INFO)
     check_output_dir(args)
     texts, labels = validation_texts(args)
-    settings = QuantSettings(args.per_channel, args.matmul_only, args.keep_head_fp32, args.preprocess)
+    settings = QuantSettings(
+        per_channel=args.per_channel,
+        matmul_only=args.matmul_only,
+        embeddings=args.embeddings,
+        keep_head_fp32=args.keep_head_fp32,
+        preprocess=args.preprocess,
+    )
     for name in (ONNX_FILE, INT8_FILE, EXPORT_RECORD):  # a stale int8 twin must not outlive a new fp32 export
         if args.overwrite_output_dir and os.path.isfile(os.path.join(args.output_dir, name)):
             os.remove(os.path.join(args.output_dir, name))

@@ -187,6 +187,8 @@ def time_models(
             "latency_ms_b1_p50": median(r["latency_ms_b1"] for r in rounds[name]),
             "latency_ms_b1_p90": median(r["latency_ms_b1_p90"] for r in rounds[name]),
             f"throughput_b{SPEED_BATCH_SIZE}": median(r["throughput_b32"] for r in rounds[name]),
+            "latency_ms_b1_cpu": median(r["latency_ms_b1_cpu"] for r in rounds[name]),
+            "throughput_b32_cpu": median(r["throughput_b32_cpu"] for r in rounds[name]),
             "load_avg_1m": median(r["load_avg_1m"] for r in rounds[name]),
         }
     return out
@@ -227,6 +229,10 @@ def bench_teacher(name: str, texts: list[str], args: InferenceArguments, device:
                 "throughput_texts": args.throughput_texts,
                 "repeats": args.repeats,
                 "max_seq_length": args.max_seq_length,
+                # CPU time of this process: stays comparable while other jobs share the machine (1 thread).
+                "latency_ms_b1_cpu": fig["latency_ms_b1_cpu"],
+                "throughput_b32_cpu": fig["throughput_b32_cpu"],
+                "latency_speedup_cpu": base["latency_ms_b1_cpu"] / fig["latency_ms_b1_cpu"],
                 "load_avg_1m": fig["load_avg_1m"],
             }
         )

@@ -50,10 +50,13 @@ VARIANTS = {
     "head_fp32": QuantSettings(per_channel=False, matmul_only=False, keep_head_fp32=True),
     "per_channel+matmul": QuantSettings(per_channel=True, matmul_only=True, keep_head_fp32=False),
     "per_channel+matmul+head_fp32": QuantSettings(per_channel=True, matmul_only=True, keep_head_fp32=True),
-    "pre_process+per_channel+matmul+head_fp32": QuantSettings(True, True, True, preprocess="pre_process"),
+    "per_channel+matmul+embeddings+head_fp32": QuantSettings(True, True, embeddings=True, keep_head_fp32=True),
+    "pre_process+per_channel+matmul+head_fp32": QuantSettings(
+        True, True, keep_head_fp32=True, preprocess="pre_process"
+    ),
     "optimizer": QuantSettings(per_channel=False, matmul_only=False, keep_head_fp32=False, preprocess="optimizer"),
-    "optimizer+per_channel+head_fp32": QuantSettings(True, False, True, preprocess="optimizer"),
-    "optimizer+per_channel+matmul+head_fp32": QuantSettings(True, True, True, preprocess="optimizer"),
+    "optimizer+per_channel+head_fp32": QuantSettings(True, False, keep_head_fp32=True, preprocess="optimizer"),
+    "optimizer+per_channel+matmul+head_fp32": QuantSettings(True, True, keep_head_fp32=True, preprocess="optimizer"),
 }
 
 

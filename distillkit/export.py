@@ -253,6 +253,7 @@ class QuantSettings:
 
     per_channel: bool = True  # one scale per output channel instead of one per weight matrix
     matmul_only: bool = True  # quantize only MatMul (not the embedding Gathers, nor Attention ops)
+    embeddings: bool = False  # with matmul_only: the embedding tables (Gather) too, most of a small model's bytes
     keep_head_fp32: bool = True  # the pooler and classifier layers stay fp32 (they decide the label)
     preprocess: str = "none"  # none | pre_process (quant_pre_process) | optimizer (transformers fusion)
     reduce_range: bool = False  # 7-bit weights (for old CPUs without VNNI)
@@ -264,7 +265,7 @@ class QuantSettings:
     @property
     def label(self) -> str:
         parts = ["per-channel" if self.per_channel else "per-tensor"]
-        parts.append("MatMul only" if self.matmul_only else "all ops")
+        parts.append(("MatMul + embeddings" if self.embeddings else "MatMul only") if self.matmul_only else "all ops")
         parts.append("head fp32" if self.keep_head_fp32 else "head int8")
         if self.preprocess != "none":
             parts.append(self.preprocess)
@@ -310,7 +311,7 @@ def quantize_int8(fp32_path: str, out_path: str, config: PretrainedConfig, setti
         elif settings.preprocess == "optimizer":
             source = os.path.join(tmp, "optimized.onnx")
             _optimize(fp32_path, source, config)
-        op_types = ["MatMul"] if settings.matmul_only else None
+        op_types = (["MatMul", "Gather"] if settings.embeddings else ["MatMul"]) if settings.matmul_only else None
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # quantize_dynamic logs every tensor it leaves alone on the root logger
