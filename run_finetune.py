@@ -11,18 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from distill_trainer import DistillationTrainingArguments
-from distillkit.cli import UsageError, exit_on_usage_error, parse_args
+from distillkit.cli import ModelArguments, UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments
 from distillkit.teacher import finetune_classifier, load_config, teacher_record
 from distillkit.training import load_tokenized, start_run
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str = field(default="bert-base-uncased", metadata={"help": "Hub id or local directory."})
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache models and data from the Hub."})
-    model_revision: str = field(default="main", metadata={"help": "Hub revision of the model."})
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from transformers import AutoModelForSequenceClassification
 
 from distill_trainer import DistillationTrainingArguments
-from distillkit.cli import UsageError, exit_on_usage_error, parse_args
+from distillkit.cli import ModelArguments, UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments
 from distillkit.hub import MERGED_REPO_SUFFIX, push_run, wants_push
 from distillkit.lora import (
@@ -35,7 +35,6 @@ from distillkit.lora import (
 )
 from distillkit.teacher import has_trained_head, load_classifier, load_config
 from distillkit.training import build_trainer, load_tokenized, start_run, train_evaluate_save
-from run_finetune import ModelArguments
 
 logger = logging.getLogger(__name__)
 

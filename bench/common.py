@@ -152,7 +152,7 @@ def bench_session(num_threads: int | None = None) -> Iterator[None]:
         hf_logging.is_progress_bar_enabled(),
         datasets.utils.logging.get_verbosity(),
         datasets.utils.are_progress_bars_disabled(),
-        {name: logging.getLogger(name).level for name in ("distillkit", "distill_trainer")},
+        {name: logging.getLogger(name).level for name in ("distillkit", "distillkit.trainer")},
     )
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -161,7 +161,7 @@ def bench_session(num_threads: int | None = None) -> Iterator[None]:
     datasets.utils.logging.set_verbosity_warning()
     datasets.disable_progress_bars()
     logging.getLogger("distillkit").setLevel(logging.WARNING)
-    logging.getLogger("distill_trainer").setLevel(logging.ERROR)  # its per-trainer notes repeat on every run
+    logging.getLogger("distillkit.trainer").setLevel(logging.ERROR)  # its per-trainer notes repeat on every run
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside peft/transformers

@@ -10,6 +10,7 @@ import shutil
 import sys
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import datasets
@@ -24,6 +25,16 @@ T = TypeVar("T")
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # A directory holding these is a finished run: it is never overwritten without --overwrite_output_dir.
 FINISHED_MARKER = "all_results.json"
+
+
+@dataclass
+class ModelArguments:
+    """The model a script starts from (run_finetune.py's classifier, run_lora.py's base)."""
+
+    model_name_or_path: str = field(default="bert-base-uncased", metadata={"help": "Hub id or local directory."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache models and data from the Hub."})
+    model_revision: str = field(default="main", metadata={"help": "Hub revision of the model."})
 
 
 class UsageError(Exception):
@@ -101,9 +112,8 @@ def setup_logging(training_args: Any) -> None:
     if training_args.should_log:
         transformers.utils.logging.set_verbosity_info()
     log_level = training_args.get_process_log_level()
-    logging.getLogger("distillkit").setLevel(log_level)
     logging.getLogger("__main__").setLevel(log_level)
-    logging.getLogger("distill_trainer").setLevel(log_level)
+    logging.getLogger("distillkit").setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.enable_default_handler()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from datasets import DatasetDict
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, set_seed
@@ -16,9 +16,7 @@ from .data import DataTrainingArguments, TextClassificationData, load_text_class
 from .hub import defer_push_to_hub, push_run, wants_push
 from .model_card import write_model_card
 from .students import count_parameters
-
-if TYPE_CHECKING:
-    from distill_trainer import DistillationTrainingArguments
+from .trainer import DistillationTrainer, DistillationTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +129,6 @@ def build_trainer(
     references' pad-to-max-length recipe through it).
     """
     from transformers import DataCollatorWithPadding
-
-    from distill_trainer import DistillationTrainer
 
     from .metrics import compute_metrics
 

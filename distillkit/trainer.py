@@ -1,0 +1,409 @@
+"""`DistillationTrainer`: a `Trainer` whose loss adds soft-target KL and hidden-state cosine terms to the CE.
+
+The loss itself is the pure function `distillkit.losses.distillation_loss`; this class gathers its inputs
+(the student's and the frozen teacher's outputs), logs each component, and returns only logits for evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import TrainOutput
+
+from .losses import LossWeights, distillation_loss
+from .teacher_logits import TEACHER_LOGITS_COLUMN, add_teacher_logits, default_cache_dir, precision_name
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillationTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the distillation loss weights; defaults suit our scripts (train, evaluate, test)."""
+
+    alpha_ce: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy on the gold labels."})
+    alpha_kl: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of KL(teacher || student) on temperature-softened logits (× T²). 0 skips the teacher's logits."
+        },
+    )
+    alpha_cos: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the cosine loss between each student layer's hidden states and its source teacher layer's. 0 skips it. Default 1, or 0 with --cache_teacher_logits."
+        },
+    )
+    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the KL term."})
+    cache_teacher_logits: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the teacher's logits on the training set once (batched, no grad, in the run's precision), cache them on disk and train the KL term on them instead of running the teacher every step. The cosine term needs the live teacher, so it is off unless --alpha_cos is given."
+        },
+    )
+    teacher_logits_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where --cache_teacher_logits keeps its files, one folder per teacher + training tokens + precision (default: `teacher_logits` beside --output_dir)."
+        },
+    )
+    # TrainingArguments' `label_names` (the batch key of the labels) is always "labels" in our scripts, so the
+    # flag users know from the issue tracker, `--label_names`, names the classes instead (→ id2label).
+    label_names: list[str] | None = field(
+        default=None,
+        metadata={"help": "Class names in label-id order, space- or comma-separated (become id2label/label2id)."},
+    )
+    class_names: list[str] | None = field(default=None, metadata={"help": "Same as --label_names."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished run in --output_dir (otherwise it is refused)."}
+    )
+    # Defaults that differ from TrainingArguments: our scripts train, evaluate and test in one go.
+    do_train: bool = field(default=True, metadata={"help": "Train (default True)."})
+    do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split (default True)."})
+    do_predict: bool = field(default=True, metadata={"help": "Evaluate on the test split (default True)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device for evaluation."})
+    logging_steps: float = field(
+        default=10, metadata={"help": "Log every X updates steps (or a ratio of the run if < 1)."}
+    )
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Sampler for training: 'group_by_length' (default: batches of similar length, little padding), 'random', 'sequential', 'batch_rebalance'.",
+            "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+        },
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Every parameter takes part in the loss, so DDP need not search for unused ones."},
+    )
+
+    def __post_init__(self) -> None:
+        # The cosine term compares hidden states, which only a live teacher has: cached logits turn it off unless the
+        # user asked for it (the trainer logs which).
+        self.cosine_off_for_cached_logits = self.alpha_cos is None and self.cache_teacher_logits
+        if self.alpha_cos is None:
+            self.alpha_cos = 0.0 if self.cache_teacher_logits else 1.0
+        super().__post_init__()
+        for name in ("alpha_ce", "alpha_kl", "alpha_cos"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} {getattr(self, name)}: loss weights must be >= 0")
+        if self.alpha_ce == self.alpha_kl == self.alpha_cos == 0:
+            raise ValueError("--alpha_ce, --alpha_kl and --alpha_cos are all 0: at least one loss term must be on")
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature {self.temperature}: must be > 0")
+        if self.cache_teacher_logits and not self.alpha_kl:
+            raise ValueError(
+                "--cache_teacher_logits caches the teacher's logits for the KL term, but --alpha_kl is 0: "
+                "set --alpha_kl > 0 or drop the flag"
+            )
+        if self.label_names not in (None, ["labels"]):
+            self.class_names = self.label_names
+        if self.class_names is not None:
+            names = [n.strip() for part in self.class_names for n in part.split(",") if n.strip()]
+            if len(names) < 2 or len(set(names)) != len(names):
+                raise ValueError(f"--label_names {' '.join(self.class_names)}: give at least two distinct class names")
+            self.class_names = names
+        # The batch key of the labels; PEFT-wrapped models hide `labels` from the Trainer's signature check.
+        self.label_names = ["labels"]
+
+    @property
+    def loss_weights(self) -> LossWeights:
+        return LossWeights(ce=self.alpha_ce, kl=self.alpha_kl, cos=self.alpha_cos)
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.alpha_kl > 0 or self.alpha_cos > 0
+
+    @property
+    def needs_live_teacher(self) -> bool:
+        """Whether the teacher runs on every training step (cached logits spare it unless the cosine term is on)."""
+        return self.alpha_cos > 0 or (self.alpha_kl > 0 and not self.cache_teacher_logits)
+
+
+def _config_of(model: nn.Module):
+    return getattr(model, "config", None)
+
+
+def deepspeed_teacher_config(train_config: dict, hidden_size: int | None) -> dict:
+    """DeepSpeed config for the frozen teacher, derived from the student's (as TRL prepares its teachers).
+
+    ZeRO-3 keeps sharding the teacher (with TRL's bucket sizes for the "auto" ones it leaves to the model);
+    ZeRO-1/2 only shard optimizer state and gradients, which a frozen model has none of: stage 0, a full copy.
+    """
+    config = copy.deepcopy(train_config)
+    config.pop("optimizer", None)  # nothing to optimise
+    config.pop("scheduler", None)
+    zero = config.setdefault("zero_optimization", {})
+    if zero.get("stage", 0) == 3:
+        if hidden_size is not None:
+            sizes = {
+                "reduce_bucket_size": hidden_size * hidden_size,
+                "stage3_param_persistence_threshold": 10 * hidden_size,
+                "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+            }
+            zero.update({k: v for k, v in sizes.items() if zero.get(k, "auto") == "auto"})
+    else:
+        config["zero_optimization"] = {"stage": 0}
+    unresolved = sorted(_auto_keys(config))
+    if unresolved:
+        raise ValueError(f"DeepSpeed config for the teacher still has 'auto' values: {', '.join(unresolved)}")
+    return config
+
+
+def _auto_keys(config: dict, prefix: str = "") -> list[str]:
+    found = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            found += _auto_keys(value, f"{prefix}{key}.")
+        elif value == "auto":
+            found.append(prefix + key)
+    return found
+
+
+def prepare_deepspeed_teacher(teacher: nn.Module, accelerator) -> nn.Module:
+    """Wrap the teacher in a DeepSpeed inference engine built from the accelerator's DeepSpeed plugin."""
+    try:
+        import deepspeed  # lazily: importing it initialises CUDA machinery that CPU runs must not pay for
+    except ImportError as err:
+        raise ImportError(
+            "the accelerate config enables DeepSpeed, but deepspeed is not installed: pip install deepspeed"
+        ) from err
+    t_cfg = _config_of(teacher)
+    config = deepspeed_teacher_config(
+        accelerator.state.deepspeed_plugin.deepspeed_config, getattr(t_cfg, "hidden_size", None)
+    )
+    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    engine.eval()
+    return engine
+
+
+class LogAtCheckpoints(TrainerCallback):
+    """Log the training loss at every checkpoint and at the last step, whatever --logging_steps says.
+
+    Then the loss history restored from a checkpoint covers every step before it, and `whole_run_train_loss` can
+    give a resumed run the same `train_loss` as an uninterrupted one (the Trainer's own averages only the steps of
+    the current `train()` call).
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save or control.should_training_stop:
+            control.should_log = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
+        return control
+
+
+def whole_run_train_loss(log_history: list[dict], global_step: int) -> float | None:
+    """The mean training loss over steps 1..global_step from the logged interval means, or None if a step is
+    not covered (a history written without `LogAtCheckpoints`)."""
+    total, last = 0.0, 0
+    for entry in sorted((h for h in log_history if "loss" in h), key=lambda h: h["step"]):
+        total += float(entry["loss"]) * (entry["step"] - last)
+        last = entry["step"]
+    return total / global_step if global_step and last == global_step else None
+
+
+class DistillationTrainer(Trainer):
+    """Trains `model` (the student) against a frozen `teacher_model`.
+
+    `layer_map[i]` is the 1-based teacher layer that student layer i+1 is compared with in the cosine term;
+    by default the `distillation_layers` a student built by `build_student` records in its config.
+    With `alpha_kl = alpha_cos = 0` no teacher is needed and this is plain fine-tuning. With `cache_teacher_logits` the
+    teacher's logits are computed once for the training set (see distillkit/teacher_logits.py) and the teacher only
+    runs during training if the cosine term is on.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module,
+        args: DistillationTrainingArguments,
+        teacher_model: PreTrainedModel | None = None,
+        layer_map: list[int] | None = None,
+        **kwargs,
+    ):
+        super().__init__(model=model, args=args, **kwargs)
+        # Our loss is a per-batch mean: let the Trainer divide it for gradient accumulation, and never
+        # rescale it by the number of processes (see ../shared/README.md).
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+        self.loss_weights = args.loss_weights
+        self.temperature = args.temperature
+        self.layer_map: list[int] | None = None
+        self.teacher: nn.Module | None = None
+        self._component_sums: dict[str, torch.Tensor] = {}
+        self._component_steps = 0
+        self.add_callback(LogAtCheckpoints())
+        if not args.uses_teacher:
+            return
+        if teacher_model is None:
+            raise ValueError(
+                "alpha_kl or alpha_cos is > 0 but no teacher_model was given (set both to 0 for plain fine-tuning)"
+            )
+        self._check_compatible(teacher_model)
+        if self.loss_weights.cos:
+            self.layer_map = self._resolve_layer_map(teacher_model, layer_map)
+        teacher_model.eval()
+        teacher_model.requires_grad_(False)
+        if args.cache_teacher_logits:
+            self.train_dataset = self._with_cached_teacher_logits(teacher_model)
+        if args.needs_live_teacher:
+            self.teacher = self._prepare_teacher(teacher_model)
+
+    def train(self, *args, **kwargs) -> TrainOutput:
+        """`Trainer.train`, with `train_loss` the mean over the whole run, also after a resume."""
+        output = super().train(*args, **kwargs)
+        loss = whole_run_train_loss(self.state.log_history, self.state.global_step)
+        if loss is None:
+            return output
+        metrics = dict(output.metrics or {}, train_loss=loss)
+        final = self.state.log_history[-1] if self.state.log_history else {}
+        if "train_loss" in final:  # the summary the Trainer logged: trainer_state.json must agree
+            final["train_loss"] = loss
+        return TrainOutput(output.global_step, loss, metrics)
+
+    def _with_cached_teacher_logits(self, teacher: nn.Module):
+        if self.args.cosine_off_for_cached_logits:
+            logger.warning(
+                "--cache_teacher_logits: the hidden-state cosine term needs the live teacher, so it is off "
+                "(--alpha_cos 0); pass --alpha_cos explicitly to keep it"
+            )
+        elif self.loss_weights.cos:
+            logger.warning(
+                f"--cache_teacher_logits with --alpha_cos {self.loss_weights.cos}: the KL term reads the cached logits, "
+                "but the teacher still runs on every step for its hidden states, so caching saves little"
+            )
+        if self.train_dataset is None:
+            raise ValueError("--cache_teacher_logits needs a training set to compute the teacher's logits on")
+        cache_dir = self.args.teacher_logits_cache_dir or default_cache_dir(self.args.output_dir)
+        # The main process computes and writes the cache; the others then read its file.
+        with self.args.main_process_first(desc="caching the teacher's logits"):
+            return add_teacher_logits(
+                self.train_dataset,
+                teacher,
+                self.data_collator,
+                cache_dir,
+                batch_size=self.args.per_device_eval_batch_size,
+                device=self.args.device,
+                precision=precision_name(self.args),
+                autocast=self.accelerator.autocast,  # the precision the live teacher would run in
+            )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # The Trainer keeps only the columns the model's forward takes; the cached logits must reach compute_loss.
+        super()._set_signature_columns_if_needed()
+        if TEACHER_LOGITS_COLUMN not in self._signature_columns:
+            self._signature_columns.append(TEACHER_LOGITS_COLUMN)
+
+    def _check_compatible(self, teacher: PreTrainedModel) -> None:
+        s_cfg, t_cfg = _config_of(self.model), _config_of(teacher)
+        if s_cfg is None or t_cfg is None:
+            return
+        if getattr(s_cfg, "vocab_size", None) != getattr(t_cfg, "vocab_size", None):
+            raise ValueError(
+                f"student vocab_size {s_cfg.vocab_size} != teacher vocab_size {t_cfg.vocab_size}: "
+                "teacher and student must share a tokenizer"
+            )
+        if s_cfg.num_labels != t_cfg.num_labels:
+            raise ValueError(f"student has {s_cfg.num_labels} labels, teacher {t_cfg.num_labels}: they must match")
+        if self.loss_weights.cos and getattr(s_cfg, "hidden_size", None) != getattr(t_cfg, "hidden_size", None):
+            raise ValueError(
+                f"the cosine term compares hidden states, but student hidden_size {s_cfg.hidden_size} != teacher "
+                f"{t_cfg.hidden_size}; set --alpha_cos 0"
+            )
+
+    def _resolve_layer_map(self, teacher: PreTrainedModel, layer_map: list[int] | None) -> list[int]:
+        s_cfg, t_cfg = _config_of(self.model), _config_of(teacher)
+        s_layers, t_layers = s_cfg.num_hidden_layers, t_cfg.num_hidden_layers
+        if layer_map is None:
+            layer_map = getattr(s_cfg, "distillation_layers", None)
+        if layer_map is None:
+            if s_layers != t_layers:
+                raise ValueError(
+                    f"student has {s_layers} layers and teacher {t_layers}, and no layer map: pass layer_map "
+                    "(the teacher layer each student layer was copied from) or set alpha_cos to 0"
+                )
+            layer_map = list(range(1, t_layers + 1))
+        layer_map = list(layer_map)
+        if len(layer_map) != s_layers or any(not 1 <= k <= t_layers for k in layer_map):
+            raise ValueError(f"layer_map {layer_map}: need {s_layers} teacher layers numbered 1..{t_layers}")
+        return layer_map
+
+    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed_teacher(teacher, self.accelerator)
+        # DDP, FSDP, one device: placed on the device under the same autocast as the student, but never wrapped
+        # for training. FSDP would shard it for an optimizer and all-gather every layer on each teacher forward
+        # (FSDP2 even refuses a model outside prepare(model, optimizer)); a BERT-size teacher fits whole.
+        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        labels = inputs["labels"]
+        cached_logits = inputs.get(TEACHER_LOGITS_COLUMN)
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", TEACHER_LOGITS_COLUMN)}
+        # Evaluation and prediction score the student alone, by its cross-entropy.
+        weights = self.loss_weights if model.training else LossWeights(ce=1.0, kl=0.0, cos=0.0)
+        want_hidden = model.training and weights.cos > 0
+        run_teacher = want_hidden or (model.training and weights.kl > 0 and cached_logits is None)
+        if run_teacher and self.teacher is None:
+            raise ValueError(
+                f"this training batch has no {TEACHER_LOGITS_COLUMN!r} and the teacher was not kept for live use: "
+                "train on the dataset the trainer cached them in (trainer.train_dataset)"
+            )
+
+        outputs = model(**model_inputs, output_hidden_states=want_hidden)
+        teacher_logits = cached_logits if weights.kl > 0 else None
+        student_hidden = teacher_hidden = None
+        if run_teacher:
+            with torch.no_grad():
+                teacher_out = self.teacher(**model_inputs, output_hidden_states=want_hidden)
+            if teacher_logits is None:
+                teacher_logits = teacher_out.logits
+            if want_hidden:
+                # hidden_states[0] is the embedding output; hidden_states[k] is layer k's output.
+                student_hidden = outputs.hidden_states[1:]
+                teacher_hidden = [teacher_out.hidden_states[k] for k in self.layer_map]
+        attention_mask = model_inputs.get("attention_mask")
+        if want_hidden and attention_mask is None:
+            attention_mask = torch.ones(labels.shape[0], outputs.hidden_states[-1].shape[1], device=labels.device)
+        loss, components = distillation_loss(
+            outputs.logits,
+            labels,
+            weights,
+            self.temperature,
+            teacher_logits=teacher_logits,
+            student_hidden=student_hidden,
+            teacher_hidden=teacher_hidden,
+            attention_mask=attention_mask,
+        )
+        if model.training:
+            self._accumulate_components(components)
+        return (loss, {"logits": outputs.logits}) if return_outputs else loss
+
+    def _accumulate_components(self, components: dict[str, torch.Tensor]) -> None:
+        for name, value in components.items():
+            self._component_sums[name] = self._component_sums.get(name, 0.0) + value.detach().float()
+        self._component_steps += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # A training log ("loss") is emitted on every rank at once, so the cross-rank mean is safe here.
+        if "loss" in logs and self._component_steps:
+            for name, total in self._component_sums.items():
+                mean = torch.as_tensor(total / self._component_steps, device=self.args.device)
+                logs[name] = self.accelerator.reduce(mean, reduction="mean").item()
+            self._component_sums, self._component_steps = {}, 0
+        super().log(logs, start_time)
