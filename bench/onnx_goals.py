@@ -114,6 +114,8 @@ def goals(rows: pd.DataFrame, agreement: float, load: dict[str, dict[str, Any]],
     by_model = rows.set_index("model")
     teacher = rows[(rows.runtime == "pytorch") & (rows.model != student)].model.iloc[0]
     speedup = by_model.loc[teacher, "latency_ms_b1"] / by_model.loc[int8, "latency_ms_b1"]
+    # The same ratio in this process's CPU time: what it would be on an idle machine when others share this one.
+    speedup_cpu = by_model.loc[teacher, "latency_ms_b1_cpu"] / by_model.loc[int8, "latency_ms_b1_cpu"]
     f1_gap = 100 * (by_model.loc[student, "f1"] - by_model.loc[int8, "f1"])
     capacity = load[int8]["texts_per_s"] / load[student]["texts_per_s"]
     return [
@@ -121,28 +123,30 @@ def goals(rows: pd.DataFrame, agreement: float, load: dict[str, dict[str, Any]],
             "goal": "one-text latency, PyTorch teacher ÷ ONNX int8 student",
             "measured": speedup,
             "target": ">= 8",
-            "met": speedup >= 8,
-            "detail": f"{by_model.loc[teacher, 'latency_ms_b1']:.2f} ms vs {by_model.loc[int8, 'latency_ms_b1']:.2f} ms",
+            "met": bool(speedup >= 8),
+            "detail": f"{by_model.loc[teacher, 'latency_ms_b1']:.2f} ms vs {by_model.loc[int8, 'latency_ms_b1']:.2f} ms; "
+            f"in CPU time {by_model.loc[teacher, 'latency_ms_b1_cpu']:.2f} vs {by_model.loc[int8, 'latency_ms_b1_cpu']:.2f} ms "
+            f"({speedup_cpu:.2f}x)",
         },
         {
             "goal": "test F1, PyTorch student - ONNX int8 student (points)",
             "measured": f1_gap,
             "target": "<= 0.5",
-            "met": abs(f1_gap) <= 0.5,
+            "met": bool(abs(f1_gap) <= 0.5),
             "detail": f"{by_model.loc[student, 'f1']:.4f} vs {by_model.loc[int8, 'f1']:.4f}",
         },
         {
             "goal": "int8 vs fp32 prediction agreement on test (%)",
             "measured": 100 * agreement,
             "target": ">= 99",
-            "met": agreement >= 0.99,
+            "met": bool(agreement >= 0.99),
             "detail": f"{int(by_model.loc[int8, 'samples'])} texts",
         },
         {
             "goal": "server capacity (answered req/s), ONNX int8 student ÷ PyTorch student",
             "measured": capacity,
             "target": ">= 3",
-            "met": capacity >= 3,
+            "met": bool(capacity >= 3),
             "detail": f"{load[int8]['texts_per_s']:.1f} vs {load[student]['texts_per_s']:.1f} req/s, "
             f"p50 {load[int8]['p50_ms']:.0f} vs {load[student]['p50_ms']:.0f} ms",
         },
