@@ -22,6 +22,7 @@ from .data import TextClassificationData
 from .export import ONNX_FILE, is_onnx_file, variant_suffix
 from .loading import ADAPTER_CONFIG, LoadedClassifier, read_results
 from .metrics import classification_metrics, softmax
+from .records import merged_method
 from .students import count_parameters
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def run_records(clf: LoadedClassifier) -> tuple[dict[str, Any], dict[str, Any], 
         parent_results = read_results(parent)
         results = {**parent_results, **results}
         base_method = str(parent_results.get("method") or "lora")
-        method = base_method if base_method.endswith("_merged") else f"{base_method}_merged"
+        method = merged_method(base_method)
     elif clf.is_adapter:
         # An adapter's config.training_record is its base model's: only all_results.json speaks for the adapter.
         method = str(results.get("method") or "lora")

@@ -18,6 +18,7 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from .cli import UsageError
 from .model_card import MERGED_SUBDIR, write_model_card
+from .records import RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ def merge_and_save(
     merged = peft_model.merge_and_unload()
     merged.config.training_record = record
     merged.save_pretrained(output_dir)
+    RunRecord.from_model(merged, merged=True).save(output_dir)
     tokenizer.save_pretrained(output_dir)
     write_model_card(output_dir)
     logger.info(f"merged model written to {output_dir}")

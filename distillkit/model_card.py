@@ -17,9 +17,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .loading import ADAPTER_CONFIG, is_adapter_dir, read_results
+from .records import MERGED_SUBDIR
 
 CARD_NAME = "README.md"
-MERGED_SUBDIR = "merged"
 
 # all_results.json key suffix -> (Hub metric id, metric config, display name). The f1 config depends on the task.
 METRICS: dict[str, tuple[str, str | None, str]] = {

@@ -113,13 +113,27 @@ class RunRecord:
         )
 
     @classmethod
+    def from_model(cls, model: Any, adapter_results: dict[str, Any] | None = None, merged: bool = False) -> RunRecord:
+        """The record of a model about to be saved: its config's `training_record` (a full model or a merged one),
+        or for a PEFT adapter the run's results (its config's record is then the adapted model's)."""
+        config = model.config
+        record = cls.from_legacy(
+            getattr(config, "training_record", None) or {}, config.to_dict(), adapter_results if adapter_results else None
+        )
+        record.is_adapter = bool(adapter_results)
+        if merged:
+            record.merged, record.method = True, merged_method(record.method)
+        record.library_versions = library_versions()
+        return record
+
+    @classmethod
     def load(cls, directory: str) -> RunRecord | None:
         """The directory's record: run_record.json, else the legacy records; None when there is neither."""
         path = os.path.join(directory, RECORD_FILE)
         if os.path.isfile(path):
             with open(path) as f:
                 return cls.from_dict(json.load(f))
-        config = _read_json(os.path.join(directory, "config.json"))
+        config = _read_config(directory)
         results = _read_json(os.path.join(directory, "all_results.json"))
         if is_adapter_dir(directory):
             if not results.get("method"):
@@ -156,6 +170,16 @@ def merged_parent(path: str) -> str | None:
     if os.path.basename(os.path.normpath(path)) == MERGED_SUBDIR and is_adapter_dir(parent):
         return parent
     return None
+
+
+def _read_config(directory: str) -> dict[str, Any]:
+    """config.json with transformers' defaults filled in (v5 leaves the default LABEL_i names out of the file)."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        return {}
+    from transformers import PretrainedConfig
+
+    return PretrainedConfig.from_json_file(path).to_dict()
 
 
 def _read_json(path: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Pretrai
 
 from .cli import UsageError, is_finished_run, resolve_output_dir
 from .data import TextClassificationData
+from .records import RunRecord
 from .training import build_trainer, train_evaluate_save
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ def plan_teacher(
     replace = False
     if is_finished_run(teacher_dir):
         config = load_config(teacher_dir, "--teacher_output_dir")
-        mismatch = _teacher_mismatch(config, args, data, max_seq_length)
+        mismatch = _teacher_mismatch(teacher_dir, config, args, data, max_seq_length)
         if mismatch is None:
             logger.info(f"Reusing the fine-tuned teacher in {teacher_dir}")
             return TeacherPlan(source=teacher_dir, config=config)
@@ -184,7 +185,8 @@ def plan_teacher(
         return TeacherPlan(source=args.teacher_name_or_path, config=config)
     resume = resolve_output_dir(teacher_dir, overwrite_output_dir=replace, resume_from_checkpoint=None)
     if resume is not None:  # a killed fine-tuning: resume it only if it is this request's
-        mismatch = _teacher_mismatch(load_config(resume, "--teacher_output_dir"), args, data, max_seq_length)
+        config = load_config(resume, "--teacher_output_dir")
+        mismatch = _teacher_mismatch(resume, config, args, data, max_seq_length)
         if mismatch is not None:
             replace = _replace_or_refuse(teacher_dir, f"an unfinished teacher ({resume})", mismatch, overwrite)
             resume = None
@@ -201,13 +203,17 @@ def plan_teacher(
 
 
 def _teacher_mismatch(
-    config: PretrainedConfig, args: TeacherArguments, data: TextClassificationData, max_seq_length: int
+    directory: str,
+    config: PretrainedConfig,
+    args: TeacherArguments,
+    data: TextClassificationData,
+    max_seq_length: int,
 ) -> str | None:
     recorded_labels = [str(config.id2label[i]) for i in sorted(config.id2label)]
     wanted = teacher_record(args.teacher_name_or_path, data, max_seq_length, seed=0)
-    return reuse_mismatch(
-        getattr(config, "training_record", None) or {}, recorded_labels, wanted, list(data.id2label.values())
-    )
+    record = RunRecord.load(directory)  # run_record.json, or an older teacher's config.json training_record
+    recorded = {k: v for k, v in record.to_dict().items() if v is not None} if record else {}
+    return reuse_mismatch(recorded, recorded_labels, wanted, list(data.id2label.values()))
 
 
 def _replace_or_refuse(teacher_dir: str, what: str, mismatch: str, overwrite: bool) -> bool:

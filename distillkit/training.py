@@ -15,6 +15,7 @@ from .cli import FINISHED_MARKER, clear_stale_checkpoints, resolve_output_dir, s
 from .data import DataTrainingArguments, TextClassificationData, load_text_classification_data, tokenize_splits
 from .hub import defer_push_to_hub, push_run, wants_push
 from .model_card import write_model_card
+from .records import RunRecord
 from .students import count_parameters
 from .trainer import DistillationTrainer, DistillationTrainingArguments
 
@@ -105,6 +106,8 @@ def train_evaluate_save(
     results.update({"trainable_params": trainable, "total_params": total})
     results.update(extra_results or {})
     if args.should_save:
+        adapter = hasattr(trainer.model, "peft_config")  # a PEFT adapter: its results say what it is
+        RunRecord.from_model(trainer.model, results if adapter else None).save(args.output_dir)
         with open(os.path.join(args.output_dir, FINISHED_MARKER), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True, default=str)
         write_model_card(args.output_dir)  # README.md from the records just written

@@ -33,6 +33,7 @@ RUN_FILES = {
     "config.json",
     "eval_results.json",
     "model.safetensors",
+    "run_record.json",
     "test_results.json",
     "tokenizer.json",
     "tokenizer_config.json",
@@ -48,7 +49,9 @@ ADAPTER_FILES = UPLOADED_FILES - {"config.json", "model.safetensors"} | {
     "adapter_config.json",
     "adapter_model.safetensors",
 }
-MERGED_FILES = {"README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+MERGED_FILES = {
+    *("README.md", "config.json", "model.safetensors", "run_record.json", "tokenizer.json", "tokenizer_config.json")
+}
 
 
 class HubCalls:

@@ -4,6 +4,7 @@ config.json's training_record and the adapter's all_results.json, no run_record.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from conftest import common_args
@@ -13,19 +14,53 @@ import run_lora
 from distillkit.records import RECORD_FILE, RunRecord, merged_method
 
 
+RUN_DIRS = ("teacher", "odd", "lora", "lora/merged")
+
+
 @pytest.fixture(scope="module")
-def legacy_runs(tmp_path_factory, tiny_base_model_dir, tiny_data_dir):
+def runs(tmp_path_factory, tiny_base_model_dir, tiny_data_dir):
     """EXP/teacher and EXP/odd by run_distill.py, EXP/lora (+ merged/) by run_lora.py on the student."""
-    exp = tmp_path_factory.mktemp("legacy")
+    exp = tmp_path_factory.mktemp("runs")
     run_distill.main(
         common_args(tiny_data_dir, exp / "odd", teacher_name_or_path=tiny_base_model_dir, layers="odd", max_steps=2)
     )
     run_lora.main(
         common_args(tiny_data_dir, exp / "lora", model_name_or_path=exp / "odd", max_steps=2) + ["--merge", "true"]
     )
-    for path in exp.rglob(RECORD_FILE):  # the legacy layout, whatever the scripts write today
-        path.unlink()
     return exp
+
+
+@pytest.fixture(scope="module")
+def legacy_runs(runs, tmp_path_factory):
+    """The same runs as directories written before run_record.json existed (paths inside still point at `runs`)."""
+    legacy = tmp_path_factory.mktemp("legacy") / "exp"
+    shutil.copytree(runs, legacy)
+    for path in legacy.rglob(RECORD_FILE):
+        path.unlink()
+    return legacy
+
+
+def test_every_directory_the_scripts_write_has_its_record(runs, tiny_base_model_dir):
+    records = {name: json.loads((runs / name / RECORD_FILE).read_text()) for name in RUN_DIRS}
+    teacher, student, adapter, merged = (records[n] for n in RUN_DIRS)
+    assert teacher["method"] == "teacher" and teacher["base_model"] == str(tiny_base_model_dir)
+    assert teacher["max_seq_length"] == 32 and teacher["dataset"]["rows"]["train"] > 0
+    assert student["method"] == "odd" and student["layers"] == [1, 3] and student["teacher"] == str(runs / "teacher")
+    assert student["loss"]["temperature"] > 0 and student["label_names"] == ["LABEL_0", "LABEL_1"]
+    assert adapter["is_adapter"] and adapter["method"] == "lora_student" and adapter["lora"]["lora_r"] > 0
+    assert adapter["base_record"]["method"] == "odd"
+    assert merged["merged"] and merged["method"] == "lora_student_merged" and not merged["is_adapter"]
+    for record in records.values():
+        assert record["library_versions"]["transformers"] and record["problem_type"] == "single_label_classification"
+
+
+def test_legacy_directories_read_back_as_the_new_records(runs, legacy_runs):
+    for name in RUN_DIRS:
+        new, old = RunRecord.load(str(runs / name)), RunRecord.load(str(legacy_runs / name))
+        new.library_versions = old.library_versions = {}
+        if name == "lora":  # the legacy adapter has no record of its own base: it reads the student's from disk
+            new.base_record = old.base_record = None
+        assert old == new, name
 
 
 def test_round_trip_keeps_every_field_and_unknown_keys(tmp_path):
@@ -47,10 +82,10 @@ def test_round_trip_keeps_every_field_and_unknown_keys(tmp_path):
     assert RunRecord.from_dict({**on_disk, "future_field": 1}).extra == {"note": "kept", "future_field": 1}
 
 
-def test_legacy_student_and_teacher_read_back(legacy_runs, tiny_base_model_dir):
+def test_legacy_student_and_teacher_read_back(runs, legacy_runs, tiny_base_model_dir):
     student = RunRecord.load(str(legacy_runs / "odd"))
     assert student.method == "odd" and student.layers == [1, 3]
-    assert student.teacher == str(legacy_runs / "teacher")
+    assert student.teacher == str(runs / "teacher")
     assert student.teacher_base_model == str(tiny_base_model_dir)
     assert set(student.loss) == {"alpha_ce", "alpha_kl", "alpha_cos", "temperature"}
     assert student.seed == 0 and student.dataset["rows"]["train"] > 0 and not student.is_adapter
