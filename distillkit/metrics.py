@@ -59,15 +59,6 @@ def per_class_f1(labels: np.ndarray, preds: np.ndarray, num_labels: int) -> list
     return [float(x) for x in f1_score(labels, preds, labels=list(range(num_labels)), average=None, zero_division=0)]
 
 
-def _pr_auc(probs: np.ndarray, labels: np.ndarray) -> float:
-    present = np.unique(labels)
-    if len(present) < 2:
-        return math.nan
-    if probs.shape[-1] == 2:
-        return float(average_precision_score(labels, probs[:, 1]))
-    return float(np.mean([average_precision_score(labels == c, probs[:, c]) for c in present]))
-
-
 def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
     """Multi-label scores: micro/macro/weighted F1 of the thresholded `preds`, macro ROC-AUC and PR-AUC over the
     labels that have both values in `labels`, subset accuracy (every label right), and Hamming accuracy.
@@ -112,15 +103,23 @@ def per_label_table(probs: np.ndarray, labels: np.ndarray, preds: np.ndarray, na
     return rows
 
 
-def _roc_auc(probs: np.ndarray, labels: np.ndarray) -> float:
+def _ranking_score(score, probs: np.ndarray, labels: np.ndarray) -> float:
+    """`score` (ROC-AUC or average precision) on the positive class, or its macro one-vs-rest over the classes
+    that occur (a class absent from the split has no score); NaN with a single class present."""
     present = np.unique(labels)
     if len(present) < 2:
         return math.nan
     if probs.shape[-1] == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    # Macro one-vs-rest over the classes that occur: a class absent from the split has no AUC.
-    scores = [roc_auc_score(labels == c, probs[:, c]) for c in present]
-    return float(np.mean(scores))
+        return float(score(labels, probs[:, 1]))
+    return float(np.mean([score(labels == c, probs[:, c]) for c in present]))
+
+
+def _roc_auc(probs: np.ndarray, labels: np.ndarray) -> float:
+    return _ranking_score(roc_auc_score, probs, labels)
+
+
+def _pr_auc(probs: np.ndarray, labels: np.ndarray) -> float:
+    return _ranking_score(average_precision_score, probs, labels)
 
 
 def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
