@@ -113,7 +113,8 @@ def run(args: QuantBenchArguments) -> list[dict[str, Any]]:
     data_args = DataTrainingArguments(dataset_name=args.dataset_name, max_seq_length=args.max_seq_length)
     split = load_text_classification_data(data_args, seed=args.seed).splits[args.split]
     if args.max_samples:
-        split = split.select(range(min(args.max_samples, len(split))))
+        # A seeded random subset: a split stored sorted by label would otherwise give one class only.
+        split = split.shuffle(seed=args.seed).select(range(min(args.max_samples, len(split))))
     texts, labels = list(split["text"]), np.asarray(split["label"], dtype=np.int64)
     clf = load_trained_classifier(args.model_dir)
     config, tokenizer = clf.model.config, clf.tokenizer
