@@ -488,4 +488,56 @@ def export_classifier(
         raise UsageError(f"--quantize {quantize}: only int8 is supported")
     with open(os.path.join(output_dir, EXPORT_RECORD), "w") as f:
         json.dump(record, f, indent=2, default=str)
+    write_card(output_dir, record, [str(clf.id2label[i]) for i in range(len(clf.id2label))])
     return record
+
+
+def write_card(output_dir: str, record: dict[str, Any], labels: list[str]) -> None:
+    """README.md: what the export is, how it was checked, and a snippet that runs it with onnxruntime alone."""
+    int8 = record.get("int8_vs_fp32")
+    lines = [
+        f"# {os.path.basename(os.path.normpath(output_dir))}: ONNX export",
+        "",
+        (
+            f"Exported by distillkit's `run_export.py` from a {record['architecture']} "
+            f"({record['params']:,} parameters{', LoRA adapter merged' if record['adapter_merged'] else ''}), opset "
+            f"{record['opset']}, dynamic batch and sequence axes. Labels: {', '.join(labels)}."
+        ),
+        "",
+        (
+            f"- `{ONNX_FILE}` (fp32, {record['size_mb']['fp32']:.1f} MB): logits within "
+            f"{record['check']['max_abs_logit_diff']:.1e} of PyTorch's on {record['check']['texts']} texts."
+        ),
+    ]
+    if int8:
+        quality = f"agrees with fp32 on {100 * int8['agreement']:.2f}% of {int8['texts']} validation texts"
+        if "f1_int8" in int8:
+            quality += f", F1 {int8['f1_int8']:.4f} (fp32 {int8['f1_fp32']:.4f})"
+        lines.append(
+            f"- `{INT8_FILE}` (dynamic int8: {record['quantization']['label']}, {record['size_mb']['int8']:.1f} MB): "
+            f"{quality}."
+        )
+    model_file = INT8_FILE if int8 else ONNX_FILE
+    lines += [
+        "",
+        "```python",
+        "import onnxruntime as ort",
+        "from transformers import AutoConfig, AutoTokenizer",
+        "",
+        'model_dir = "."  # this directory',
+        "tokenizer = AutoTokenizer.from_pretrained(model_dir)",
+        "labels = AutoConfig.from_pretrained(model_dir).id2label",
+        f'session = ort.InferenceSession(f"{{model_dir}}/{model_file}", providers=["CPUExecutionProvider"])',
+        "names = [i.name for i in session.get_inputs()]",
+        (
+            'batch = tokenizer(["Thanks for fixing the citation."], truncation=True, max_length=128, padding=True, '
+            'return_tensors="np")'
+        ),
+        'logits = session.run(["logits"], {n: batch[n].astype("int64") for n in names})[0]',
+        "print([labels[int(i)] for i in logits.argmax(-1)])",
+        "```",
+        "",
+        f"`{EXPORT_RECORD}` holds the full record; `run_eval.py` and `app.py` load this directory as they load the source.",
+    ]
+    with open(os.path.join(output_dir, "README.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")

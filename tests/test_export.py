@@ -245,3 +245,17 @@ def test_goals_bench_measures_every_goal_in_one_run(tmp_path, exported, tiny_cla
     assert written.met[2] == (written.measured[2] >= 99)
     for name in (tiny_classifier_dir.name, "clf-onnx-int8"):  # both models were load-tested and answered
         assert pd.read_csv(out / f"load_{name}" / "load_test.csv").ok[0] > 0
+
+
+def test_the_exported_card_snippet_runs_and_matches_pytorch(exported, tiny_classifier_dir, monkeypatch, capsys):
+    out, _ = exported
+    card = (out / "README.md").read_text()
+    assert "agrees with fp32" in card and "non-toxic, toxic" in card
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(out)  # the snippet reads "this directory"
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102 (our own card's code)
+    assert capsys.readouterr().out.strip().startswith("['")
+    # The snippet's int8 logits name the same label as the exported int8 model run through our loader.
+    expected = _onnx_logits(out / export.INT8_FILE, ["Thanks for fixing the citation."], 1).argmax(-1)[0]
+    assert scope["labels"][int(scope["logits"].argmax(-1)[0])] == ["non-toxic", "toxic"][expected]
