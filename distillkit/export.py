@@ -27,6 +27,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrained
 
 from .cli import UsageError
 from .metrics import classification_metrics, softmax
+from .records import RunRecord, merged_method
 
 logger = logging.getLogger(__name__)
 
@@ -418,6 +419,12 @@ def write_records(clf, output_dir: str) -> None:
         source = os.path.join(clf.path, name)
         if os.path.isfile(source):
             shutil.copyfile(source, os.path.join(output_dir, name))
+    run_record = RunRecord.load(clf.path)  # run_record.json, or what an older directory's records say
+    if run_record is not None:
+        if clf.is_adapter:  # the export holds the merged model, not the adapter
+            run_record.is_adapter, run_record.merged = False, True
+            run_record.method = merged_method(run_record.method)
+        run_record.save(output_dir)
 
 
 def export_classifier(

@@ -259,3 +259,15 @@ def test_the_exported_card_snippet_runs_and_matches_pytorch(exported, tiny_class
     # The snippet's int8 logits name the same label as the exported int8 model run through our loader.
     expected = _onnx_logits(out / export.INT8_FILE, ["Thanks for fixing the citation."], 1).argmax(-1)[0]
     assert scope["labels"][int(scope["logits"].argmax(-1)[0])] == ["non-toxic", "toxic"][expected]
+
+
+def test_the_run_record_travels_with_the_export(tmp_path, tiny_classifier_dir):
+    from distillkit.records import RECORD_FILE, RunRecord
+
+    source = tmp_path / "even"
+    shutil.copytree(tiny_classifier_dir, source)
+    RunRecord(method="even", layers=[2, 4], teacher="EXP/teacher", seed=7).save(str(source))
+    _export(source, tmp_path / "even-onnx")
+    record = RunRecord.load(str(tmp_path / "even-onnx"))
+    assert (tmp_path / "even-onnx" / RECORD_FILE).is_file()
+    assert (record.method, record.layers, record.teacher, record.seed) == ("even", [2, 4], "EXP/teacher", 7)
