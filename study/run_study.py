@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 import pandas as pd
+import torch
 
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.evaluation import loss_history
@@ -185,6 +186,7 @@ def publish(args: StudyArguments, method: str, seed: int, eval_dir: str) -> str:
                 "common": COMMON,
                 "eval": EVAL_FLAGS,
                 "machine": f"{platform.machine()} {os.cpu_count()} CPU(s)",
+                "torch": torch.__version__,
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
             },
             f,
@@ -242,7 +244,7 @@ def build_report(results_dir: str, dataset: str, n_resamples: int = 1000) -> pd.
         "split": str(results.split.iloc[0]),
         "label_names": record["label_names"],
         "machine": record["machine"],
-        "torch": "2.13.0+cpu" if "torch" not in results else str(results.torch.iloc[0]),
+        "torch": " / ".join(sorted({str(r.get("torch", "not recorded")) for r in records})),
         "num_threads": int(results.num_threads.iloc[0]),
         "device": str(results.device.iloc[0]),
         "latency_runs": 100,

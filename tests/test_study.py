@@ -56,7 +56,10 @@ def test_study_publishes_stages_then_skips_them_on_a_fresh_machine(
     assert row.model.tolist() == ["seed1-odd_ce"] and row.method.tolist() == ["odd_ce"] and row.seed.tolist() == [1]
     predictions = pd.read_csv(stage / "predictions.csv.gz")
     assert list(predictions.columns) == ["label", "pred", "prob_0", "prob_1"] and len(predictions) == 24
-    assert json.loads((stage / "stage.json").read_text())["recorded_method"] == "odd_ce"  # CE-only, named so
+    record = json.loads((stage / "stage.json").read_text())
+    assert record["recorded_method"] == "odd_ce"  # run_eval names the CE-only student so too
+    assert len(record["label_names"]) == 2
+    assert record["torch"] and record["budget"] == BUDGET
     # No weights and no absolute path of this machine in anything published.
     for path in glob.glob(str(tmp_path / "results" / "**" / "*"), recursive=True):
         assert not path.endswith((".safetensors", ".bin")), path
