@@ -127,6 +127,7 @@ def test_page_classifies_a_comment_and_a_csv_batch(tmp_path, tiny_classifier_dir
         page.goto(url)
         page.wait_for_selector("body[data-ready=true]")
         assert page.locator("#models-table tbody tr").count() == 3
+        assert page.locator("#models-table td.runtime").all_inner_texts() == ["pytorch"] * 3
 
         text = "thanks for the good citation 🙂"
         shown = classify_on_page(page, text, num_models=3)

@@ -75,6 +75,7 @@ function renderModels() {
   body.replaceChildren(...state.models.map((m) => el("tr", { "data-model": m.name }, [
     el("td", { text: m.name }),
     el("td", { text: m.method }),
+    el("td", { class: "runtime", text: m.runtime || "pytorch" }),
     el("td", { text: `${m.layers}${m.num_layers != null ? ` (${m.num_layers})` : ""}` }),
     el("td", { text: formatParams(m.params), title: String(m.params) }),
     el("td", { text: m.test_f1 == null ? "—" : m.test_f1.toFixed(3) }),
