@@ -79,6 +79,7 @@ def test_study_publishes_stages_then_skips_them_on_a_fresh_machine(
     assert run_study.main(argv) == []
     # A stage that never finished publishing (killed): its folder is missing, so it runs, with its base retrained.
     shutil.rmtree(stage)
+    caplog.clear()  # only the re-run's commands count below
     with caplog.at_level("INFO", logger="run_study"):
         assert run_study.main(argv + ["--dry_run", "true"]) == []
     assert "--methods teacher odd_ce" in caplog.text and "--seeds 1" in caplog.text
