@@ -115,6 +115,16 @@ def data_flags(data_args: DataTrainingArguments) -> list[str]:
     return flags
 
 
+def export_data_flags(data_args: DataTrainingArguments, seed: int) -> list[str]:
+    """The data flags run_export.py takes (it checks the export on the validation split): a subset of the stages'."""
+    flags = ["--dataset_name", data_args.dataset_name, "--seed", str(seed)]
+    for name in ("text_column", "label_column", "max_seq_length"):
+        value = getattr(data_args, name, None)
+        if value is not None:
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
 def check_training_flags(flags: list[str]) -> None:
     """Typos and flags this script sets itself fail here, before the first stage starts."""
     for flag in flags:
@@ -159,6 +169,8 @@ def method_command(name: str, seed: int, args: CompareArguments) -> tuple[str, l
             "--learning_rate",
             str(args.teacher_learning_rate),
         ]
+    if method.kind == "export":  # no training: the data flags only serve its logit check and int8 agreement
+        return method.script, ["--model_dir", base_path, "--output_dir", os.path.join(root, name), *method.flags]
     if method.kind == "student":
         flags = ["--teacher_name_or_path", base_path, "--teacher_output_dir", base_path, *method.flags, *common]
         if args.student_num_layers is not None:
@@ -179,13 +191,13 @@ class Runner:
         self.args, self.data, self.training = args, data, training
         self.log_path = os.path.join(args.experiment_dir, "compare_commands.log")
 
-    def command(self, script: str, flags: list[str], training: bool = True) -> list[str]:
+    def command(self, script: str, flags: list[str], training: bool = True, data: bool = True) -> list[str]:
         path = os.path.join(REPO, script)
         if training and self.args.launcher == "accelerate":
             head = [sys.executable, "-m", "accelerate.commands.launch", *shlex.split(self.args.accelerate_args), path]
         else:
             head = [sys.executable, path]
-        return head + flags + self.data + (self.training if training else [])
+        return head + flags + (self.data if data else []) + (self.training if training else [])
 
     def run(self, name: str, cmd: list[str], output_dir: str) -> str:
         if is_finished_run(output_dir):
@@ -265,7 +277,11 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
                     f"add {base} to --methods"
                 )
             script, flags = method_command(name, seed, args)
-            status[key] = runner.run(key, runner.command(script, flags), os.path.join(root, name))
+            if METHODS[name].kind == "export":
+                cmd = runner.command(script, flags + export_data_flags(data_args, seed), training=False, data=False)
+            else:
+                cmd = runner.command(script, flags)
+            status[key] = runner.run(key, cmd, os.path.join(root, name))
 
     if EVAL_STEP in args.methods:
         if not any(v == "ran" for v in status.values()) and report_is_current(args.report_dir, args.experiment_dir):

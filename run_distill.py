@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 class StudentArguments:
     layers: str = field(
         default="even",
-        metadata={"help": "Teacher layers the student keeps (1-based): odd, even, top, bottom, or a list like 2,4,6."},
+        metadata={"help": "Teacher layers the student keeps (1-based): odd, even, top, bottom, spread, or a list like 2,4,6."},
     )
     student_num_layers: int | None = field(
         default=None, metadata={"help": "Depth for the named choices (default: half the teacher's layers)."}

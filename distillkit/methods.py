@@ -18,7 +18,8 @@ class Method:
     """One way to get a classifier.
 
     kind: `teacher` (full fine-tuning with run_finetune.py), `student` (layer-dropping distillation from the
-    fine-tuned teacher with run_distill.py) or `lora` (run_lora.py on `base`).
+    fine-tuned teacher with run_distill.py), `lora` (run_lora.py on `base`) or `export` (no training:
+    run_export.py turns `base` into ONNX; run_eval.py scores its fp32 and int8 models as `<name>` and `<name>-int8`).
     base: the stage it starts from (`teacher`, `even`, ...) or PRETRAINED.
     flags: the method's own flags, appended to the script's command.
     """
@@ -35,6 +36,7 @@ class Method:
             "teacher": "run_finetune.py",
             "student": "run_distill.py",
             "lora": "run_lora.py",
+            "export": "run_export.py",
         }[self.kind]
 
 
@@ -100,6 +102,13 @@ METHODS: dict[str, Method] = {
         ),
         Method("lora", "lora", PRETRAINED, summary="LoRA on the pretrained model"),
         Method("lora_even", "lora", "even", summary="LoRA on the distilled even student"),
+        Method(
+            "even_onnx",
+            "export",
+            "even",
+            ("--quantize", "int8"),
+            "the even student exported to ONNX Runtime, fp32 and int8 (run_export.py)",
+        ),
     )
 }
 DEFAULT_METHODS = ("teacher", "odd", "even", "lora", "lora_even")

@@ -38,14 +38,18 @@ def flag(flags: list[str], name: str) -> str | None:
         ("even_ce", "run_distill.py", "EXP/seed7/teacher", "even", True),
         ("lora", "run_lora.py", "PRE", None, False),
         ("lora_even", "run_lora.py", "EXP/seed7/even", None, False),
+        ("even_onnx", "run_export.py", "EXP/seed7/even", None, False),
     ],
 )
 def test_every_method_builds_its_command(name, script, base, layers, ce_only):
     got_script, flags = run_compare.method_command(name, 7, args_for())
     assert got_script == script == METHODS[name].script
     assert flag(flags, "--output_dir") == os.path.join("EXP", "seed7", name)
-    assert flag(flags, "--seed") == "7"
     base = base.replace("/", os.sep)
+    if script == "run_export.py":  # no training, no seed of its own: it exports the base stage
+        assert flag(flags, "--model_dir") == base and flag(flags, "--quantize") == "int8"
+        return
+    assert flag(flags, "--seed") == "7"
     if script == "run_distill.py":
         assert flag(flags, "--teacher_name_or_path") == flag(flags, "--teacher_output_dir") == base
         assert flag(flags, "--layers") == layers
@@ -80,7 +84,7 @@ def test_registry_order_and_dependencies():
     assert dependencies("lora_even") == ["teacher", "even"]
     assert dependencies("lora") == [] and dependencies("lora", "finetuned") == ["teacher"]
     assert dependencies("odd_ce") == ["teacher"]
-    assert set(DEFAULT_METHODS) <= set(METHODS) and len(METHODS) == 10
+    assert set(DEFAULT_METHODS) <= set(METHODS) and len(METHODS) == 11
     with pytest.raises(UsageError, match="unknown method"):
         check_methods(["odd", "middle"])
     with pytest.raises(UsageError, match="appears twice"):

@@ -96,7 +96,7 @@ def test_run_compare_on_a_three_class_data_set(tmp_path, tiny_base_model_dir, th
         "--label_column", "emotion",
         "--experiment_dir", str(exp),
         "--seeds", "0",
-        "--methods", "teacher", "even", "lora", "eval",
+        "--methods", "teacher", "even", "lora", "even_onnx", "eval",
         "--max_seq_length", "32",
         "--teacher_learning_rate", "1e-3",
         "--student_learning_rate", "1e-3",
@@ -112,8 +112,15 @@ def test_run_compare_on_a_three_class_data_set(tmp_path, tiny_base_model_dir, th
         "--disable_tqdm", "true",
     ]  # fmt: skip
     status = run_compare.main(argv)
-    assert status == {"seed0/teacher": "ran", "seed0/even": "ran", "seed0/lora": "ran", "eval": "ran"}, status
+    stages = ("teacher", "even", "lora", "even_onnx")
+    assert status == {**{f"seed0/{s}": "ran" for s in stages}, "eval": "ran"}, status
     results = pd.read_csv(exp / "report" / "results.csv")
+    # The export stage is scored beside the PyTorch models: its fp32 and int8 models, on ONNX Runtime.
+    exported = results[results.runtime.str.startswith("onnxruntime")]
+    assert sorted(exported.runtime) == ["onnxruntime-fp32", "onnxruntime-int8"], results[["model", "runtime"]]
+    pytorch_even = results[(results.method == "even")].f1.item()
+    assert exported[exported.runtime == "onnxruntime-fp32"].f1.item() == pytest.approx(pytorch_even, abs=1e-9)
+    results = results[results.runtime == "pytorch"]
     assert set(results.method) == {"teacher", "even", "lora"}
     assert results.macro_f1.notna().all() and results.roc_auc.notna().all()
     for name in ("seed0-teacher", "seed0-even", "seed0-lora"):
