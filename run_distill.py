@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
         "alpha_cos": training_args.alpha_cos,
         "temperature": training_args.temperature,
         **({"cache_teacher_logits": True} if training_args.cache_teacher_logits else {}),
+        **({"class_weights": training_args.class_weights} if training_args.class_weights != "none" else {}),
+        "max_seq_length": data_args.max_seq_length,
         "dataset": data.source,
         "seed": training_args.seed,
     }

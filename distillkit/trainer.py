@@ -10,12 +10,14 @@ import copy
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
 from .losses import LossWeights, distillation_loss
+from .tasks import parse_class_weights
 from .teacher_logits import TEACHER_LOGITS_COLUMN, add_teacher_logits, default_cache_dir, precision_name
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,13 @@ class DistillationTrainingArguments(TrainingArguments):
         metadata={"help": "Class names in label-id order, space- or comma-separated (become id2label/label2id)."},
     )
     class_names: list[str] | None = field(default=None, metadata={"help": "Same as --label_names."})
+    class_weights: str = field(
+        default="none",
+        metadata={
+            "help": "Weights of the gold-label CE term for imbalanced data: none, balanced (n / (k · count of the "
+            "class) on the train split), or one number per class (1,3.5). Evaluation losses stay unweighted."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished run in --output_dir (otherwise it is refused)."}
     )
@@ -95,6 +104,15 @@ class DistillationTrainingArguments(TrainingArguments):
                 raise ValueError(f"--{name} {getattr(self, name)}: loss weights must be >= 0")
         if self.alpha_ce == self.alpha_kl == self.alpha_cos == 0:
             raise ValueError("--alpha_ce, --alpha_kl and --alpha_cos are all 0: at least one loss term must be on")
+        if self.class_weights not in ("none", "balanced"):
+            try:
+                weights = [float(w) for w in self.class_weights.split(",")]
+            except ValueError:
+                weights = []
+            if len(weights) < 2 or any(not w > 0 for w in weights):
+                raise ValueError(
+                    f"--class_weights {self.class_weights}: expected none, balanced, or one positive number per class"
+                )
         if self.temperature <= 0:
             raise ValueError(f"--temperature {self.temperature}: must be > 0")
         if self.cache_teacher_logits and not self.alpha_kl:
@@ -241,6 +259,7 @@ class DistillationTrainer(Trainer):
         self.teacher: nn.Module | None = None
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
+        self.class_weights = self._resolve_class_weights(args.class_weights)
         self.add_callback(LogAtCheckpoints())
         if not args.uses_teacher:
             return
@@ -337,6 +356,19 @@ class DistillationTrainer(Trainer):
             raise ValueError(f"layer_map {layer_map}: need {s_layers} teacher layers numbered 1..{t_layers}")
         return layer_map
 
+    def _resolve_class_weights(self, spec: str) -> torch.Tensor | None:
+        """--class_weights as a tensor (balanced: from the train split's labels); None for plain CE."""
+        if spec == "none":
+            return None
+        num_labels = self.model.config.num_labels
+        labels = np.asarray(self.train_dataset["label"]) if spec == "balanced" else np.zeros(0)
+        try:
+            weights = parse_class_weights(spec, labels, num_labels, multi_label=False)
+        except ValueError as err:
+            raise ValueError(str(err)) from None
+        logger.info(f"class weights of the CE term: {weights}")
+        return torch.tensor(weights, dtype=torch.float32)
+
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
         if self.is_deepspeed_enabled:
             return prepare_deepspeed_teacher(teacher, self.accelerator)
@@ -389,6 +421,7 @@ class DistillationTrainer(Trainer):
             student_hidden=student_hidden,
             teacher_hidden=teacher_hidden,
             attention_mask=attention_mask,
+            class_weights=self.class_weights if model.training else None,
         )
         if model.training:
             self._accumulate_components(components)

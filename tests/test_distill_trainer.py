@@ -134,3 +134,31 @@ def test_teacher_required_when_distilling(tiny_task, tmp_path):
     _, tokenized, tokenizer, teacher = tiny_task
     with pytest.raises(ValueError, match="no teacher_model"):
         build_trainer(build_student(teacher, [1]), make_args(tmp_path), tokenized, tokenizer)
+
+
+@pytest.mark.parametrize("spec", ["1,3", "balanced"])
+def test_class_weights_weigh_the_training_ce_only(tiny_task, tmp_path, spec):
+    data, tokenized, tokenizer, teacher = tiny_task
+    args = make_args(tmp_path, class_weights=spec, alpha_kl=0.0, alpha_cos=0.0)  # plain fine-tuning
+    trainer = build_trainer(teacher, args, tokenized, tokenizer)
+    counts = torch.bincount(torch.tensor(tokenized["train"]["label"]), minlength=2).float()
+    expected = torch.tensor([1.0, 3.0]) if spec == "1,3" else counts.sum() / (2 * counts)
+    assert torch.allclose(trainer.class_weights, expected)
+    batch = trainer.data_collator([tokenized["train"][i] for i in range(8)])
+    assert set(batch["labels"].tolist()) == {0, 1}  # with one class only, a weighted mean equals the plain one
+    teacher.train()  # dropout is off in the fixture, so train and eval forwards agree
+    with torch.no_grad():
+        logits = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        weighted = trainer.compute_loss(teacher, dict(batch))
+        teacher.eval()
+        plain = trainer.compute_loss(teacher, dict(batch))
+    assert weighted.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, batch["labels"], weight=expected).item(), rel=1e-5
+    )
+    assert plain.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, batch["labels"]).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["heavy", "1,-2", "3"])
+def test_bad_class_weights_are_refused(tmp_path, spec):
+    with pytest.raises(ValueError, match="--class_weights"):
+        make_args(tmp_path, class_weights=spec)
