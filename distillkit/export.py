@@ -235,12 +235,17 @@ def logits_difference(
     tokenizer: PreTrainedTokenizerBase,
     texts: list[str],
     max_length: int,
+    onnx_logits: np.ndarray | None = None,
 ) -> float:
-    """Max |ONNX - PyTorch| logit over `texts`, in padded batches of 16 and one text alone (both axes vary)."""
+    """Max |ONNX - PyTorch| logit over `texts`, in padded batches of 16 and one text alone (both axes vary).
+
+    `onnx_logits`: the ONNX model's logits of `texts` in batches of 16, when the caller has them already.
+    """
     from .evaluation import predict_logits
 
     torch_logits = predict_logits(model, tokenizer, texts, max_length, batch_size=16)
-    onnx_logits = predict_logits(onnx_model, tokenizer, texts, max_length, batch_size=16)  # type: ignore[arg-type]
+    if onnx_logits is None:
+        onnx_logits = predict_logits(onnx_model, tokenizer, texts, max_length, batch_size=16)  # type: ignore[arg-type]
     single = predict_logits(onnx_model, tokenizer, texts[:1], max_length, batch_size=1)  # type: ignore[arg-type]
     return float(max(np.abs(torch_logits - onnx_logits).max(), np.abs(torch_logits[:1] - single).max()))
 
@@ -349,23 +354,16 @@ def agreement_metrics(probs32: np.ndarray, probs8: np.ndarray, labels: np.ndarra
     return out
 
 
+def onnx_logits_of(model: OnnxClassifier, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int):
+    from .evaluation import predict_logits
+
+    return predict_logits(model, tokenizer, texts, max_length, batch_size=16)  # type: ignore[arg-type]
+
+
 def onnx_probs(model: OnnxClassifier, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int):
     from .evaluation import predict_logits
 
     return softmax(predict_logits(model, tokenizer, texts, max_length))  # type: ignore[arg-type]
-
-
-def quantization_quality(
-    fp32: OnnxClassifier,
-    int8: OnnxClassifier,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    labels: np.ndarray | None,
-    max_length: int,
-) -> dict[str, Any]:
-    """`agreement_metrics` of the two models on `texts`."""
-    probs32 = onnx_probs(fp32, tokenizer, texts, max_length)
-    return agreement_metrics(probs32, onnx_probs(int8, tokenizer, texts, max_length), labels)
 
 
 # --- the command ------------------------------------------------------------------------------------------------
@@ -456,7 +454,9 @@ def export_classifier(
     _, params = count_parameters(clf.model)
     export_fp32(clf.model, clf.tokenizer, fp32_path)
     fp32 = OnnxClassifier(fp32_path, clf.model.config, params)
-    diff = logits_difference(clf.model, fp32, clf.tokenizer, texts, max_length)
+    # One fp32 pass over the texts serves both the check against PyTorch and the int8 comparison.
+    fp32_logits = onnx_logits_of(fp32, clf.tokenizer, texts, max_length)
+    diff = logits_difference(clf.model, fp32, clf.tokenizer, texts, max_length, onnx_logits=fp32_logits)
     if not diff <= tolerance:
         os.remove(fp32_path)
         raise ExportCheckError(
@@ -482,7 +482,8 @@ def export_classifier(
         int8_path = os.path.join(output_dir, INT8_FILE)
         quantize_int8(fp32_path, int8_path, clf.model.config, settings)
         int8 = OnnxClassifier(int8_path, clf.model.config, params)
-        quality = quantization_quality(fp32, int8, clf.tokenizer, texts, labels, max_length)
+        probs8 = onnx_probs(int8, clf.tokenizer, texts, max_length)
+        quality = agreement_metrics(softmax(fp32_logits), probs8, labels)
         record["files"]["int8"] = INT8_FILE
         record["size_mb"]["int8"] = os.path.getsize(int8_path) / 2**20
         record["quantization"] = {"method": "dynamic", "weights": "int8", **asdict(settings), "label": settings.label}
