@@ -22,7 +22,7 @@ from .data import TextClassificationData
 from .export import ONNX_FILE, is_onnx_file, variant_suffix
 from .loading import ADAPTER_CONFIG, LoadedClassifier, read_results
 from .metrics import classification_metrics, softmax
-from .records import merged_method
+from .records import merged_method, merged_parent
 from .students import count_parameters
 
 logger = logging.getLogger(__name__)
@@ -69,19 +69,11 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def _merged_parent(path: str) -> str | None:
-    """`OUT/merged` written by run_lora.py --merge: its records live in the adapter directory above it."""
-    parent = os.path.dirname(os.path.normpath(path))
-    if os.path.basename(os.path.normpath(path)) == "merged" and os.path.isfile(os.path.join(parent, ADAPTER_CONFIG)):
-        return parent
-    return None
-
-
 def run_records(clf: LoadedClassifier) -> tuple[dict[str, Any], dict[str, Any], str]:
     """(results, training record, method) of a model; a merged LoRA model inherits its adapter's records."""
     results, record = dict(clf.results), dict(clf.record)
     method = clf.method
-    parent = _merged_parent(clf.path)
+    parent = merged_parent(clf.path)
     if parent is not None:
         parent_results = read_results(parent)
         results = {**parent_results, **results}

@@ -13,10 +13,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from .cli import FINISHED_MARKER, UsageError, is_finished_run, list_checkpoints
 from .export import is_onnx_dir, is_onnx_file, load_onnx_classifier, onnx_variants
+from .records import ADAPTER_CONFIG, is_adapter_dir
 
 logger = logging.getLogger(__name__)
-
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass
@@ -44,10 +43,6 @@ class LoadedClassifier:
         if self.runtime.startswith("onnxruntime"):  # even_onnx, even_onnx_int8: grouped apart from the PyTorch rows
             return f"{method}_onnx" + ("" if self.runtime.endswith("fp32") else f"_{self.runtime.split('-')[-1]}")
         return method
-
-
-def is_adapter_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
 
 
 def is_model_dir(path: str) -> bool:
