@@ -11,13 +11,15 @@ import codecs
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Sequence, Value, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value, load_dataset
 from transformers import PreTrainedTokenizerBase
 
 from .cli import UsageError
+from .tasks import MULTI_LABEL, SINGLE_LABEL, multi_hot, normalize_problem_type
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +94,27 @@ class DataTrainingArguments:
         default=None,
         metadata={"help": f"Label column; detected from {', '.join(LABEL_COLUMN_CANDIDATES)} when not given."},
     )
+    label_columns: str | None = field(
+        default=None,
+        metadata={
+            "help": "Multi-label data in several 0/1 (or 0–1 score) columns, comma-separated (Jigsaw: "
+            "toxic,severe_toxic,obscene,threat,insult,identity_hate); each becomes one label."
+        },
+    )
     label_threshold: float | None = field(
         default=None,
         metadata={
-            "help": "Turn a numeric score column (e.g. civil_comments' `toxicity`) into label 1 when score >= threshold. Default 0.5 for civil_comments."
+            "help": "Turn a numeric score column (e.g. civil_comments' `toxicity`) into label 1 when score >= threshold, "
+            "and --label_columns scores into labels. Default 0.5."
+        },
+    )
+    problem_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "single_label or multi_label (or transformers' names, single_label_classification / "
+            "multi_label_classification). Detected when not given: a label column of id lists (or comma-separated "
+            "ids) or --label_columns is multi-label; go_emotions' preset keeps its first-label, 28-class form unless "
+            "multi_label is asked for."
         },
     )
     validation_split_percentage: float = field(
@@ -126,6 +145,13 @@ class DataTrainingArguments:
             value = getattr(self, name)
             if not 0 < value < 100:
                 raise UsageError(f"--{name} {value}: must be between 0 and 100")
+        if self.problem_type is not None:
+            try:
+                self.problem_type = normalize_problem_type(self.problem_type)
+            except ValueError as err:
+                raise UsageError(str(err)) from None
+        if self.label_columns is not None and self.label_column is not None:
+            raise UsageError("give --label_column (one column) or --label_columns (several 0/1 columns), not both")
         if self.max_seq_length < 2:
             raise UsageError(f"--max_seq_length {self.max_seq_length}: must be at least 2")
         try:
@@ -140,12 +166,18 @@ class DataTrainingArguments:
 
 @dataclass
 class TextClassificationData:
-    """Clean train/validation/test splits with a `text` and an integer `label` column."""
+    """Clean train/validation/test splits with a `text` and a `label` column: a class id (single-label), or a 0/1
+    float per label (multi-label)."""
 
     splits: DatasetDict
     num_labels: int
     label_names: list[str] | None
     source: dict
+    problem_type: str = SINGLE_LABEL
+
+    @property
+    def multi_label(self) -> bool:
+        return self.problem_type == MULTI_LABEL
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -291,9 +323,7 @@ def _labels_as_int(values: list, keep: np.ndarray, column: str, split: str) -> n
     ids = np.full(len(values), -1, dtype=np.int64)
     for row in np.flatnonzero(keep):
         value = values[row]
-        if isinstance(value, (bool, np.bool_, int, np.integer)):
-            ids[row] = int(value)
-        elif isinstance(value, (float, np.floating)) and float(value).is_integer():
+        if isinstance(value, (bool, np.bool_, int, np.integer)) or isinstance(value, (float, np.floating)) and float(value).is_integer():
             ids[row] = int(value)
         else:
             raise UsageError(
@@ -303,56 +333,115 @@ def _labels_as_int(values: list, keep: np.ndarray, column: str, split: str) -> n
     return ids
 
 
-def load_text_classification_data(
-    args: DataTrainingArguments, seed: int, cache_dir: str | None = None, class_names: list[str] | None = None
-) -> TextClassificationData:
-    """Load, clean, validate and split the data set; raise `UsageError` on anything wrong with it.
+_ID_LIST = re.compile(r"^\s*\[?\s*(\d+\s*(,\s*\d+\s*)*)?\]?\s*$")
 
-    `class_names` (from --label_names) override the names found in the data set or its preset.
-    """
-    raw = _normalise_split_names(load_raw_splits(args, cache_dir))
-    preset = find_preset(args.dataset_name)
-    columns = raw["train"].column_names
-    features = raw["train"].features
 
+def _is_id_list(value: object) -> bool:
+    """A list of label ids, or its text form ("3,17", "[3, 17]"), as go_emotions' `labels` column holds."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return True
+    return isinstance(value, str) and "," in value and bool(_ID_LIST.match(value))
+
+
+def _label_lists(values: list, keep: np.ndarray, column: str, split: str) -> list[list[int]]:
+    """Label-id lists for the kept rows ([] elsewhere); a list, "3,17" or a single id per row."""
+    out: list[list[int]] = [[] for _ in values]
+    for row in np.flatnonzero(keep):
+        value = values[row]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue  # no label: a clean comment in a multi-label set
+        if isinstance(value, str):
+            if not _ID_LIST.match(value):
+                raise UsageError(
+                    f"label column {column!r} in split {split!r} holds {value!r} (row {row}), not a list of label ids"
+                )
+            items: list = [v for v in value.strip().strip("[]").split(",") if v.strip()]
+            value = [int(v) for v in items]
+        elif not isinstance(value, (list, tuple, np.ndarray)):
+            value = [value]
+        out[row] = [int(i) for i in _labels_as_int(list(value), np.ones(len(value), bool), column, split)]
+    return out
+
+
+@dataclass
+class LabelSource:
+    """Where the labels come from and what they mean: step 2 of loading, decided once from the train split."""
+
+    columns: list[str]  # one label column, or several 0/1 (or score) columns for multi-label data
+    problem_type: str
+    form: str  # "ids", "lists" (one column of label-id lists), "score" (one thresholded column), "columns"
+    threshold: float | None = None
+    names: list[str] | None = None
+    declared_by: str = ""
+    binary_from: list[str] | None = None  # a multi-way ClassLabel collapsed to "positive vs the rest"
+    positive: str | None = None
+    first_of_list: bool = False  # single-label from a list column: its first label (go_emotions' 28-class form)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.problem_type == MULTI_LABEL
+
+
+def _pick_text_column(columns: list[str], args: DataTrainingArguments, preset: DatasetPreset | None) -> str:
     text_column = _choose_column(
-        columns,
-        args.text_column,
-        preset.text_column if preset else None,
-        TEXT_COLUMN_CANDIDATES,
-        "text",
-        "--text_column",
+        columns, args.text_column, preset.text_column if preset else None, TEXT_COLUMN_CANDIDATES, "text", "--text_column"
     )
     if text_column is None:
         raise UsageError(
             f"no text column found (looked for {', '.join(TEXT_COLUMN_CANDIDATES)}); "
             f"the data set has columns: {', '.join(columns)}; pass --text_column"
         )
+    return text_column
+
+
+def _pick_label_source(
+    train: Dataset, args: DataTrainingArguments, preset: DatasetPreset | None, text_column: str
+) -> LabelSource:
+    """Which column(s) hold the labels, in which form, and the task type (detected unless --problem_type says)."""
+    columns, features = train.column_names, train.features
+    asked = normalize_problem_type(args.problem_type) if args.problem_type else None
+    if args.label_columns:
+        names = [c.strip() for c in args.label_columns.split(",") if c.strip()]
+        for name in names:
+            if name not in columns:
+                raise UsageError(f"--label_columns: no column {name!r}; the data set has columns: {', '.join(columns)}")
+            if not _is_numeric(features[name]):
+                raise UsageError(f"--label_columns: column {name!r} is not numeric 0/1 or a 0–1 score")
+        if asked == SINGLE_LABEL or len(names) < 2:
+            raise UsageError("--label_columns names the 0/1 columns of a multi-label task: give two or more")
+        if text_column in names:
+            raise UsageError(f"--label_columns includes the text column {text_column!r}")
+        threshold = 0.5 if args.label_threshold is None else args.label_threshold
+        return LabelSource(names, MULTI_LABEL, "columns", threshold, names, "--label_columns")
 
     # A score column is thresholded when the user asks (--label_threshold) or the preset says so.
-    threshold_column = None
+    score_column = None
     if args.label_threshold is not None:
-        threshold_column = args.label_column or (preset.threshold_column if preset else None) or "toxicity"
-        if threshold_column not in columns:
+        score_column = args.label_column or (preset.threshold_column if preset else None) or "toxicity"
+        if score_column not in columns:
             raise UsageError(
-                f"--label_threshold needs a numeric score column; {threshold_column!r} is not one of the columns: "
+                f"--label_threshold needs a numeric score column; {score_column!r} is not one of the columns: "
                 f"{', '.join(columns)}; pass --label_column"
             )
     elif args.label_column is None and preset and preset.threshold_column in columns:
-        threshold_column = preset.threshold_column
-    if threshold_column is not None:
-        label_column = threshold_column
+        score_column = preset.threshold_column
+    if score_column is not None:
+        if not _is_numeric(features[score_column]):
+            raise UsageError(
+                f"--label_threshold: column {score_column!r} is not numeric "
+                f"({getattr(features[score_column], 'dtype', features[score_column])}); "
+                "a threshold needs a score column such as civil_comments' toxicity"
+            )
+        if asked == MULTI_LABEL:
+            raise UsageError("--problem_type multi_label: one thresholded score column is a binary task")
+        names = list(preset.label_names) if preset and preset.label_names and len(preset.label_names) == 2 else None
         threshold = 0.5 if args.label_threshold is None else args.label_threshold
-    else:
-        label_column = _choose_column(
-            columns,
-            args.label_column,
-            preset.label_column if preset else None,
-            LABEL_COLUMN_CANDIDATES,
-            "label",
-            "--label_column",
-        )
-        threshold = None
+        return LabelSource([score_column], SINGLE_LABEL, "score", threshold, names)
+
+    label_column = _choose_column(
+        columns, args.label_column, preset.label_column if preset else None, LABEL_COLUMN_CANDIDATES, "label",
+        "--label_column",
+    )  # fmt: skip
     if label_column is None:
         raise UsageError(
             f"no label column found (looked for {', '.join(LABEL_COLUMN_CANDIDATES)}); "
@@ -360,116 +449,170 @@ def load_text_classification_data(
         )
     if label_column == text_column:
         raise UsageError(f"the text and label columns are both {label_column!r}; pass --text_column / --label_column")
-
-    label_feature = features[label_column]
-    label_names: list[str] | None = None
-    binary_from: list[str] | None = None
-    if threshold is not None:
-        if not _is_numeric(label_feature):
-            raise UsageError(
-                f"--label_threshold: column {label_column!r} is not numeric ({getattr(label_feature, 'dtype', label_feature)}); "
-                "a threshold needs a score column such as civil_comments' toxicity"
-            )
-        if preset and preset.label_names and len(preset.label_names) == 2:
-            label_names = list(preset.label_names)
-    elif isinstance(label_feature, ClassLabel):
-        if preset and preset.binary_positive in label_feature.names and label_feature.num_classes > 2:
-            binary_from = list(label_feature.names)
-            label_names = list(preset.label_names) if preset.label_names else ["rest", preset.binary_positive]
-        else:
-            label_names = list(label_feature.names)
-    elif isinstance(label_feature, (Sequence, list)) or (
-        preset and preset.first_of_list and label_column == preset.label_column
-    ):
-        inner = (
-            label_feature.feature
-            if isinstance(label_feature, Sequence)
-            else (label_feature[0] if isinstance(label_feature, list) else None)
+    feature = features[label_column]
+    if isinstance(feature, ClassLabel):
+        if preset and preset.binary_positive in feature.names and feature.num_classes > 2 and asked != MULTI_LABEL:
+            names = list(preset.label_names) if preset.label_names else ["rest", preset.binary_positive]
+            return LabelSource(
+                [label_column], SINGLE_LABEL, "ids", names=names, binary_from=list(feature.names),
+                positive=preset.binary_positive,
+            )  # fmt: skip
+        return LabelSource([label_column], asked or SINGLE_LABEL, "ids", names=list(feature.names))
+    values = [v for v in train[label_column][:1000] if v is not None]
+    is_list = isinstance(feature, (Sequence, list)) or any(_is_id_list(v) for v in values)
+    preset_list = bool(preset and preset.first_of_list and label_column == preset.label_column)
+    names = list(preset.label_names) if preset and preset.label_names else None
+    inner = feature.feature if isinstance(feature, Sequence) else (feature[0] if isinstance(feature, list) else None)
+    if isinstance(inner, ClassLabel):
+        names = list(inner.names)
+    if is_list or preset_list:
+        # go_emotions' preset keeps its 28-class first-label form unless multi-label is asked for.
+        problem_type = asked or (SINGLE_LABEL if preset_list else MULTI_LABEL)
+        return LabelSource(
+            [label_column], problem_type, "lists", names=names, first_of_list=preset_list and problem_type == SINGLE_LABEL
         )
-        if isinstance(inner, ClassLabel):
-            label_names = list(inner.names)
-    if label_names is None and preset and preset.label_names and threshold is None:
-        label_names = list(preset.label_names)
-    declared_by = "the data set's class names" if label_names else ""
-    if class_names:
-        label_names = list(class_names)
-        declared_by = "--label_names"
+    return LabelSource([label_column], asked or SINGLE_LABEL, "ids", names=names)
 
-    splits: dict[str, Dataset] = {}
-    label_ids: dict[str, np.ndarray] = {}
-    label_rows: dict[str, np.ndarray] = {}  # the kept rows' positions in the split as read, for error messages
-    for split, ds in raw.items():
-        missing = [c for c in (text_column, label_column) if c not in ds.column_names]
-        if missing:
+
+def _clean_texts(ds: Dataset, split: str, text_column: str) -> tuple[list, np.ndarray]:
+    """The split's texts and which rows to keep: an empty or missing text is dropped with a warning."""
+    texts = list(ds[text_column])  # datasets 5 returns a lazy Column
+    keep = np.array([isinstance(t, str) and t.strip() != "" for t in texts], dtype=bool)
+    dropped = int((~keep).sum())
+    if dropped:
+        logger.warning(f"split {split!r}: dropped {dropped} of {len(ds)} rows with an empty or missing text")
+    if not keep.any():
+        raise UsageError(f"split {split!r} has no rows with a non-empty text in column {text_column!r}")
+    return texts, keep
+
+
+def _read_labels(ds: Dataset, split: str, source: LabelSource, keep: np.ndarray) -> np.ndarray | list[list[int]]:
+    """Class ids (single-label, one per row) or label-id lists (multi-label, one list per row) of one split."""
+    for column in source.columns:
+        if column not in ds.column_names:
+            raise UsageError(f"split {split!r} has no column {column!r}; it has columns: {', '.join(ds.column_names)}")
+    if source.form in ("score", "columns"):
+        scores = np.stack([np.array([np.nan if v is None else v for v in ds[c]], np.float64) for c in source.columns], 1)
+        bad = keep[:, None] & ~np.isfinite(scores)
+        if bad.any():
+            row, col = (int(i[0]) for i in np.nonzero(bad))
+            raise UsageError(f"score column {source.columns[col]!r} in split {split!r} has a missing value (row {row})")
+        hits = scores >= source.threshold
+        if source.form == "score":
+            return hits[:, 0].astype(np.int64)
+        return [np.flatnonzero(r).tolist() for r in hits]
+    column = source.columns[0]
+    raw = list(ds[column])
+    if source.form == "ids":
+        ids = _labels_as_int(raw, keep, column, split)
+        if source.binary_from is not None:
+            return (ids == source.binary_from.index(source.positive)).astype(np.int64)
+        return [[int(i)] for i in ids] if source.multi_label else ids
+    lists = _label_lists(raw, keep, column, split)
+    if source.multi_label:
+        return lists
+    for row in np.flatnonzero(keep):
+        if not lists[row]:
+            raise UsageError(f"label list column {column!r} in split {split!r} has an empty list (row {row})")
+        if len(lists[row]) > 1 and not source.first_of_list:
             raise UsageError(
-                f"split {split!r} has no column {missing[0]!r}; it has columns: {', '.join(ds.column_names)}"
+                f"label column {column!r} in split {split!r}, row {row}: {len(lists[row])} labels in a single-label "
+                "task; pass --problem_type multi_label"
             )
-        texts = list(ds[text_column])  # datasets 5 returns a lazy Column
-        keep = np.array([isinstance(t, str) and t.strip() != "" for t in texts], dtype=bool)
-        dropped = int((~keep).sum())
-        if dropped:
-            logger.warning(f"split {split!r}: dropped {dropped} of {len(ds)} rows with an empty or missing text")
-        if not keep.any():
-            raise UsageError(f"split {split!r} has no rows with a non-empty text in column {text_column!r}")
-        raw_labels = list(ds[label_column])
-        if threshold is not None:
-            scores = np.array([np.nan if v is None else v for v in raw_labels], dtype=np.float64)
-            bad = keep & ~np.isfinite(scores)
-            if bad.any():
-                raise UsageError(
-                    f"score column {label_column!r} in split {split!r} has a missing value (row {int(np.flatnonzero(bad)[0])})"
-                )
-            labels = (scores >= threshold).astype(np.int64)
-        elif isinstance(label_feature, Sequence) or (raw_labels and isinstance(raw_labels[0], list)):
-            empty = [i for i, v in enumerate(raw_labels) if keep[i] and not v]
-            if empty:
-                raise UsageError(
-                    f"label list column {label_column!r} in split {split!r} has an empty list (row {empty[0]})"
-                )
-            labels = _labels_as_int([v[0] if v else None for v in raw_labels], keep, label_column, split)
-        else:
-            labels = _labels_as_int(raw_labels, keep, label_column, split)
-        if binary_from is not None:
-            positive = binary_from.index(preset.binary_positive)
-            original = labels
-            labels = (original == positive).astype(np.int64)
-        else:
-            original = None
-        columns_out = {"text": [t for t, k in zip(texts, keep) if k], "label": labels[keep].tolist()}
-        if original is not None:
-            columns_out["label_original"] = [binary_from[i] for i in original[keep]]
-        splits[split] = Dataset.from_dict(columns_out)
-        label_ids[split] = labels[keep]
-        label_rows[split] = np.flatnonzero(keep)
+    return np.array([ids[0] if ids else -1 for ids in lists], dtype=np.int64)
 
-    if label_names:
-        num_labels = len(label_names)
+
+def _label_ids_of(labels: np.ndarray | list[list[int]], keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(every label id, the row it came from) over the kept rows: what the label-set checks look at."""
+    if isinstance(labels, np.ndarray):
+        rows = np.flatnonzero(keep)
+        return labels[keep], rows
+    pairs = [(i, row) for row in np.flatnonzero(keep) for i in labels[row]]
+    return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
+
+
+def load_text_classification_data(
+    args: DataTrainingArguments, seed: int, cache_dir: str | None = None, class_names: list[str] | None = None
+) -> TextClassificationData:
+    """Load, clean, validate and split the data set; raise `UsageError` on anything wrong with it.
+
+    The steps: read the splits → pick the text and label columns (and the task type) → clean the texts → read the
+    labels and check them against the label set → add missing splits → subsample. `class_names` (--class_names)
+    override the names found in the data set or its preset.
+    """
+    raw = _normalise_split_names(load_raw_splits(args, cache_dir))
+    preset = find_preset(args.dataset_name)
+    text_column = _pick_text_column(raw["train"].column_names, args, preset)
+    source = _pick_label_source(raw["train"], args, preset, text_column)
+    if source.names:
+        source.declared_by = source.declared_by or "the data set's class names"
+    if class_names:
+        source.names, source.declared_by = list(class_names), "--class_names"
+
+    texts_by_split: dict[str, list[str]] = {}
+    labels_by_split: dict[str, np.ndarray | list[list[int]]] = {}
+    label_ids: dict[str, np.ndarray] = {}
+    label_rows: dict[str, np.ndarray] = {}  # each checked id's row in the split as read, for error messages
+    for split, ds in raw.items():
+        texts, keep = _clean_texts(ds, split, text_column)
+        labels = _read_labels(ds, split, source, keep)
+        texts_by_split[split] = [t for t, k in zip(texts, keep) if k]
+        labels_by_split[split] = labels[keep] if isinstance(labels, np.ndarray) else [labels[r] for r in np.flatnonzero(keep)]
+        label_ids[split], label_rows[split] = _label_ids_of(labels, keep)
+        if source.binary_from is not None:
+            original = _labels_as_int(list(ds[source.columns[0]]), keep, source.columns[0], split)
+            texts_by_split[split + ":original"] = [source.binary_from[i] for i in original[keep]]
+
+    if source.names:
+        num_labels = len(source.names)
     else:
         num_labels = _classes_of_train_split(label_ids["train"], label_rows["train"])
-        declared_by = "the train split's labels"
-    _check_label_ids(label_ids, label_rows, num_labels, declared_by)
+        source.declared_by = "the train split's labels"
+    _check_label_ids(label_ids, label_rows, num_labels, source.declared_by)
 
-    class_label = (
-        ClassLabel(num_classes=num_labels, names=label_names) if label_names else ClassLabel(num_classes=num_labels)
-    )
-    data = DatasetDict({split: ds.cast_column("label", class_label) for split, ds in splits.items()})
-    data = _add_missing_splits(data, args, seed)
+    splits = {}
+    for split, labels in labels_by_split.items():
+        columns_out: dict[str, list] = {"text": texts_by_split[split]}
+        if source.multi_label:
+            columns_out["label"] = multi_hot(labels, num_labels).tolist()
+        else:
+            columns_out["label"] = labels.tolist()
+        if split + ":original" in texts_by_split:
+            columns_out["label_original"] = texts_by_split[split + ":original"]
+        splits[split] = Dataset.from_dict(columns_out, features=_features(source, num_labels, columns_out))
+    data = _add_missing_splits(DatasetDict(splits), args, seed)
     data = _subsample(data, args, seed)
     for split, ds in data.items():
         if len(ds) == 0:
             raise UsageError(f"split {split!r} is empty; lower --max_*_samples or raise the split percentages")
 
-    source = {
+    record = {
         "dataset": args.dataset_name,
         "config": args.dataset_config_name or (preset.config_name if preset else None),
         "text_column": text_column,
-        "label_column": label_column,
-        "label_threshold": threshold,
+        "label_column": source.columns[0] if source.form != "columns" else None,
+        "label_threshold": source.threshold,
+        "problem_type": source.problem_type,
+        **({"label_columns": source.columns} if source.form == "columns" else {}),
         "rows": {split: len(ds) for split, ds in data.items()},
         **({"encoding": args.encoding} if codecs.lookup(args.encoding).name != "utf-8" else {}),
     }
-    logger.info(f"data: {source}")
-    return TextClassificationData(splits=data, num_labels=num_labels, label_names=label_names, source=source)
+    logger.info(f"data: {record}")
+    return TextClassificationData(
+        splits=data, num_labels=num_labels, label_names=source.names, source=record, problem_type=source.problem_type
+    )
+
+
+def _features(source: LabelSource, num_labels: int, columns: dict[str, list]) -> Features:
+    """Single-label: a ClassLabel (names when known); multi-label: a float 0/1 vector per row, as BCE wants."""
+    if source.multi_label:
+        label = Sequence(Value("float32"), length=num_labels)
+    else:
+        label = ClassLabel(num_classes=num_labels, names=source.names) if source.names else ClassLabel(num_classes=num_labels)
+    features = {"text": Value("string"), "label": label}
+    if "label_original" in columns:
+        features["label_original"] = Value("string")
+    return Features(features)
 
 
 def _classes_of_train_split(ids: np.ndarray, rows: np.ndarray) -> int:
@@ -487,7 +630,7 @@ def _classes_of_train_split(ids: np.ndarray, rows: np.ndarray) -> int:
         raise UsageError(
             f"split 'train', row {row}: label {value} leaves class id(s) {', '.join(map(str, missing))} unused "
             f"(ids present: {', '.join(map(str, present))}), so the number of classes is unclear; fix the label, or "
-            f"pass --label_names with one name per class (e.g. {num_labels} names for ids 0..{num_labels - 1})"
+            f"pass --class_names with one name per class (e.g. {num_labels} names for ids 0..{num_labels - 1})"
         )
     return num_labels
 
@@ -502,13 +645,16 @@ def _check_label_ids(
             raise UsageError(
                 f"split {split!r}, row {int(label_rows[split][bad[0]])}: label {int(ids[bad[0]])} is outside "
                 f"the label set [0, {num_labels}) (from {declared_by}); labels must be class ids "
-                "(fix the row, or check --label_column / --label_names)"
+                "(fix the row, or check --label_column / --class_names)"
             )
 
 
 def _split_off(ds: Dataset, size: int, percentage: float, seed: int, what: str) -> tuple[Dataset, Dataset]:
     if size >= len(ds):
         raise UsageError(f"train has {len(ds)} rows: too few to hold out {percentage}% as {what}")
+    if not isinstance(ds.features["label"], ClassLabel):  # multi-label rows: no single class to stratify by
+        parts = ds.train_test_split(test_size=size, seed=seed)
+        return parts["train"], parts["test"]
     try:
         parts = ds.train_test_split(test_size=size, seed=seed, stratify_by_column="label")
     except ValueError as err:  # a class too rare to stratify: say so, split at random

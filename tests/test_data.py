@@ -158,7 +158,7 @@ def test_label_out_of_range(tmp_path):
     df = synthetic_rows(30, seed=5)
     df.loc[4, "label"] = 2
     df.to_csv(tmp_path / "train.csv", index=False)
-    with pytest.raises(UsageError, match=r"split 'train', row 4: label 2 is outside the label set \[0, 2\) \(from --label_names\)"):
+    with pytest.raises(UsageError, match=r"split 'train', row 4: label 2 is outside the label set \[0, 2\) \(from --class_names\)"):
         load(tmp_path, class_names=["a", "b"])
 
 
@@ -196,14 +196,14 @@ def test_gapped_label_ids_need_class_names(tmp_path):
     df = synthetic_rows(30, seed=5)
     df["label"] = [0, 5] * 15
     df.to_csv(tmp_path / "train.csv", index=False)
-    with pytest.raises(UsageError, match=r"row 1: label 5 leaves class id\(s\) 1, 2, 3, 4 unused .* pass --label_names"):
+    with pytest.raises(UsageError, match=r"row 1: label 5 leaves class id\(s\) 1, 2, 3, 4 unused .* pass --class_names"):
         load(tmp_path)
     # The class names say how many classes there are: six, two of them seen.
     names = ["a", "b", "c", "d", "e", "f"]
     data = load(tmp_path, class_names=names, test_split_percentage=20, validation_split_percentage=20)
     assert data.num_labels == 6 and data.id2label[5] == "f"
     # Declared names cap the label set in every split, too.
-    with pytest.raises(UsageError, match=r"label 5 is outside the label set \[0, 3\) \(from --label_names\)"):
+    with pytest.raises(UsageError, match=r"label 5 is outside the label set \[0, 3\) \(from --class_names\)"):
         load(tmp_path, class_names=["a", "b", "c"])
 
 
@@ -234,7 +234,7 @@ def test_scripts_refuse_a_stray_label_before_writing(tmp_path, tiny_base_model_d
     assert errors == [
         (
             "error: split 'test', row 3: label 5 is outside the label set [0, 2) (from the train split's labels); "
-            "labels must be class ids (fix the row, or check --label_column / --label_names)"
+            "labels must be class ids (fix the row, or check --label_column / --class_names)"
         )
     ]
     assert not (tmp_path / "exp").exists()
