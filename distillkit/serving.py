@@ -27,8 +27,8 @@ import numpy as np
 from .cli import UsageError
 from .evaluation import has_generic_label_names, layers_text, model_name, predict_logits, run_records, unique_names
 from .loading import LoadedClassifier, expand_onnx_variants, find_model_dirs, load_classifier_dir
-from .metrics import softmax
 from .students import count_parameters
+from .tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -154,18 +154,71 @@ def _is_valid_unicode(text: str) -> bool:
     return True
 
 
+def model_task(clf: LoadedClassifier) -> Task:
+    """The task a served model was saved with (its config's problem_type and decision thresholds)."""
+    try:
+        return Task.from_config(clf.model.config)
+    except ValueError as err:
+        raise UsageError(f"{clf.path}: config.json: {err}") from None
+
+
+def task_fields(task: Task, labels: list[str]) -> dict[str, Any]:
+    """How a model decides, as the API shows it beside its predictions and in /api/models.
+
+    Multi-label: `thresholds`, each label's probability threshold (0.5 where none was saved). Single-label:
+    `threshold`, the binary positive class's saved threshold, or null when the label is the argmax.
+    """
+    if task.multi_label:
+        cuts = task.thresholds if task.thresholds is not None else [0.5] * len(labels)
+        return {"problem_type": task.problem_type, "thresholds": dict(zip(labels, map(float, cuts)))}
+    threshold = float(task.thresholds[0]) if task.thresholds is not None else None
+    return {"problem_type": task.problem_type, "threshold": threshold}
+
+
 @dataclass
 class ServedModel:
-    """One loaded model, its class names and what its run recorded about it."""
+    """One loaded model, its class names, its task (how it decides) and what its run recorded about it."""
 
     clf: LoadedClassifier
     labels: list[str]  # class names by id
     info: dict[str, Any]
     max_length: int
+    task: Task = field(default_factory=Task)
 
     @property
     def name(self) -> str:
         return self.clf.name
+
+    def predictions(self, probs: np.ndarray, latency_ms: float) -> list[dict[str, Any]]:
+        """One API prediction per row of probabilities, decided by the model's task (`Task.predict`).
+
+        Every prediction has `label`, `label_id`, `probability` (of that label) and `probabilities` (every label's).
+        A multi-label one also lists `labels`/`label_ids` over their thresholds (id order); its `label` is the most
+        probable of those, and `label`, `label_id`, `probability` are null when no label passes.
+        """
+        decided = self.task.predict(probs)
+        shown = task_fields(self.task, self.labels)
+        out = []
+        for row, decision in zip(probs, decided):
+            if self.task.multi_label:
+                ids = [int(i) for i in np.flatnonzero(decision)]
+                top = max(ids, key=lambda i: row[i]) if ids else None
+                extra = {"labels": [self.labels[i] for i in ids], "label_ids": ids}
+            else:
+                top, extra = int(decision), {}
+            out.append(
+                {
+                    "model": self.name,
+                    "label": None if top is None else self.labels[top],
+                    "label_id": top,
+                    "probability": None if top is None else float(row[top]),
+                    "probabilities": {label: float(p) for label, p in zip(self.labels, row)},
+                    **extra,
+                    **shown,
+                    "latency_ms": latency_ms,
+                }
+            )
+        return out
 
 
 @dataclass
@@ -316,7 +369,7 @@ class InferenceWorker:
         self._thread.join(timeout=30)
 
 
-def describe(clf: LoadedClassifier, labels: list[str]) -> dict[str, Any]:
+def describe(clf: LoadedClassifier, labels: list[str], task: Task) -> dict[str, Any]:
     """What `/api/models` shows of a model: all from its own records and config."""
     results, record, method = run_records(clf)
     config = clf.model.config
@@ -332,6 +385,7 @@ def describe(clf: LoadedClassifier, labels: list[str]) -> dict[str, Any]:
         "adapter": clf.is_adapter,
         "runtime": clf.runtime,  # pytorch, or onnxruntime-fp32 / onnxruntime-int8 for an ONNX export
         "labels": labels,
+        **task_fields(task, labels),  # problem_type, and threshold (single-label) or thresholds (multi-label)
         "test_f1": results.get("test_f1"),
         "test_accuracy": results.get("test_accuracy"),
         "test_roc_auc": results.get("test_roc_auc"),
@@ -363,12 +417,14 @@ class ModelRegistry:
         self.models: dict[str, ServedModel] = {}
         for clf in classifiers:
             labels = display_labels(clf, label_names)
+            task = model_task(clf)
             max_positions = getattr(clf.model.config, "max_position_embeddings", None) or limits.max_seq_length
             self.models[clf.name] = ServedModel(
                 clf=clf,
                 labels=labels,
-                info=describe(clf, labels),
+                info=describe(clf, labels, task),
                 max_length=min(limits.max_seq_length, max_positions),
+                task=task,
             )
         self.worker = InferenceWorker(
             self._forward, limits.batch_size, limits.max_pending_texts, retry_after_s=limits.retry_after_s
@@ -405,11 +461,11 @@ class ModelRegistry:
         return [m.info for m in self.models.values()]
 
     def _forward(self, name: str, texts: list[str]) -> np.ndarray:
-        """Class probabilities (texts, classes) of one model; runs on the inference thread only."""
+        """Probabilities (texts, labels) of one model, softmax or per-label sigmoid by its task; inference thread only."""
         served = self.models[name]
         clf = served.clf
         logits = predict_logits(clf.model, clf.tokenizer, texts, served.max_length, self.limits.batch_size)
-        return softmax(logits)
+        return served.task.probabilities(logits)
 
     def predict(self, request: PredictRequest) -> dict[str, Any]:
         """The `/api/predict` answer, blocking (for scripts and tests)."""
@@ -427,22 +483,11 @@ class ModelRegistry:
         return self.answer(request, outputs)
 
     def answer(self, request: PredictRequest, outputs: dict[str, BatchOutput]) -> dict[str, Any]:
-        """For each text, each model's label, class probabilities and latency (its batch's time per text)."""
-        per_model = {}
-        for name, out in outputs.items():
-            labels = self.models[name].labels
-            per_text_ms = out.forward_ms / out.batch_texts
-            per_model[name] = [
-                {
-                    "model": name,
-                    "label": labels[int(row.argmax())],
-                    "label_id": int(row.argmax()),
-                    "probability": float(row.max()),
-                    "probabilities": {labels[i]: float(p) for i, p in enumerate(row)},
-                    "latency_ms": per_text_ms,
-                }
-                for row in out.probs
-            ]
+        """For each text, each model's decision, label probabilities and latency (its batch's time per text)."""
+        per_model = {
+            name: self.models[name].predictions(out.probs, out.forward_ms / out.batch_texts)
+            for name, out in outputs.items()
+        }
         results = [
             {"text": text, "predictions": [per_model[name][i] for name in request.models]}
             for i, text in enumerate(request.texts)
