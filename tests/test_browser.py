@@ -23,6 +23,7 @@ import pytest
 from conftest import REPO
 from test_app import make_experiment
 from test_explore import make_evaluated_experiment
+from test_serving_tasks import LABELS, TEXTS, make_task_experiment
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags for this offline, GPU-less machine: without the networking ones Chromium keeps dialling Google's hosts.
@@ -291,4 +292,60 @@ def test_real_experiment_every_tab(tmp_path):
         assert classify_on_page(page, TOXIC, len(models)) == api_labels(url, TOXIC)
         read = check_explore_tabs(page, url, shots)
         assert set(read) == {"results", "distribution", "errors", "disagreements"}
+        assert not errors, errors
+
+
+def test_page_shows_a_multilabel_models_labels_probabilities_and_thresholds(tmp_path):
+    """Issue 12: a multi-label model's card lists every label with its sigmoid probability, marks those over their
+    saved thresholds (the API's `labels`), and says "none" when no label passes; a binary model shows its threshold."""
+    exp = make_task_experiment(tmp_path / "tasks")
+    with app_server(["--experiment_dir", str(exp)], tmp_path / "app.log") as url, browser_page() as (page, errors):
+        page.goto(url)
+        page.wait_for_selector("body[data-ready=true]")
+        classes = page.locator("#models-table tbody tr[data-model=multilabel] td").last.inner_text()
+        assert classes == f"{len(LABELS)} labels (multi-label)"
+        body = httpx.post(f"{url}/api/predict", json={"texts": TEXTS, "models": ["multilabel"]}, timeout=60).json()
+        decided = {r["text"]: r["predictions"][0] for r in body["results"]}
+        some = next(t for t in TEXTS if decided[t]["labels"])
+        none = [t for t in TEXTS if not decided[t]["labels"]]
+        for text in [some] + none[:1]:
+            api = decided[text]
+            shown = classify_on_page(page, text, num_models=3)
+            card = page.locator("#results .card[data-model=multilabel]")
+            chips = card.locator(".decided .label").all_inner_texts()
+            assert chips == (api["labels"] or ["none"]) and shown["multilabel"] == chips[0]
+            rows = card.locator(".class-prob")
+            assert [rows.nth(i).get_attribute("data-label") for i in range(rows.count())] == LABELS
+            for i, label in enumerate(LABELS):
+                row = rows.nth(i)
+                prob = float(row.get_attribute("data-probability"))
+                assert prob == pytest.approx(api["probabilities"][label], abs=1e-6)
+                assert float(row.get_attribute("data-threshold")) == pytest.approx(api["thresholds"][label], abs=1e-6)
+                assert row.get_attribute("data-over") == str(label in api["labels"]).lower()
+                assert row.locator(".class-pct").inner_text() == f"{100 * api['probabilities'][label]:.1f}%"
+                assert row.locator(".class-name").inner_text().startswith("✓") == (label in api["labels"])
+        assert none, "the fixture has a text no label passes for"
+        binary = page.locator("#results .card[data-model=binary] .threshold").inner_text()
+        threshold = httpx.get(f"{url}/api/models").json()["models"]
+        threshold = next(m["threshold"] for m in threshold if m["name"] == "binary")
+        assert binary == f"toxic if ≥ {100 * threshold:.1f}%"
+        page.screenshot(path=str(tmp_path / "multilabel.png"), full_page=True)
+
+        # Batch: each text's labels over threshold (or none), and a given label list is checked as a set.
+        page.click("button[data-tab=batch]")
+        rows = "text,label\n" + "".join(f'"{t}","{",".join(decided[t]["labels"]) or "none"}"\n' for t in TEXTS[:4])
+        (tmp_path / "batch.csv").write_text(rows)
+        page.set_input_files("#csv-file", str(tmp_path / "batch.csv"))
+        page.click("#classify-batch")
+        page.wait_for_function("document.getElementById('batch-status').textContent.includes('4 texts classified')")
+        models = [h.strip() for h in page.locator("#batch-table thead th").all_inner_texts()][3:]
+        column = 3 + models.index("multilabel")
+        cells = page.locator(f"#batch-table tbody tr td:nth-child({column + 1})")
+        assert [cells.nth(i).get_attribute("data-labels") for i in range(4)] == [
+            ",".join(decided[t]["labels"]) for t in TEXTS[:4]
+        ]
+        assert all("wrong" not in (cells.nth(i).get_attribute("class") or "") for i in range(4))
+        page.click("button[data-subtab=errors]")
+        summary = page.locator("#errors ul.summary li").all_inner_texts()
+        assert any(s.startswith("multilabel: 0 errors") for s in summary), summary
         assert not errors, errors

@@ -52,6 +52,15 @@ async function api(path, body) {
 
 function modelInfo(name) { return state.models.find((m) => m.name === name); }
 
+const MULTI_LABEL = "multi_label_classification";
+function isMultiLabel(p) { return p && p.problem_type === MULTI_LABEL; }
+
+// A multi-label prediction's labels over their thresholds, as one line ("none" when no label passes).
+function decidedText(p) {
+  if (!isMultiLabel(p)) return p.label;
+  return p.labels.length ? p.labels.join(", ") : "none";
+}
+
 // Binary models: class 1 is the positive (toxic, hate) one, red; class 0 green. Other models: one colour a class.
 function labelKind(model, labelId) {
   if (model && model.labels.length === 2) return labelId === 1 ? "positive" : "negative";
@@ -79,7 +88,8 @@ function renderModels() {
     el("td", { text: `${m.layers}${m.num_layers != null ? ` (${m.num_layers})` : ""}` }),
     el("td", { text: formatParams(m.params), title: String(m.params) }),
     el("td", { text: m.test_f1 == null ? "—" : m.test_f1.toFixed(3) }),
-    el("td", { text: m.labels.length > 4 ? `${m.labels.length} classes` : m.labels.join(" / ") }),
+    el("td", { text: m.problem_type === MULTI_LABEL ? `${m.labels.length} labels (multi-label)`
+      : m.labels.length > 4 ? `${m.labels.length} classes` : m.labels.join(" / ") }),
   ])));
 }
 
@@ -113,8 +123,47 @@ function classBars(model, probabilities) {
   ])));
 }
 
+// Multi-label models: every label's own probability (a sigmoid, they don't sum to 1) against its threshold, a tick
+// on the bar; the labels over their thresholds are marked ✓.
+function labelRows(model, p) {
+  return el("div", { class: "class-probs" }, Object.entries(p.probabilities).map(([label, prob], id) => {
+    const threshold = p.thresholds[label];
+    const over = prob >= threshold;
+    return el("div", {
+      class: `class-prob${over ? " over" : ""}`, "data-label": label, "data-probability": prob.toFixed(6),
+      "data-threshold": threshold.toFixed(6), "data-over": String(over),
+    }, [
+      el("span", { class: "class-name", text: `${over ? "✓ " : ""}${label}`, title: `${label}: threshold ${(100 * threshold).toFixed(1)}%` }),
+      el("div", { class: "bar thin" }, [
+        el("div", { class: "fill", style: `width:${(100 * prob).toFixed(1)}%;background:${over ? labelColour(model, id) : GOLD_COLOUR}` }),
+        el("div", { class: "tick", style: `left:${(100 * threshold).toFixed(1)}%` }),
+      ]),
+      el("span", { class: "class-pct", text: `${(100 * prob).toFixed(1)}%` }),
+    ]);
+  }));
+}
+
+function multiLabelCard(p, model) {
+  const chips = p.labels.length
+    ? p.label_ids.map((id, k) => el("span", { class: "label multi", "data-label": p.labels[k], style: `background:${labelColour(model, id)}`, text: p.labels[k] }))
+    : [el("span", { class: "label none", "data-label": "none", text: "none" })];
+  return el("div", { class: "card", "data-model": p.model, "data-problem-type": p.problem_type }, [
+    el("div", { class: "card-head" }, [
+      el("span", { class: "model-name", text: p.model }),
+      el("span", { class: "meta", text: model ? `${model.method} · ${formatParams(model.params)} params` : "" }),
+    ]),
+    el("div", { class: "decided", title: "labels over their thresholds" }, chips),
+    labelRows(model, p),
+    el("div", { class: "numbers" }, [
+      el("span", { class: "hint", text: `${p.labels.length}/${Object.keys(p.probabilities).length} over threshold` }),
+      el("span", { class: "latency", text: `${p.latency_ms.toFixed(1)} ms` }),
+    ]),
+  ]);
+}
+
 function renderCards(predictions) {
   const cards = predictions.map((p) => {
+    if (isMultiLabel(p)) return multiLabelCard(p, modelInfo(p.model));
     const model = modelInfo(p.model);
     const colour = labelColour(model, p.label_id);
     const pct = (100 * p.probability).toFixed(1);
@@ -128,6 +177,7 @@ function renderCards(predictions) {
       el("div", { class: "bar", title: probs.join("\n") }, el("div", { class: "fill", style: `width:${pct}%;background:${colour}` })),
       el("div", { class: "numbers" }, [
         el("span", { class: "prob", text: `${pct}%` }),
+        p.threshold != null ? el("span", { class: "threshold", text: `${model ? model.labels[1] : "positive"} if ≥ ${(100 * p.threshold).toFixed(1)}%` }) : null,
         el("span", { class: "latency", text: `${p.latency_ms.toFixed(1)} ms` }),
       ]),
       classBars(model, p.probabilities),
@@ -205,8 +255,15 @@ async function classifyBatch() {
   }
 }
 
-// A given label matches a prediction by class id ("1") or by name ("toxic"), case-insensitively.
+// A given label matches a prediction by class id ("1") or by name ("toxic"), case-insensitively. For a multi-label
+// model the given labels are a list ("1,3", "toxic;insult", "none" or empty for no label) that must be the set decided.
 function isCorrect(given, prediction) {
+  if (isMultiLabel(prediction)) {
+    const names = Object.keys(prediction.probabilities).map((n) => n.toLowerCase());
+    const wanted = given.split(/[,;|]/).map((g) => g.trim().toLowerCase()).filter((g) => g && g !== "none");
+    const ids = new Set(wanted.map((g) => (/^\d+$/.test(g) ? Number(g) : names.indexOf(g))));
+    return ids.size === prediction.label_ids.length && prediction.label_ids.every((id) => ids.has(id));
+  }
   if (/^\d+$/.test(given)) return Number(given) === prediction.label_id;
   return given.toLowerCase() === String(prediction.label).toLowerCase();
 }
@@ -224,6 +281,14 @@ function renderBatch() {
     ...r.predictions.map((p) => {
       const model = modelInfo(p.model);
       const wrong = hasLabels && rows[i].label && !isCorrect(rows[i].label, p);
+      if (isMultiLabel(p)) { // every label over its threshold, with its probability
+        const chips = p.label_ids.map((id, k) => [
+          el("span", { class: "label small multi", style: `background:${labelColour(model, id)}`, text: p.labels[k] }),
+          el("span", { class: "prob", text: ` ${(100 * p.probabilities[p.labels[k]]).toFixed(0)}% ` }),
+        ]).flat();
+        return el("td", { class: wrong ? "wrong" : "", "data-labels": p.labels.join(",") },
+          chips.length ? chips : el("span", { class: "label small none", text: "none" }));
+      }
       return el("td", { class: wrong ? "wrong" : "" }, [
         el("span", { class: `label small ${labelKind(model, p.label_id)}`, style: `background:${labelColour(model, p.label_id)}`, text: p.label }),
         el("span", { class: "prob", text: ` ${(100 * p.probability).toFixed(0)}%` }),
@@ -241,7 +306,10 @@ function renderDistribution(names) {
     const model = modelInfo(name);
     const labels = model ? model.labels : [];
     const counts = labels.map(() => 0);
-    for (const r of results) counts[r.predictions[k].label_id] += 1;
+    for (const r of results) { // a multi-label model counts every label it decides (none: no count)
+      const p = r.predictions[k];
+      for (const id of isMultiLabel(p) ? p.label_ids : [p.label_id]) counts[id] += 1;
+    }
     const shown = labels.map((label, id) => ({ label, id, count: counts[id] })).filter((d) => d.count > 0 || labels.length <= 10);
     const rowH = 22, labelW = 120, barW = 320, height = shown.length * rowH + 8;
     const max = Math.max(1, ...shown.map((d) => d.count));
@@ -279,7 +347,8 @@ function renderErrors(names) {
     results[i].predictions.forEach((p) => {
       if (!isCorrect(rows[i].label, p)) {
         errorRows.push(el("tr", {}, [el("td", { text: String(i + 1) }), el("td", { text: p.model }), el("td", { class: "text-cell", text: results[i].text }),
-          el("td", { text: rows[i].label }), el("td", { text: p.label }), el("td", { text: `${(100 * p.probability).toFixed(0)}%` })]));
+          el("td", { text: rows[i].label }), el("td", { text: decidedText(p) }),
+          el("td", { text: p.probability == null ? "—" : `${(100 * p.probability).toFixed(0)}%` })]));
       }
     });
   }
