@@ -79,6 +79,18 @@ def parse_args(dataclass_types: tuple[type, ...], args: list[str] | None = None)
         raise UsageError(_first_line(err)) from err
 
 
+def parse_class_names(values: str | list[str] | None, flag: str = "--class_names") -> list[str] | None:
+    """Class names in label-id order, as every script and the app take them: `a,b,c`, `a b c` (separate arguments),
+    or both; stripped, at least two and distinct. None when not given."""
+    if values is None:
+        return None
+    parts = [values] if isinstance(values, str) else list(values)
+    names = [name.strip() for part in parts for name in str(part).split(",") if name.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise UsageError(f"{flag} {' '.join(parts)}: give at least two distinct class names (a,b or a b)")
+    return names
+
+
 def _coerce_numbers(values: dict[str, Any], dataclass_types: tuple[type, ...]) -> dict[str, Any]:
     """YAML 1.1 reads `1e-3` as a string; give float and int fields their numbers back."""
     kinds = {}

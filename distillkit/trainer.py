@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,30 +17,50 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
-from .losses import LossWeights, distillation_loss
+from .cli import UsageError, parse_class_names
+from .losses import GOLD_TERM, LossWeights, distillation_loss, flag_list, join_and, loss_terms, teacher_terms
 from .tasks import parse_class_weights
 from .teacher_logits import TEACHER_LOGITS_COLUMN, add_teacher_logits, default_cache_dir, precision_name
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class DistillationTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the distillation loss weights; defaults suit our scripts (train, evaluate, test)."""
+_UNSET: Any = object()
 
-    alpha_ce: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy on the gold labels."})
-    alpha_kl: float = field(
-        default=1.0,
-        metadata={
-            "help": "Weight of KL(teacher || student) on temperature-softened logits (× T²). 0 skips the teacher's logits."
-        },
-    )
-    alpha_cos: float | None = field(
-        default=None,
-        metadata={
-            "help": "Weight of the cosine loss between each student layer's hidden states and its source teacher layer's. 0 skips it. Default 1, or 0 with --cache_teacher_logits."
-        },
-    )
+
+def with_loss_weight_fields(cls: type | None = None, *, teacher_default: Any = _UNSET, teacher_help: str = ""):
+    """Class decorator (under `@dataclass`): one `alpha_<name>` field per registered loss term, so a new term in
+    distillkit/losses.py is a flag of every training script without editing them.
+
+    A term that runs on live teacher outputs defaults to None, resolved in `__post_init__` (1, or 0 with
+    --cache_teacher_logits). `teacher_default` / `teacher_help` replace the default and extend the help of every term
+    that needs a teacher (run_finetune.py: 0, there is none; run_lora.py: None until a teacher is given).
+    """
+
+    def add(cls: type) -> type:
+        own = dict(cls.__dict__.get("__annotations__", {}))
+        added = {}
+        for term in loss_terms():
+            if term.uses_teacher and teacher_default is not _UNSET:
+                default, text = teacher_default, f"{term.help} {teacher_help}".strip()
+            elif term.needs_live_teacher:
+                default, text = None, f"{term.help} Default {term.default_weight:g}, or 0 with --cache_teacher_logits."
+            else:
+                default, text = term.default_weight, term.help
+            added[term.weight_flag] = float | None
+            setattr(cls, term.weight_flag, field(default=default, metadata={"help": text}))
+        cls.__annotations__ = {**added, **{k: v for k, v in own.items() if k not in added}}
+        return cls
+
+    return add if cls is None else add(cls)
+
+
+@dataclass
+@with_loss_weight_fields
+class DistillationTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the distillation loss weights (`--alpha_<term>`, one per term registered in
+    distillkit/losses.py); defaults suit our scripts (train, evaluate, test)."""
+
     temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the KL term."})
     cache_teacher_logits: bool = field(
         default=False,
@@ -53,13 +74,10 @@ class DistillationTrainingArguments(TrainingArguments):
             "help": "Where --cache_teacher_logits keeps its files, one folder per teacher + training tokens + precision (default: `teacher_logits` beside --output_dir)."
         },
     )
-    # TrainingArguments' `label_names` (the batch key of the labels) is always "labels" in our scripts, so the
-    # flag users know from the issue tracker, `--label_names`, names the classes instead (→ id2label).
-    label_names: list[str] | None = field(
+    class_names: list[str] | None = field(
         default=None,
         metadata={"help": "Class names in label-id order, space- or comma-separated (become id2label/label2id)."},
     )
-    class_names: list[str] | None = field(default=None, metadata={"help": "Same as --label_names."})
     class_weights: str = field(
         default="none",
         metadata={
@@ -93,17 +111,20 @@ class DistillationTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        # The cosine term compares hidden states, which only a live teacher has: cached logits turn it off unless the
-        # user asked for it (the trainer logs which).
-        self.cosine_off_for_cached_logits = self.alpha_cos is None and self.cache_teacher_logits
-        if self.alpha_cos is None:
-            self.alpha_cos = 0.0 if self.cache_teacher_logits else 1.0
+        # A hidden-state term needs the live teacher: cached logits turn an unset one off (the trainer logs which).
+        unset = [t for t in loss_terms() if getattr(self, t.weight_flag) is None]
+        self.terms_off_for_cached_logits = tuple(
+            t.name for t in unset if t.needs_live_teacher and self.cache_teacher_logits
+        )
+        for term in unset:
+            off = term.name in self.terms_off_for_cached_logits
+            setattr(self, term.weight_flag, 0.0 if off else term.default_weight)
         super().__post_init__()
-        for name in ("alpha_ce", "alpha_kl", "alpha_cos"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} {getattr(self, name)}: loss weights must be >= 0")
-        if self.alpha_ce == self.alpha_kl == self.alpha_cos == 0:
-            raise ValueError("--alpha_ce, --alpha_kl and --alpha_cos are all 0: at least one loss term must be on")
+        for term in loss_terms():
+            if getattr(self, term.weight_flag) < 0:
+                raise ValueError(f"--{term.weight_flag} {getattr(self, term.weight_flag)}: loss weights must be >= 0")
+        if not self.loss_weights.active():
+            raise ValueError(f"{flag_list(loss_terms())} are all 0: at least one loss term must be on")
         if self.class_weights not in ("none", "balanced"):
             try:
                 weights = [float(w) for w in self.class_weights.split(",")]
@@ -115,33 +136,77 @@ class DistillationTrainingArguments(TrainingArguments):
                 )
         if self.temperature <= 0:
             raise ValueError(f"--temperature {self.temperature}: must be > 0")
-        if self.cache_teacher_logits and not self.alpha_kl:
+        if self.cache_teacher_logits and not self.loss_weights.needs_teacher_logits:
+            logit_terms = [t for t in loss_terms() if t.needs_teacher_logits]
+            titles, flags = join_and([t.title for t in logit_terms]), flag_list(logit_terms)
             raise ValueError(
-                "--cache_teacher_logits caches the teacher's logits for the KL term, but --alpha_kl is 0: "
-                "set --alpha_kl > 0 or drop the flag"
+                f"--cache_teacher_logits caches the teacher's logits for the {titles} term, but {flags} is 0: "
+                f"set {flags} > 0 or drop the flag"
             )
+        # TrainingArguments' `label_names` is the batch key of the labels, always "labels" here (PEFT-wrapped models
+        # hide `labels` from the Trainer's signature check, so it is set); class names have their own flag.
         if self.label_names not in (None, ["labels"]):
-            self.class_names = self.label_names
-        if self.class_names is not None:
-            names = [n.strip() for part in self.class_names for n in part.split(",") if n.strip()]
-            if len(names) < 2 or len(set(names)) != len(names):
-                raise ValueError(f"--label_names {' '.join(self.class_names)}: give at least two distinct class names")
-            self.class_names = names
-        # The batch key of the labels; PEFT-wrapped models hide `labels` from the Trainer's signature check.
+            raise UsageError(
+                f"--label_names {' '.join(self.label_names)}: it names the batch key of the labels (always labels "
+                "here); pass class names with --class_names"
+            )
         self.label_names = ["labels"]
+        self.class_names = parse_class_names(self.class_names)
 
     @property
     def loss_weights(self) -> LossWeights:
-        return LossWeights(ce=self.alpha_ce, kl=self.alpha_kl, cos=self.alpha_cos)
+        return LossWeights(**{t.name: getattr(self, t.weight_flag) for t in loss_terms()})
+
+    @property
+    def cosine_off_for_cached_logits(self) -> bool:
+        """Whether --cache_teacher_logits turned an unset hidden-state term off."""
+        return bool(self.terms_off_for_cached_logits)
 
     @property
     def uses_teacher(self) -> bool:
-        return self.alpha_kl > 0 or self.alpha_cos > 0
+        return any(t.uses_teacher for t in self.loss_weights.active())
 
     @property
     def needs_live_teacher(self) -> bool:
-        """Whether the teacher runs on every training step (cached logits spare it unless the cosine term is on)."""
-        return self.alpha_cos > 0 or (self.alpha_kl > 0 and not self.cache_teacher_logits)
+        """Whether the teacher runs every training step (cached logits spare it unless a hidden-state term is on)."""
+        weights = self.loss_weights
+        return weights.needs_hidden_states or (weights.needs_teacher_logits and not self.cache_teacher_logits)
+
+
+def hidden_state_layer_map(
+    weights: LossWeights, student_config: Any, teacher_config: Any, layer_map: list[int] | None = None
+) -> list[int] | None:
+    """The 1-based teacher layer each student layer is compared with by the hidden-state terms (the cosine term),
+    or None when none is on; `layer_map` defaults to the student's recorded `distillation_layers`.
+
+    One policy for every script (run_distill.py, run_lora.py): a hidden-state term the user has on is never
+    dropped silently. It compares hidden vectors one to one, so different hidden sizes, or layers that cannot be
+    paired, are a one-line error naming the flag that turns it off. Dropping it quietly would make the run's
+    record, and its comparison with other runs, mean another loss than the one asked for.
+    """
+    terms = [t for t in weights.active() if t.needs_hidden_states]
+    if not terms:
+        return None
+    asked = ", ".join(f"--{t.weight_flag} {weights[t.name]:g}" for t in terms)
+    off = "set " + join_and([f"--{t.weight_flag} 0" for t in terms])
+    what = f"{asked}: the {join_and([t.title for t in terms])} term compares hidden states one to one"
+    s_hidden, t_hidden = getattr(student_config, "hidden_size", None), getattr(teacher_config, "hidden_size", None)
+    if s_hidden != t_hidden:
+        raise ValueError(f"{what}, but student hidden_size {s_hidden} != teacher {t_hidden}; {off}")
+    s_layers, t_layers = student_config.num_hidden_layers, teacher_config.num_hidden_layers
+    if layer_map is None:
+        layer_map = getattr(student_config, "distillation_layers", None)
+    if layer_map is None:
+        if s_layers != t_layers:
+            raise ValueError(
+                f"{what}, but the student has {s_layers} layers, the teacher {t_layers}, and no layer map (the "
+                f"teacher layer each student layer was copied from, `distillation_layers`); {off}"
+            )
+        layer_map = list(range(1, t_layers + 1))
+    layer_map = list(layer_map)
+    if len(layer_map) != s_layers or any(not 1 <= k <= t_layers for k in layer_map):
+        raise ValueError(f"layer_map {layer_map}: need {s_layers} teacher layers numbered 1..{t_layers}; {off}")
+    return layer_map
 
 
 def _config_of(model: nn.Module):
@@ -235,9 +300,9 @@ class DistillationTrainer(Trainer):
 
     `layer_map[i]` is the 1-based teacher layer that student layer i+1 is compared with in the cosine term;
     by default the `distillation_layers` a student built by `build_student` records in its config.
-    With `alpha_kl = alpha_cos = 0` no teacher is needed and this is plain fine-tuning. With `cache_teacher_logits` the
-    teacher's logits are computed once for the training set (see distillkit/teacher_logits.py) and the teacher only
-    runs during training if the cosine term is on.
+    With every term that needs the teacher at 0 (`alpha_kl = alpha_cos = 0`) no teacher is needed and this is plain
+    fine-tuning. With `cache_teacher_logits` the teacher's logits are computed once for the training set (see
+    distillkit/teacher_logits.py) and the teacher only runs during training if a hidden-state term is on.
     """
 
     def __init__(
@@ -264,12 +329,15 @@ class DistillationTrainer(Trainer):
         if not args.uses_teacher:
             return
         if teacher_model is None:
+            terms = teacher_terms()
             raise ValueError(
-                "alpha_kl or alpha_cos is > 0 but no teacher_model was given (set both to 0 for plain fine-tuning)"
+                f"{flag_list(terms)}: a term that needs the teacher is on but no teacher_model was given "
+                "(set them to 0 for plain fine-tuning)"
             )
         self._check_compatible(teacher_model)
-        if self.loss_weights.cos:
-            self.layer_map = self._resolve_layer_map(teacher_model, layer_map)
+        self.layer_map = hidden_state_layer_map(
+            self.loss_weights, _config_of(self.model), _config_of(teacher_model), layer_map
+        )
         teacher_model.eval()
         teacher_model.requires_grad_(False)
         if args.cache_teacher_logits:
@@ -290,15 +358,18 @@ class DistillationTrainer(Trainer):
         return TrainOutput(output.global_step, loss, metrics)
 
     def _with_cached_teacher_logits(self, teacher: nn.Module):
-        if self.args.cosine_off_for_cached_logits:
+        off = [t for t in loss_terms() if t.name in self.args.terms_off_for_cached_logits]
+        live = [t for t in self.loss_weights.active() if t.needs_live_teacher]
+        if off:
             logger.warning(
-                "--cache_teacher_logits: the hidden-state cosine term needs the live teacher, so it is off "
-                "(--alpha_cos 0); pass --alpha_cos explicitly to keep it"
+                f"--cache_teacher_logits: the {join_and([t.title for t in off])} term needs the live teacher, so it is "
+                f"off ({flag_list(off)} 0); pass {flag_list(off)} explicitly to keep it"
             )
-        elif self.loss_weights.cos:
+        elif live:
+            asked = ", ".join(f"--{t.weight_flag} {self.loss_weights[t.name]}" for t in live)
             logger.warning(
-                f"--cache_teacher_logits with --alpha_cos {self.loss_weights.cos}: the KL term reads the cached logits, "
-                "but the teacher still runs on every step for its hidden states, so caching saves little"
+                f"--cache_teacher_logits with {asked}: the logit terms read the cached logits, but the teacher still "
+                "runs on every step for its hidden states, so caching saves little"
             )
         if self.train_dataset is None:
             raise ValueError("--cache_teacher_logits needs a training set to compute the teacher's logits on")
@@ -333,28 +404,6 @@ class DistillationTrainer(Trainer):
             )
         if s_cfg.num_labels != t_cfg.num_labels:
             raise ValueError(f"student has {s_cfg.num_labels} labels, teacher {t_cfg.num_labels}: they must match")
-        if self.loss_weights.cos and getattr(s_cfg, "hidden_size", None) != getattr(t_cfg, "hidden_size", None):
-            raise ValueError(
-                f"the cosine term compares hidden states, but student hidden_size {s_cfg.hidden_size} != teacher "
-                f"{t_cfg.hidden_size}; set --alpha_cos 0"
-            )
-
-    def _resolve_layer_map(self, teacher: PreTrainedModel, layer_map: list[int] | None) -> list[int]:
-        s_cfg, t_cfg = _config_of(self.model), _config_of(teacher)
-        s_layers, t_layers = s_cfg.num_hidden_layers, t_cfg.num_hidden_layers
-        if layer_map is None:
-            layer_map = getattr(s_cfg, "distillation_layers", None)
-        if layer_map is None:
-            if s_layers != t_layers:
-                raise ValueError(
-                    f"student has {s_layers} layers and teacher {t_layers}, and no layer map: pass layer_map "
-                    "(the teacher layer each student layer was copied from) or set alpha_cos to 0"
-                )
-            layer_map = list(range(1, t_layers + 1))
-        layer_map = list(layer_map)
-        if len(layer_map) != s_layers or any(not 1 <= k <= t_layers for k in layer_map):
-            raise ValueError(f"layer_map {layer_map}: need {s_layers} teacher layers numbered 1..{t_layers}")
-        return layer_map
 
     def _resolve_class_weights(self, spec: str) -> torch.Tensor | None:
         """--class_weights as a tensor (balanced: from the train split's labels); None for plain CE."""
@@ -388,9 +437,9 @@ class DistillationTrainer(Trainer):
         cached_logits = inputs.get(TEACHER_LOGITS_COLUMN)
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", TEACHER_LOGITS_COLUMN)}
         # Evaluation and prediction score the student alone, by its cross-entropy.
-        weights = self.loss_weights if model.training else LossWeights(ce=1.0, kl=0.0, cos=0.0)
-        want_hidden = model.training and weights.cos > 0
-        run_teacher = want_hidden or (model.training and weights.kl > 0 and cached_logits is None)
+        weights = self.loss_weights if model.training else LossWeights.only(GOLD_TERM)
+        want_hidden = weights.needs_hidden_states
+        run_teacher = want_hidden or (weights.needs_teacher_logits and cached_logits is None)
         if run_teacher and self.teacher is None:
             raise ValueError(
                 f"this training batch has no {TEACHER_LOGITS_COLUMN!r} and the teacher was not kept for live use: "
@@ -398,7 +447,7 @@ class DistillationTrainer(Trainer):
             )
 
         outputs = model(**model_inputs, output_hidden_states=want_hidden)
-        teacher_logits = cached_logits if weights.kl > 0 else None
+        teacher_logits = cached_logits if weights.needs_teacher_logits else None
         student_hidden = teacher_hidden = None
         if run_teacher:
             with torch.no_grad():

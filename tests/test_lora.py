@@ -149,7 +149,7 @@ def test_outputs_reload_anywhere_and_merge(tmp_path, tiny_base_model_dir, tiny_d
     out = tmp_path / "lora"
     results = run_main(
         common_args(tiny_data_dir, out, model_name_or_path=tiny_base_model_dir, num_train_epochs=3)
-        + ["--merge", "true", "--label_names", "non-toxic,toxic"]
+        + ["--merge", "true", "--class_names", "non-toxic,toxic"]
     )
     for name in (
         "adapter_config.json",
@@ -197,7 +197,7 @@ def test_a_multi_class_adapter_records_its_labels_for_reloading(tmp_path, tiny_b
     for split, n, seed in (("train", 30, 1), ("validation", 12, 2), ("test", 12, 3)):
         synthetic_rows(n, seed, num_labels=3).to_csv(data / f"{split}.csv", index=False)
     out = tmp_path / "lora"
-    results = run_main(common_args(data, out, model_name_or_path=tiny_base_model_dir) + ["--label_names", "a,b,c"])
+    results = run_main(common_args(data, out, model_name_or_path=tiny_base_model_dir) + ["--class_names", "a,b,c"])
     saved = json.loads((out / "all_results.json").read_text())
     assert results["num_labels"] == 3 and saved["id2label"] == {"0": "a", "1": "b", "2": "c"}
     # The headless base alone would give a 2-class head: the recorded labels make the 3-class adapter load.

@@ -29,7 +29,7 @@ def experiment(tmp_path_factory, tiny_base_model_dir, tiny_data_dir):
     )  # fmt: skip
     run_lora.main(
         common_args(tiny_data_dir, exp / "lora", model_name_or_path=tiny_base_model_dir, lora_r=4, lora_alpha=8)
-        + ["--merge", "true", "--label_names", "non-toxic,toxic"]
+        + ["--merge", "true", "--class_names", "non-toxic,toxic"]
     )
     run_lora.main(common_args(tiny_data_dir, exp / "lora_even", model_name_or_path=exp / "even"))
     return exp

@@ -23,7 +23,7 @@ def run_main(module, argv):
 def test_teacher_stage_then_even_and_odd_students(tmp_path, tiny_base_model_dir, tiny_data_dir, caplog):
     exp = tmp_path / "EXP"
     argv = common_args(tiny_data_dir, exp / "even", teacher_name_or_path=tiny_base_model_dir, layers="even", **FAST)
-    results = run_main(run_distill, argv + ["--label_names", "non-toxic,toxic"])
+    results = run_main(run_distill, argv + ["--class_names", "non-toxic,toxic"])
 
     teacher_dir, even = exp / "teacher", exp / "even"
     for directory in (teacher_dir, even):
@@ -151,7 +151,7 @@ def test_bad_inputs_fail_before_writing(tmp_path, tiny_classifier_dir, tiny_data
     bad_labels.mkdir()
     (bad_labels / "train.csv").write_text("text,label\n" + "".join(f"row {i},{i % 3}\n" for i in range(30)))
     _expect_usage_error(
-        capsys, argv(data=bad_labels, label_names="a,b"), "split 'train', row 2: label 2 is outside the label set [0, 2)"
+        capsys, argv(data=bad_labels, class_names="a,b"), "split 'train', row 2: label 2 is outside the label set [0, 2)"
     )
     assert not (tmp_path / "EXP").exists()
 

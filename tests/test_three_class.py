@@ -38,7 +38,7 @@ def three_class_data(tmp_path_factory):
 def test_three_class_lora_on_a_pretrained_base_loads_everywhere(tmp_path, tiny_base_model_dir, three_class_data):
     out = tmp_path / "lora"
     columns = ["--text_column", "comment", "--label_column", "emotion"]
-    argv = common_args(three_class_data, out, model_name_or_path=tiny_base_model_dir, label_names=",".join(CLASSES))
+    argv = common_args(three_class_data, out, model_name_or_path=tiny_base_model_dir, class_names=",".join(CLASSES))
     run_lora.main(argv + columns + ["--merge", "true"])
     assert not (out / "config.json").exists()  # an adapter on a headless base: the labels live in the results
 
