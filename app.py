@@ -6,6 +6,9 @@
 
 Then open http://127.0.0.1:8000/. API: GET /healthz, GET /api/models, POST /api/predict with
 {"texts": ["..."], "models": ["teacher", "even"]} (models optional). Each model is loaded once, at start-up.
+Each model decides by the task its config.json saved (`PREDICT_DESCRIPTION` below; /docs shows it too): a single-label
+model's answer is as it always was, plus `threshold`; a multi-label model's adds every label's sigmoid probability and
+the labels over their saved thresholds.
 Read-only, over the evaluation output (run_eval.py's predictions on the test split): GET /api/evaluation,
 /api/distribution?model=NAME, /api/errors?model=NAME&limit=N&offset=K, /api/disagreements?a=NAME&b=NAME&limit=N.
 """
@@ -36,6 +39,33 @@ from distillkit.explore import DEFAULT_LIMIT, Explorer
 from distillkit.serving import ModelRegistry, RequestError, ServingLimits, parse_json_body, validate_predict_request
 
 logger = logging.getLogger(__name__)
+
+PREDICT_DESCRIPTION = """\
+Body: `{"texts": ["..."], "models": ["teacher", "even"]}` (`models` optional: every served model).
+
+Answer: `{"models": [...], "results": [{"text": ..., "predictions": [one per model]}], "timing": {model: {...}}}`.
+Each prediction has `model`, `label`, `label_id`, `probability` (of that label), `probabilities` (every label's, by
+name), `latency_ms` and `problem_type` (the model's `config.problem_type`), and says how the model decided:
+
+- **single-label** (`single_label_classification`): `probabilities` are a softmax; `threshold` is a binary model's
+  saved positive-class threshold (`config.decision_thresholds = [t]`: class 1 when its probability is >= t), or
+  null when the label is the argmax.
+- **multi-label** (`multi_label_classification`): `probabilities` are per-label sigmoids (they need not sum to 1);
+  `labels` / `label_ids` are the labels whose probability is >= their threshold, in label order (empty: none passes);
+  `thresholds` gives each label's (`config.decision_thresholds`, 0.5 where none was saved); `label`, `label_id` and
+  `probability` are the most probable of `labels`, null when none passes.
+
+`GET /api/models` lists the same `problem_type` and `threshold` / `thresholds` per model.
+"""
+PREDICT_BODY_SCHEMA = {
+    "type": "object",
+    "required": ["texts"],
+    "additionalProperties": False,
+    "properties": {
+        "texts": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "models": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    },
+}
 
 STATIC_DIR = Path(__file__).resolve().parent / "distillkit" / "static"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -225,7 +255,14 @@ def create_app(
             "limits": {"max_text_chars": limits.max_text_chars, "max_texts": limits.max_texts},
         }
 
-    @app.post("/api/predict")
+    @app.post(
+        "/api/predict",
+        summary="Classify texts with every (or the chosen) model",
+        description=PREDICT_DESCRIPTION,
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": PREDICT_BODY_SCHEMA}}}
+        },
+    )
     async def predict(request: Request) -> dict:
         payload = await read_json_body(request, limits)
         parsed = validate_predict_request(payload, limits, registry.names)

@@ -286,3 +286,11 @@ def test_pipeline_users_get_sigmoid_scores_and_apply_the_saved_thresholds_as_the
     expected = [[LABELS[j] for j in range(len(LABELS)) if row[j] >= thresholds[j]] for row in probs]
     assert [sorted(x) for x in labels] == [sorted(x) for x in expected]
     assert {len(x) for x in labels} != {0}  # some labels pass: the snippet is checked on real decisions
+
+
+def test_openapi_documents_the_answer_for_both_tasks(client):
+    post = client.get("/openapi.json").json()["paths"]["/api/predict"]["post"]
+    for term in ("single_label_classification", "multi_label_classification", "`threshold`", "`thresholds`"):
+        assert term in post["description"]
+    schema = post["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["texts"] and set(schema["properties"]) == {"texts", "models"}
