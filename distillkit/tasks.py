@@ -9,7 +9,7 @@ transformers uses in `config.problem_type`, so a saved model says what it is.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,3 +155,28 @@ def multi_hot(label_lists: Sequence[Sequence[int]], num_labels: int) -> np.ndarr
                 raise ValueError(f"row {row}: label {i} is outside 0..{num_labels - 1}")
             out[row, int(i)] = 1.0
     return out
+
+
+def trainer_metrics(model: Any) -> Callable[[Any], dict[str, float]]:
+    """`Trainer(compute_metrics=...)` for this model's task. The task is read from the config at every call, so
+    thresholds tuned after training (`decide_thresholds`) are the ones the validation and test scores use."""
+
+    def compute(eval_pred: Any) -> dict[str, float]:
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        task = Task.from_config(model.config)
+        return task.metrics(task.probabilities(logits), np.asarray(eval_pred.label_ids))
+
+    return compute
+
+
+def should_tune_thresholds(requested: bool | None, task: Task) -> bool:
+    """--tune_thresholds: on by default for multi-label (0.5 is rarely right for a rare label), off otherwise;
+    asked for on a multi-class single-label task it is an error (argmax has no threshold)."""
+    if requested is None:
+        return task.multi_label
+    if requested and not task.multi_label and task.num_labels != 2:
+        raise ValueError(
+            f"--tune_thresholds: a {task.num_labels}-class single-label task is decided by argmax; thresholds apply "
+            "to binary and multi-label tasks"
+        )
+    return requested

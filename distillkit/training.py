@@ -8,15 +8,17 @@ import logging
 import os
 from typing import Any
 
+import numpy as np
 from datasets import DatasetDict
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, set_seed
 
-from .cli import FINISHED_MARKER, clear_stale_checkpoints, resolve_output_dir, setup_logging
+from .cli import FINISHED_MARKER, UsageError, clear_stale_checkpoints, resolve_output_dir, setup_logging
 from .data import DataTrainingArguments, TextClassificationData, load_text_classification_data, tokenize_splits
 from .hub import defer_push_to_hub, push_run, wants_push
 from .model_card import write_model_card
 from .records import RunRecord
 from .students import count_parameters
+from .tasks import Task, should_tune_thresholds, trainer_metrics
 from .trainer import DistillationTrainer, DistillationTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,10 @@ def start_run(
         data = load_text_classification_data(
             data_args, seed=training_args.seed, cache_dir=cache_dir, class_names=training_args.class_names
         )
+    try:  # a flag this task cannot honour fails now, not after training
+        should_tune_thresholds(getattr(training_args, "tune_thresholds", None), Task(data.problem_type, data.num_labels))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     return resume_from, data
 
 
@@ -84,7 +90,10 @@ def train_evaluate_save(
         if resume_from_checkpoint:
             logger.warning(f"Resuming training from {resume_from_checkpoint}")
         train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-        trainer.save_model()  # model (safetensors), config and tokenizer
+        thresholds = decide_thresholds(trainer, tokenized["validation"])
+        if thresholds is not None:
+            results["decision_thresholds"] = thresholds
+        trainer.save_model()  # model (safetensors), config (with the task and its thresholds) and tokenizer
         metrics = dict(train_result.metrics, train_samples=len(tokenized["train"]))
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics, combined=False)
@@ -116,6 +125,22 @@ def train_evaluate_save(
     return results
 
 
+def decide_thresholds(trainer: Trainer, validation) -> list[float] | None:
+    """--tune_thresholds: the thresholds that maximise F1 on the validation split, written onto the model's config
+    (`decision_thresholds`, read back by `Task.from_config`) before it is saved. The validation scores that follow
+    are then optimistic for the tuned decision; the test split is the unbiased one."""
+    task = Task.from_config(trainer.model.config)
+    if not should_tune_thresholds(getattr(trainer.args, "tune_thresholds", None), task):
+        return None
+    output = trainer.predict(validation, metric_key_prefix="tune")
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    thresholds = task.tune_thresholds(task.probabilities(logits), np.asarray(output.label_ids))
+    task.thresholds = thresholds
+    task.save_to_config(trainer.model.config)
+    logger.info(f"decision thresholds tuned on the validation split ({len(validation)} rows): {thresholds}")
+    return thresholds
+
+
 def build_trainer(
     model,
     training_args,
@@ -133,8 +158,6 @@ def build_trainer(
     """
     from transformers import DataCollatorWithPadding
 
-    from .metrics import compute_metrics
-
     if data_collator is None:
         # Multiples of 8 let fp16/bf16 kernels use tensor cores; on fp32 exact lengths pad least.
         pad_to = 8 if (training_args.fp16 or training_args.bf16) else None
@@ -148,6 +171,6 @@ def build_trainer(
         eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
         data_collator=data_collator,
-        compute_metrics=compute_metrics,
+        compute_metrics=trainer_metrics(model),
         **kwargs,
     )
