@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.teacher_name_or_path:
         teacher_path = loadable_name_or_path(training_args.teacher_name_or_path)
         teacher_config = load_config(teacher_path, "--teacher_name_or_path", model_args.cache_dir)
-        if not has_trained_head(teacher_config, data.num_labels):
+        if not has_trained_head(teacher_config, data.num_labels, data.problem_type):
             raise UsageError(
                 f"--teacher_name_or_path {training_args.teacher_name_or_path}: not a fine-tuned {data.num_labels}-label "
                 "classifier; fine-tune it first (run_finetune.py) or pass one"
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # A classifier already trained for these labels (a distilled student) keeps its head and id2label;
     # a pretrained encoder gets a fresh head with the data set's labels.
-    if has_trained_head(config, data.num_labels) and not training_args.class_names:
+    if has_trained_head(config, data.num_labels, data.problem_type) and not training_args.class_names:
         model = AutoModelForSequenceClassification.from_pretrained(
             base, cache_dir=model_args.cache_dir, revision=model_args.model_revision
         )
@@ -153,7 +153,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise UsageError(str(err).splitlines()[0]) from err
     # The adapter's base may be a headless encoder: the labels travel in the results, so a loader can pass
     # num_labels/id2label to AutoPeftModelForSequenceClassification for a task with more than two classes.
-    labels = {"num_labels": model.config.num_labels, "id2label": model.config.id2label}
+    labels = {
+        "num_labels": model.config.num_labels,
+        "id2label": model.config.id2label,
+        "problem_type": model.config.problem_type or data.problem_type,
+    }
     # Pushed only once merged/ is saved too, so a failed push never costs the merged model.
     results = train_evaluate_save(
         trainer,

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Pretrai
 from .cli import UsageError, is_finished_run, resolve_output_dir
 from .data import TextClassificationData
 from .records import RunRecord
+from .tasks import SINGLE_LABEL
 from .training import build_trainer, train_evaluate_save
 
 logger = logging.getLogger(__name__)
@@ -79,10 +80,15 @@ def load_config(name_or_path: str, flag: str, cache_dir: str | None = None, revi
         ) from err
 
 
-def has_trained_head(config: PretrainedConfig, num_labels: int) -> bool:
-    """A checkpoint saved as a sequence classifier with this many labels was fine-tuned for the task."""
+def has_trained_head(config: PretrainedConfig, num_labels: int, problem_type: str = SINGLE_LABEL) -> bool:
+    """A checkpoint saved as a sequence classifier with this many labels, for this task type (a 28-class softmax head
+    is not a 28-label sigmoid one), was fine-tuned for the task."""
     archs = config.architectures or []
-    return any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == num_labels
+    return (
+        any(a.endswith("ForSequenceClassification") for a in archs)
+        and config.num_labels == num_labels
+        and (getattr(config, "problem_type", None) or SINGLE_LABEL) == problem_type
+    )
 
 
 def teacher_record(base_model: str, data: TextClassificationData, max_seq_length: int, seed: int) -> dict[str, Any]:
@@ -143,6 +149,9 @@ def reuse_mismatch(
             f"its labels are {', '.join(recorded_labels)}, this run's are {', '.join(wanted_labels)} "
             "(the data set's label set or --label_names)"
         )
+    was_type = was.get("problem_type") or recorded.get("problem_type") or SINGLE_LABEL
+    if was_type != (now.get("problem_type") or SINGLE_LABEL):
+        return f"it is a {was_type} model, this run's data set is {now.get('problem_type')} (--problem_type)"
     if recorded.get("max_seq_length") not in (None, wanted["max_seq_length"]):
         return (
             f"it was trained with --max_seq_length {recorded['max_seq_length']}, this run asks for "
@@ -173,12 +182,12 @@ def plan_teacher(
             logger.info(f"Reusing the fine-tuned teacher in {teacher_dir}")
             return TeacherPlan(source=teacher_dir, config=config)
         requested = _try_load_config(args)
-        if requested is not None and has_trained_head(requested, num_labels):
+        if requested is not None and has_trained_head(requested, num_labels, data.problem_type):
             logger.warning(f"{teacher_dir} does not match this run ({mismatch}): not used")
         else:
             replace = _replace_or_refuse(teacher_dir, "a finished teacher", mismatch, overwrite)
     config = load_config(args.teacher_name_or_path, "--teacher_name_or_path", args.cache_dir, args.model_revision)
-    if has_trained_head(config, num_labels):
+    if has_trained_head(config, num_labels, data.problem_type):
         logger.info(
             f"{args.teacher_name_or_path} is already a {num_labels}-label classifier: used as the teacher as it is"
         )
@@ -242,6 +251,7 @@ def load_classifier(
     return AutoModelForSequenceClassification.from_pretrained(
         name_or_path,
         num_labels=data.num_labels,
+        problem_type=data.problem_type,
         id2label=data.id2label,
         label2id=data.label2id,
         ignore_mismatched_sizes=True,

@@ -19,7 +19,7 @@ from transformers.trainer_utils import TrainOutput
 
 from .cli import UsageError, parse_class_names
 from .losses import GOLD_TERM, LossWeights, distillation_loss, flag_list, join_and, loss_terms, teacher_terms
-from .tasks import parse_class_weights
+from .tasks import MULTI_LABEL, SINGLE_LABEL, parse_class_weights
 from .teacher_logits import TEACHER_LOGITS_COLUMN, add_teacher_logits, default_cache_dir, precision_name
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,17 @@ class DistillationTrainingArguments(TrainingArguments):
         default="none",
         metadata={
             "help": "Weights of the gold-label CE term for imbalanced data: none, balanced (n / (k · count of the "
-            "class) on the train split), or one number per class (1,3.5). Evaluation losses stay unweighted."
+            "class) on the train split; multi-label: BCE's pos_weight, negatives / positives per label), or one "
+            "number per class or label (1,3.5). Evaluation losses stay unweighted."
+        },
+    )
+    tune_thresholds: bool | None = field(
+        default=None,
+        metadata={
+            "help": "After training, tune the decision thresholds on the validation split to maximise F1 (one per "
+            "label for multi-label data; the positive class's for a binary task) and save them in config.json "
+            "(decision_thresholds), where evaluation, the web app and pipeline users find them. Default: on for "
+            "multi-label data, off otherwise."
         },
     )
     overwrite_output_dir: bool = field(
@@ -324,6 +334,8 @@ class DistillationTrainer(Trainer):
         self.teacher: nn.Module | None = None
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
+        # The task type decides the gold and KD terms (softmax CE/KL, or per-label BCE/binary KL).
+        self.multi_label = getattr(_config_of(self.model), "problem_type", None) == MULTI_LABEL
         self.class_weights = self._resolve_class_weights(args.class_weights)
         self.add_callback(LogAtCheckpoints())
         if not args.uses_teacher:
@@ -404,6 +416,9 @@ class DistillationTrainer(Trainer):
             )
         if s_cfg.num_labels != t_cfg.num_labels:
             raise ValueError(f"student has {s_cfg.num_labels} labels, teacher {t_cfg.num_labels}: they must match")
+        s_type, t_type = (getattr(c, "problem_type", None) or SINGLE_LABEL for c in (s_cfg, t_cfg))
+        if s_type != t_type:
+            raise ValueError(f"student is a {s_type} model, teacher a {t_type} one: they must match")
 
     def _resolve_class_weights(self, spec: str) -> torch.Tensor | None:
         """--class_weights as a tensor (balanced: from the train split's labels); None for plain CE."""
@@ -412,7 +427,7 @@ class DistillationTrainer(Trainer):
         num_labels = self.model.config.num_labels
         labels = np.asarray(self.train_dataset["label"]) if spec == "balanced" else np.zeros(0)
         try:
-            weights = parse_class_weights(spec, labels, num_labels, multi_label=False)
+            weights = parse_class_weights(spec, labels, num_labels, multi_label=self.multi_label)
         except ValueError as err:
             raise ValueError(str(err)) from None
         logger.info(f"class weights of the CE term: {weights}")
@@ -470,6 +485,7 @@ class DistillationTrainer(Trainer):
             student_hidden=student_hidden,
             teacher_hidden=teacher_hidden,
             attention_mask=attention_mask,
+            multi_label=self.multi_label,
             class_weights=self.class_weights if model.training else None,
         )
         if model.training:
