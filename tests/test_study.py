@@ -104,3 +104,12 @@ def test_a_data_set_without_a_budget_needs_one(capsys):
     with pytest.raises(SystemExit):
         run_study.main(["--dataset", "imdb"])
     assert "no budget in BUDGETS" in capsys.readouterr().err
+
+
+def test_the_evaluation_reads_the_task_the_budget_trains():
+    """go_emotions' budget trains the multi-label form: its evaluation must load that form, not the preset's default."""
+    assert run_study.task_flags(run_study.BUDGETS["go_emotions"]) == ["--problem_type", "multi_label"]
+    assert run_study.task_flags("--max_train_samples 10 --label_columns a,b --label_threshold 0.3") == [
+        "--label_columns", "a,b", "--label_threshold", "0.3",
+    ]  # fmt: skip
+    assert run_study.task_flags(run_study.BUDGETS["wiki_toxic"]) == []
