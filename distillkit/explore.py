@@ -4,6 +4,12 @@ Reads what `run_eval.py` writes (its `--output_dir`; `run_compare.py` writes it 
 row per model, and `predictions/NAME.csv`, one row per test text with the columns `text, label, label_name, pred,
 pred_name, prob_0 ... prob_{k-1}` (`distillkit.evaluation.evaluate_model`). Read-only and loaded once; nothing here
 knows about HTTP: a bad question raises `RequestError`, which `app.py` turns into a JSON error.
+
+A multi-label model's file has the same columns, with `label` and `pred` holding label-id lists (`"0,3"`, as
+go_emotions' `labels`; empty: no label), `label_name`/`pred_name` the names joined the same way and `prob_i` each
+label's sigmoid. It is told apart by a `problem_type` column (`multi_label_classification`) or by any list or empty
+cell. A multi-label text is right when its predicted label set is exactly the gold one (subset accuracy), and the
+counts are per label.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import pandas as pd
 
 from .cli import UsageError
 from .serving import RequestError
+from .tasks import MULTI_LABEL, SINGLE_LABEL, multi_hot
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +68,47 @@ class Predictions:
 
     name: str
     texts: np.ndarray  # (n,) object
-    gold: np.ndarray  # (n,) int
-    pred: np.ndarray  # (n,) int
+    gold: np.ndarray  # (n,) int; multi-label: (n, labels) 0/1
+    pred: np.ndarray  # (n,) int; multi-label: (n, labels) 0/1
     probs: np.ndarray  # (n, classes)
 
     @property
+    def multi_label(self) -> bool:
+        return self.gold.ndim == 2
+
+    @property
     def correct(self) -> np.ndarray:
+        if self.multi_label:  # the whole label set, as subset accuracy counts it
+            return (self.pred == self.gold).all(axis=1)
         return self.pred == self.gold
+
+    def differs(self, other: Predictions) -> np.ndarray:
+        """Texts this model labels unlike `other` (multi-label: any label decided differently)."""
+        return (self.pred != other.pred).any(axis=1) if self.multi_label else self.pred != other.pred
+
+    def confidence(self, rows: np.ndarray, wrong_only: bool = False) -> np.ndarray:
+        """How sure the model was of its answer on these rows: single-label, the probability of its label.
+
+        Multi-label, each label's decision has a probability (p when decided on, 1 - p when not): the least sure of
+        them, or with `wrong_only` the surest of the wrongly decided ones (a confident mistake ranks first).
+        """
+        if not self.multi_label:
+            return self.probs[rows, self.pred[rows]]
+        decided = np.where(self.pred[rows] == 1, self.probs[rows], 1 - self.probs[rows])
+        if wrong_only:
+            return np.where(self.pred[rows] != self.gold[rows], decided, -np.inf).max(axis=1, initial=-np.inf)
+        return decided.min(axis=1, initial=np.inf)
+
+
+def _id_lists(column: pd.Series) -> list[list[int]]:
+    return [[int(i) for i in str(cell).split(",") if i.strip() != ""] for cell in column]
+
+
+def _is_multi_label(frame: pd.DataFrame) -> bool:
+    if "problem_type" in frame.columns and len(frame):
+        return str(frame["problem_type"].iloc[0]) == MULTI_LABEL
+    cells = pd.concat([frame["label"], frame["pred"]]).astype(str)
+    return bool((cells.str.contains(",") | (cells.str.strip() == "")).any())
 
 
 def read_predictions(path: str, name: str) -> tuple[Predictions, dict[int, str]]:
@@ -81,15 +122,27 @@ def read_predictions(path: str, name: str) -> tuple[Predictions, dict[int, str]]
             "point --report_dir at run_eval.py's --output_dir"
         )
     probs = frame[prob_columns].to_numpy(dtype=np.float64)
-    gold = frame["label"].to_numpy(dtype=np.int64)
-    pred = frame["pred"].to_numpy(dtype=np.int64)
     num_classes = probs.shape[1]
-    if len(frame) and (gold.min() < 0 or max(gold.max(), pred.max()) >= num_classes):
-        raise UsageError(f"{path}: a label or prediction is outside 0..{num_classes - 1} (the prob_ columns)")
     names: dict[int, str] = {}
-    for ids, column in (("label", "label_name"), ("pred", "pred_name")):
-        if column in frame.columns:
-            names.update(zip(frame[ids].astype(int), frame[column].astype(str)))
+    if _is_multi_label(frame):
+        try:
+            gold, pred = (multi_hot(_id_lists(frame[c]), num_classes).astype(np.int64) for c in ("label", "pred"))
+        except ValueError as err:  # an id outside the prob_ columns, or not a number
+            raise UsageError(f"{path}: a label list is not label ids 0..{num_classes - 1} ({err})") from None
+        for ids, column in (("label", "label_name"), ("pred", "pred_name")):
+            if column in frame.columns:
+                for id_list, name_list in zip(_id_lists(frame[ids]), frame[column].astype(str)):
+                    spelled = name_list.split(",") if name_list else []
+                    if len(spelled) == len(id_list):
+                        names.update(zip(id_list, spelled))
+    else:
+        gold = frame["label"].to_numpy(dtype=np.int64)
+        pred = frame["pred"].to_numpy(dtype=np.int64)
+        if len(frame) and (gold.min() < 0 or max(gold.max(), pred.max()) >= num_classes):
+            raise UsageError(f"{path}: a label or prediction is outside 0..{num_classes - 1} (the prob_ columns)")
+        for ids, column in (("label", "label_name"), ("pred", "pred_name")):
+            if column in frame.columns:
+                names.update(zip(frame[ids].astype(int), frame[column].astype(str)))
     texts = frame["text"].astype(str).to_numpy(dtype=object)
     return Predictions(name=name, texts=texts, gold=gold, pred=pred, probs=probs), names
 
@@ -197,12 +250,32 @@ class Explorer:
     def _label(self, class_id: int) -> str:
         return self.label_names[class_id] if class_id < len(self.label_names) else str(class_id)
 
+    def _labels(self, row: np.ndarray) -> tuple[str, list[int]]:
+        """A multi-label row as shown (names joined, "none" for no label) and its label ids."""
+        ids = [int(j) for j in np.flatnonzero(row)]
+        return (", ".join(self._label(j) for j in ids) or "none"), ids
+
     def _text(self, p: Predictions, i: int) -> dict[str, Any]:
-        """A test text by its row in the test split, with its gold label."""
+        """A test text by its row in the test split, with its gold label (multi-label: `gold_ids`, gold_id null)."""
+        if p.multi_label:
+            gold, ids = self._labels(p.gold[i])
+            return {"index": int(i), "text": p.texts[i], "gold": gold, "gold_id": None, "gold_ids": ids}
         return {"index": int(i), "text": p.texts[i], "gold": self._label(int(p.gold[i])), "gold_id": int(p.gold[i])}
 
     def _answer(self, p: Predictions, i: int) -> dict[str, Any]:
-        """What the model said about test text `i`: its label, the probability it gave it, and whether it is right."""
+        """What the model said about test text `i`: its label, the probability it gave it, and whether it is right.
+
+        Multi-label: `predicted_ids` (predicted_id null) and, as `probability`, its confidence (`Predictions.confidence`).
+        """
+        if p.multi_label:
+            predicted, ids = self._labels(p.pred[i])
+            return {
+                "predicted": predicted,
+                "predicted_id": None,
+                "predicted_ids": ids,
+                "probability": float(p.confidence(np.array([i]))[0]),
+                "correct": bool(p.correct[i]),
+            }
         return {
             "predicted": self._label(int(p.pred[i])),
             "predicted_id": int(p.pred[i]),
@@ -227,19 +300,28 @@ class Explorer:
             "available": True,
             "report_dir": os.path.basename(os.path.normpath(self.report_dir or "")),
             "models": self.names,
+            "problem_types": {
+                name: MULTI_LABEL if p.multi_label else SINGLE_LABEL for name, p in self.predictions.items()
+            },
             "labels": self.label_names,
             "samples": len(first.gold),
             "results": rows,
         }
 
     def distribution(self, model: str | None) -> dict[str, Any]:
-        """Per class: how many test texts are of it (gold) and how many the model assigns to it (predicted)."""
+        """Per class: how many test texts are of it (gold) and how many the model assigns to it (predicted).
+
+        Multi-label: per label, a text counting for each of its labels; `accuracy` is subset accuracy.
+        """
         p = self._model(model)
         k = p.probs.shape[1]
-        gold = np.bincount(p.gold, minlength=k)
-        predicted = np.bincount(p.pred, minlength=k)
+        if p.multi_label:
+            gold, predicted = p.gold.sum(axis=0), p.pred.sum(axis=0)
+        else:
+            gold, predicted = np.bincount(p.gold, minlength=k), np.bincount(p.pred, minlength=k)
         return {
             "model": p.name,
+            "problem_type": MULTI_LABEL if p.multi_label else SINGLE_LABEL,
             "samples": len(p.gold),
             "accuracy": float(p.correct.mean()) if len(p.gold) else None,
             "classes": [
@@ -253,9 +335,13 @@ class Explorer:
         p = self._model(model)
         limit, offset = check_page(limit, offset)
         wrong = np.flatnonzero(~p.correct)
-        confidence = p.probs[wrong, p.pred[wrong]]
+        confidence = p.confidence(wrong, wrong_only=True)
         order = wrong[np.lexsort((wrong, -confidence))]  # ties: test-set order
         page = order[offset : offset + limit]
+
+        def gold_probability(i: int) -> float | None:  # multi-label: no one gold label
+            return None if p.multi_label else float(p.probs[i, p.gold[i]])
+
         return {
             "model": p.name,
             "samples": len(p.gold),
@@ -263,7 +349,12 @@ class Explorer:
             "offset": offset,
             "limit": limit,
             "errors": [
-                {**self._text(p, i), **self._answer(p, i), "gold_probability": float(p.probs[i, p.gold[i]])}
+                {
+                    **self._text(p, i),
+                    **self._answer(p, i),
+                    "probability": float(p.confidence(np.array([i]), wrong_only=True)[0]),
+                    "gold_probability": gold_probability(i),
+                }
                 for i in page
             ],
         }
@@ -280,7 +371,7 @@ class Explorer:
         limit, offset = check_page(limit, offset)
         if kind not in DISAGREEMENT_KINDS:
             raise RequestError(422, f"kind={kind}: expected one of {', '.join(DISAGREEMENT_KINDS)}")
-        if len(pa.gold) != len(pb.gold) or not (pa.gold == pb.gold).all() or not (pa.texts == pb.texts).all():
+        if pa.gold.shape != pb.gold.shape or not (pa.gold == pb.gold).all() or not (pa.texts == pb.texts).all():
             raise RequestError(
                 409, f"{pa.name} and {pb.name} were not scored on the same test texts: re-run run_eval.py"
             )
@@ -291,11 +382,10 @@ class Explorer:
             "only_b": int((~ca & cb).sum()),
             "both_wrong": int((~ca & ~cb).sum()),
         }
-        differ = pa.pred != pb.pred
+        differ = pa.differs(pb)
         chosen = {"all": differ, "only_a": ca & ~cb, "only_b": ~ca & cb, "both_wrong": differ & ~ca & ~cb}[kind]
         rows = np.flatnonzero(chosen)
-        n = np.arange(len(pa.gold))
-        confidence = np.maximum(pa.probs[n, pa.pred], pb.probs[n, pb.pred])[rows]
+        confidence = np.maximum(pa.confidence(rows), pb.confidence(rows))
         order = rows[np.lexsort((rows, -confidence))]
         page = order[offset : offset + limit]
         return {

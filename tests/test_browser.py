@@ -22,7 +22,7 @@ import httpx
 import pytest
 from conftest import REPO
 from test_app import make_experiment
-from test_explore import make_evaluated_experiment
+from test_explore import make_evaluated_experiment, make_multilabel_report
 from test_serving_tasks import LABELS, TEXTS, make_task_experiment
 
 CHROMIUM = "/usr/bin/chromium"
@@ -348,4 +348,33 @@ def test_page_shows_a_multilabel_models_labels_probabilities_and_thresholds(tmp_
         page.click("button[data-subtab=errors]")
         summary = page.locator("#errors ul.summary li").all_inner_texts()
         assert any(s.startswith("multilabel: 0 errors") for s in summary), summary
+        assert not errors, errors
+
+
+def test_page_explores_a_multilabel_evaluation(tmp_path):
+    """The Distribution and Errors tabs on a multi-label evaluation output: per-label counts and label-set chips."""
+    report, _ = make_multilabel_report(tmp_path / "ml")
+    args = ["--model_dirs", str(tmp_path / "ml" / "ml_a"), "--report_dir", str(report)]
+    with app_server(args, tmp_path / "app.log") as url, browser_page() as (page, errors):
+        page.goto(url)
+        page.wait_for_selector("body[data-ready=true]")
+        page.click("button[data-tab=distribution]")
+        page.wait_for_function("document.querySelectorAll('#test-distribution .chart').length === 2")
+        api = httpx.get(f"{url}/api/distribution", params={"model": "ml_a"}).json()
+        chart = page.locator("#test-distribution .chart[data-model=ml_a]")
+        assert chart.locator("h3").inner_text() == f"ml_a — subset accuracy {100 * api['accuracy']:.1f}%"
+        bars = chart.locator("rect[data-kind=predicted]")
+        assert [int(bars.nth(i).get_attribute("data-count")) for i in range(bars.count())] == [
+            c["predicted"] for c in api["classes"]
+        ]
+        page.click("button[data-tab=errors]")
+        page.select_option("#errors-model", "ml_a")
+        page.wait_for_selector("#test-errors-table tbody tr")
+        api = httpx.get(f"{url}/api/errors", params={"model": "ml_a", "limit": 20}).json()
+        rows = page.locator("#test-errors-table tbody tr")
+        assert rows.count() == api["total"] == 4
+        for i, e in enumerate(api["errors"]):
+            gold, predicted = (rows.nth(i).locator("td").nth(k).locator(".label").all_inner_texts() for k in (2, 3))
+            assert gold == ([LABELS[j] for j in e["gold_ids"]] or ["none"])
+            assert predicted == ([LABELS[j] for j in e["predicted_ids"]] or ["none"])
         assert not errors, errors

@@ -245,3 +245,131 @@ def test_a_bad_predictions_file_is_a_start_up_error_and_unaligned_models_are_409
     with pytest.raises(RequestError) as err:
         explorer.disagreements("odd", "short")
     assert err.value.status == 409 and "not scored on the same test texts" in err.value.message
+
+
+# ---- A multi-label evaluation output: label and pred are label-id lists ("0,3"; empty: none) ----
+
+def decided_sets(model_dir: Path) -> list[list[int]]:
+    from test_serving_tasks import own_logits
+
+    from distillkit.tasks import Task
+
+    task = Task.from_config(json.loads((model_dir / "config.json").read_text()))
+    return [[int(j) for j in np.flatnonzero(r)] for r in task.predict(task.probabilities(own_logits(model_dir)))]
+
+
+def write_multilabel_predictions(report: Path, name: str, model_dir: Path, gold: list[list[int]]) -> pd.DataFrame:
+    """The documented multi-label predictions file of a real tiny model: its sigmoids, decided by its own saved
+    thresholds (Task.predict), beside the gold label sets."""
+    from test_serving_tasks import LABELS, TEXTS, own_logits
+
+    from distillkit.tasks import Task
+
+    config = json.loads((model_dir / "config.json").read_text())
+    task = Task.from_config(config)
+    probs = task.probabilities(own_logits(model_dir))
+    preds = task.predict(probs)
+
+    def ids(row) -> list[int]:
+        return [int(j) for j in np.flatnonzero(row)]
+
+    frame = pd.DataFrame(
+        {
+            "text": TEXTS,
+            "label": [",".join(map(str, g)) for g in gold],
+            "label_name": [",".join(LABELS[j] for j in g) for g in gold],
+            "pred": [",".join(map(str, ids(r))) for r in preds],
+            "pred_name": [",".join(LABELS[j] for j in ids(r)) for r in preds],
+            **{f"prob_{j}": probs[:, j] for j in range(len(LABELS))},
+        }
+    )
+    (report / "predictions").mkdir(parents=True, exist_ok=True)
+    frame.to_csv(report / "predictions" / f"{name}.csv", index=False)
+    return frame
+
+
+def make_multilabel_report(root: Path) -> tuple[Path, dict[str, pd.DataFrame]]:
+    """ROOT/{ml_a,ml_b}: tiny multi-label models, and ROOT/report: their predictions files (no results.csv)."""
+    from test_serving_tasks import make_multilabel_model
+
+    report = root / "report"
+    dirs = {name: make_multilabel_model(root / name, seed=seed) for name, seed in (("ml_a", 3), ("ml_b", 7))}
+    # Gold: ml_a's own label sets on the first half of the texts (right there), another label set on the rest.
+    gold = [s if i < 4 else sorted({0, 3} ^ set(s)) for i, s in enumerate(decided_sets(dirs["ml_a"]))]
+    frames = {name: write_multilabel_predictions(report, name, path, gold) for name, path in dirs.items()}
+    return report, frames
+
+
+@pytest.fixture(scope="module")
+def multilabel_report(tmp_path_factory) -> tuple[Path, dict[str, pd.DataFrame]]:
+    return make_multilabel_report(tmp_path_factory.mktemp("ml_explore"))
+
+
+def multi_hot_of(column: pd.Series, k: int) -> np.ndarray:
+    out = np.zeros((len(column), k), dtype=int)
+    for i, cell in enumerate(column.astype(str)):
+        for j in filter(None, cell.split(",")):
+            out[i, int(j)] = 1
+    return out
+
+
+def test_a_multilabel_evaluation_is_explored_per_label_and_by_label_set(multilabel_report):
+    from test_serving_tasks import LABELS
+
+    report, frames = multilabel_report
+    explorer = Explorer.load(report_dir=str(report))
+    overview = explorer.overview()
+    assert overview["labels"] == LABELS  # every label named, from the label_name / pred_name lists
+    assert overview["problem_types"] == dict.fromkeys(["ml_a", "ml_b"], "multi_label_classification")
+    k = len(LABELS)
+    for name, frame in frames.items():
+        gold, pred = multi_hot_of(frame.label, k), multi_hot_of(frame.pred, k)
+        dist = explorer.distribution(name)
+        assert [c["gold"] for c in dist["classes"]] == gold.sum(axis=0).tolist()
+        assert [c["predicted"] for c in dist["classes"]] == pred.sum(axis=0).tolist()
+        right = (gold == pred).all(axis=1)
+        assert dist["accuracy"] == pytest.approx(right.mean())
+        if name == "ml_a":  # right on the first half by construction, wrong on the rest
+            assert right.tolist() == [True] * 4 + [False] * 4
+
+        errors = explorer.errors(name, limit=MAX_LIMIT)
+        assert sorted(e["index"] for e in errors["errors"]) == np.flatnonzero(~right).tolist()
+        probs = frame[[f"prob_{j}" for j in range(k)]].to_numpy()
+        for e in errors["errors"]:
+            i = e["index"]
+            assert e["gold_ids"] == np.flatnonzero(gold[i]).tolist() and e["gold_id"] is None
+            assert e["predicted_ids"] == np.flatnonzero(pred[i]).tolist() and not e["correct"]
+            assert e["predicted"] == (", ".join(LABELS[j] for j in e["predicted_ids"]) or "none")
+            wrong = np.flatnonzero(gold[i] != pred[i])  # the surest of its wrong decisions
+            surest = max(probs[i, j] if pred[i, j] else 1 - probs[i, j] for j in wrong)
+            assert e["probability"] == pytest.approx(surest)
+        confidence = [e["probability"] for e in errors["errors"]]
+        assert confidence == sorted(confidence, reverse=True)
+
+    a, b = (multi_hot_of(frames[n].pred, k) for n in ("ml_a", "ml_b"))
+    gold = multi_hot_of(frames["ml_a"].label, k)
+    right_a, right_b = (a == gold).all(axis=1), (b == gold).all(axis=1)
+    dis = explorer.disagreements("ml_a", "ml_b", limit=MAX_LIMIT)
+    assert dis["table"] == {
+        "both_right": int((right_a & right_b).sum()),
+        "only_a": int((right_a & ~right_b).sum()),
+        "only_b": int((~right_a & right_b).sum()),
+        "both_wrong": int((~right_a & ~right_b).sum()),
+    }
+    differ = np.flatnonzero((a != b).any(axis=1))
+    assert len(differ) and sorted(r["index"] for r in dis["rows"]) == differ.tolist()
+    for r in dis["rows"]:
+        assert r["a"]["predicted_ids"] == np.flatnonzero(a[r["index"]]).tolist()
+        assert r["b"]["predicted_ids"] == np.flatnonzero(b[r["index"]]).tolist()
+
+
+def test_the_app_serves_a_multilabel_evaluation(multilabel_report, tmp_path):
+    from test_serving_tasks import make_multilabel_model
+
+    report, _ = multilabel_report
+    registry = ModelRegistry.from_dirs([str(make_multilabel_model(tmp_path / "ml_a"))], ServingLimits())
+    with TestClient(app_module.create_app(registry, Explorer.load(report_dir=str(report)))) as test_client:
+        assert test_client.get("/api/evaluation").json()["problem_types"]["ml_b"] == "multi_label_classification"
+        body = test_client.get("/api/errors", params={"model": "ml_a"}).json()
+        assert body["total"] > 0 and all("gold_ids" in e for e in body["errors"])
+    registry.close()

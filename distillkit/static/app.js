@@ -451,7 +451,7 @@ function distributionChart(d) {
       chart.append(bar, value);
     });
   });
-  const title = `${d.model} — accuracy ${percent(d.accuracy)}`;
+  const title = `${d.model} — ${d.problem_type === MULTI_LABEL ? "subset accuracy" : "accuracy"} ${percent(d.accuracy)}`;
   return el("div", { class: "chart", "data-model": d.model }, [el("h3", { text: title }), chart]);
 }
 
@@ -463,6 +463,14 @@ async function loadDistribution() {
 function labelChip(labelId, label) {
   const model = evalModel();
   return el("span", { class: `label small ${labelKind(model, labelId)}`, style: `background:${labelColour(model, labelId)}`, text: label });
+}
+
+// A gold or predicted answer: one chip, or for a multi-label model (`ids` given) one per label, "none" for none.
+function answerChips(ids, labelId, label) {
+  if (!Array.isArray(ids)) return labelChip(labelId, label);
+  if (!ids.length) return el("span", { class: "label small none", text: "none" });
+  const names = state.evaluation ? state.evaluation.labels : [];
+  return ids.map((id) => el("span", { class: "label small multi", "data-label-id": id, style: `background:${PALETTE[id % PALETTE.length]}`, text: names[id] ?? String(id) }));
 }
 
 function textCell(text) {
@@ -482,8 +490,8 @@ async function loadErrors() {
   const rows = data.errors.map((e) => el("tr", { "data-index": e.index }, [
     el("td", { text: String(e.index + 1) }),
     textCell(e.text),
-    el("td", {}, labelChip(e.gold_id, e.gold)),
-    el("td", {}, labelChip(e.predicted_id, e.predicted)),
+    el("td", {}, answerChips(e.gold_ids, e.gold_id, e.gold)),
+    el("td", {}, answerChips(e.predicted_ids, e.predicted_id, e.predicted)),
     el("td", { class: "prob", "data-probability": e.probability.toFixed(6), text: percent(e.probability) }),
   ]));
   document.getElementById("test-errors-table").replaceChildren(el("thead", {}, head), el("tbody", {}, rows));
@@ -513,11 +521,11 @@ async function loadDisagreements() {
     + `(McNemar exact p = ${data.mcnemar_p < 0.001 ? data.mcnemar_p.toExponential(1) : data.mcnemar_p.toFixed(3)}).`;
   const head = el("tr", {}, ["#", "text", "gold", a, b].map((h) => el("th", { text: h })));
   const side = (s) => el("td", { class: s.correct ? "right" : "wrong" }, [
-    labelChip(s.predicted_id, s.predicted), el("span", { class: "prob", text: ` ${percent(s.probability)}` })]);
+    answerChips(s.predicted_ids, s.predicted_id, s.predicted), el("span", { class: "prob", text: ` ${percent(s.probability)}` })].flat());
   const rows = data.rows.map((r) => el("tr", { "data-index": r.index }, [
     el("td", { text: String(r.index + 1) }),
     textCell(r.text),
-    el("td", {}, labelChip(r.gold_id, r.gold)),
+    el("td", {}, answerChips(r.gold_ids, r.gold_id, r.gold)),
     side(r.a), side(r.b),
   ]));
   document.getElementById("dis-rows").replaceChildren(el("thead", {}, head), el("tbody", {}, rows));
