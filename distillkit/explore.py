@@ -123,28 +123,35 @@ def read_predictions(path: str, name: str) -> tuple[Predictions, dict[int, str]]
         )
     probs = frame[prob_columns].to_numpy(dtype=np.float64)
     num_classes = probs.shape[1]
-    names: dict[int, str] = {}
-    if _is_multi_label(frame):
+    multi_label = _is_multi_label(frame)
+    if multi_label:
         try:
             gold, pred = (multi_hot(_id_lists(frame[c]), num_classes).astype(np.int64) for c in ("label", "pred"))
         except ValueError as err:  # an id outside the prob_ columns, or not a number
             raise UsageError(f"{path}: a label list is not label ids 0..{num_classes - 1} ({err})") from None
-        for ids, column in (("label", "label_name"), ("pred", "pred_name")):
-            if column in frame.columns:
-                for id_list, name_list in zip(_id_lists(frame[ids]), frame[column].astype(str)):
-                    spelled = name_list.split(",") if name_list else []
-                    if len(spelled) == len(id_list):
-                        names.update(zip(id_list, spelled))
     else:
         gold = frame["label"].to_numpy(dtype=np.int64)
         pred = frame["pred"].to_numpy(dtype=np.int64)
         if len(frame) and (gold.min() < 0 or max(gold.max(), pred.max()) >= num_classes):
             raise UsageError(f"{path}: a label or prediction is outside 0..{num_classes - 1} (the prob_ columns)")
-        for ids, column in (("label", "label_name"), ("pred", "pred_name")):
-            if column in frame.columns:
-                names.update(zip(frame[ids].astype(int), frame[column].astype(str)))
     texts = frame["text"].astype(str).to_numpy(dtype=object)
-    return Predictions(name=name, texts=texts, gold=gold, pred=pred, probs=probs), names
+    return Predictions(name=name, texts=texts, gold=gold, pred=pred, probs=probs), spelled_names(frame, multi_label)
+
+
+def spelled_names(frame: pd.DataFrame, multi_label: bool) -> dict[int, str]:
+    """Class names by id, from label_name / pred_name beside label / pred (multi-label: both lists, in step)."""
+    names: dict[int, str] = {}
+    for ids, column in (("label", "label_name"), ("pred", "pred_name")):
+        if column not in frame.columns:
+            continue
+        if not multi_label:
+            names.update(zip(frame[ids].astype(int), frame[column].astype(str)))
+            continue
+        for id_list, spelled in zip(_id_lists(frame[ids]), frame[column].astype(str)):
+            spelled_list = spelled.split(",") if spelled else []
+            if len(spelled_list) == len(id_list):  # a name with a comma in it cannot be told apart: skipped
+                names.update(zip(id_list, spelled_list))
+    return names
 
 
 def _json_value(value: Any) -> Any:
