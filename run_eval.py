@@ -7,6 +7,11 @@
 Models are full classifiers, PEFT adapter directories, merged models or ONNX exports (run_export.py: the fp32 model
 and its int8 twin are scored as two rows, `runtime` names the runtime). With several seeds (EXP/seed42/...,
 EXP/seed43/...) rows are grouped by method in summary.csv (mean ± std).
+
+Each model is scored by its own task (config.problem_type): softmax and argmax, or a binary model's saved
+positive-class threshold; for multi-label models the per-label sigmoids at their saved thresholds (results.csv's
+f1 is then micro-F1, roc_auc the macro AUC over labels, accuracy the subset accuracy). per_label.csv has support,
+F1, ROC-AUC and PR-AUC per label (per class, one-vs-rest, for single-label data) per model.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.evaluation import SpeedSettings, evaluate_model, loss_history, model_name, unique_names
 from distillkit.loading import expand_onnx_variants, find_model_dirs, is_model_dir, load_classifier_dir
+from distillkit.records import RunRecord
 from distillkit.report import (
+    PER_LABEL_FILE,
     plot_confusion,
     plot_loss_curves,
+    plot_per_label,
     plot_quality_vs,
     sort_results,
     summarize,
@@ -122,9 +130,9 @@ def clear_old_outputs(output_dir: str) -> None:
                     os.remove(os.path.join(folder, name))
 
 
-def warn_if_other_data(path: str, record: dict, data_source: dict) -> None:
-    trained_on = (record.get("dataset") or {}) if isinstance(record.get("dataset"), dict) else {}
-    if trained_on and trained_on.get("rows") and trained_on.get("rows") != data_source.get("rows"):
+def warn_if_other_data(path: str, record: RunRecord | None, data_source: dict) -> None:
+    trained_on = record.dataset if record is not None else {}
+    if trained_on.get("rows") and trained_on.get("rows") != data_source.get("rows"):
         logger.warning(
             f"{path} was trained on {trained_on.get('dataset')} with splits {trained_on.get('rows')}; "
             f"scoring it on {data_source['dataset']} with {data_source['rows']} (check --dataset_name / --max_*_samples)"
@@ -156,16 +164,17 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     logger.info(f"scoring {len(model_dirs)} models on {eval_args.split} with {torch.get_num_threads()} thread(s)")
 
     names = unique_names([model_name(d, eval_args.experiment_dir) for d in model_dirs])
-    rows, predictions, histories = [], {}, {}
+    rows, predictions, histories, tables = [], {}, {}, []
     for path, name in zip(model_dirs, names):
         logger.info(f"evaluating {name} ({path})")
         clf = load_classifier_dir(path, name=name, device=eval_args.device)
         warn_if_other_data(path, clf.record, data.source)
-        row, frame = evaluate_model(
+        row, frame, labels_table = evaluate_model(
             clf, data, eval_args.split, settings, eval_args.per_device_eval_batch_size, eval_args.bootstrap_samples
         )
         rows.append(row)
         predictions[name] = frame
+        tables.append(labels_table)
         histories[name] = loss_history(path)
         logger.info(
             f"{name}: f1 {row['f1']:.4f} roc_auc {row['roc_auc']:.4f} latency {row['latency_ms_b1']:.2f} ms "
@@ -175,6 +184,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     results = sort_results(pd.DataFrame(rows))
     summary = summarize(results)
+    per_label = pd.concat(tables, ignore_index=True)  # support, F1, ROC-AUC, PR-AUC per label (class) per model
 
     out = eval_args.output_dir
     os.makedirs(os.path.join(out, "predictions"), exist_ok=True)
@@ -184,7 +194,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         frame.to_csv(os.path.join(out, "predictions", f"{name}.csv"), index=False)
     label_names = [data.id2label[i] for i in range(data.num_labels)]
     plots = {
-        "confusion": {
+        "per_label": plot_per_label(per_label, data.multi_label, os.path.join(out, "plots", "per_label_f1.png")),
+        "confusion": {} if data.multi_label else {  # a label-set task has no single confusion matrix
             name: plot_confusion(
                 frame.label.to_numpy(),
                 frame.pred.to_numpy(),
@@ -212,6 +223,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     }
     results.to_csv(os.path.join(out, "results.csv"), index=False)
     summary.to_csv(os.path.join(out, "summary.csv"), index=False)
+    per_label.to_csv(os.path.join(out, PER_LABEL_FILE), index=False)
     report = write_report(
         out,
         results,
@@ -220,6 +232,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         {
             "dataset": data_args.dataset_name,
             "split": eval_args.split,
+            "problem_type": data.problem_type,
             "label_names": label_names,
             "cpu_count": os.cpu_count(),
             "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPU(s)".replace("  ", " "),
@@ -230,8 +243,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             "latency_runs": settings.latency_runs,
             "throughput_texts": settings.throughput_texts,
         },
+        per_label=per_label,
     )
-    logger.info(f"wrote {os.path.join(out, 'results.csv')}, summary.csv, predictions/, plots/ and {report}")
+    logger.info(f"wrote results.csv, summary.csv, {PER_LABEL_FILE}, predictions/ and plots/ in {out}; {report}")
     return results
 
 

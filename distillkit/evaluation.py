@@ -20,10 +20,10 @@ from transformers import PreTrainedTokenizerBase
 from .cli import UsageError
 from .data import TextClassificationData
 from .export import ONNX_FILE, is_onnx_file, variant_suffix
-from .loading import ADAPTER_CONFIG, LoadedClassifier, read_results
-from .metrics import classification_metrics, softmax
-from .records import merged_method, merged_parent
+from .loading import ADAPTER_CONFIG, LoadedClassifier
+from .metrics import per_label_table
 from .students import count_parameters
+from .tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -69,40 +69,31 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def run_records(clf: LoadedClassifier) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(results, training record, method) of a model; a merged LoRA model inherits its adapter's records."""
-    results, record = dict(clf.results), dict(clf.record)
-    method = clf.method
-    parent = merged_parent(clf.path)
-    if parent is not None:
-        parent_results = read_results(parent)
-        results = {**parent_results, **results}
-        base_method = str(parent_results.get("method") or "lora")
-        method = merged_method(base_method)
-    elif clf.is_adapter:
-        # An adapter's config.training_record is its base model's: only all_results.json speaks for the adapter.
-        method = str(results.get("method") or "lora")
-    elif record.get("alpha_kl") == 0 and record.get("alpha_cos") == 0 and "teacher" in record:
-        # A student trained on the labels alone (the CE-only control of distillation) is its own method: odd_ce.
-        method = f"{method}_ce"
-    return results, record, method
-
-
-def model_seed(clf: LoadedClassifier, results: dict[str, Any], record: dict[str, Any]) -> int | None:
-    """The training seed: the run's own records first, then a `seed42/` folder in its path."""
-    candidates = [results.get("seed")]
-    if not clf.is_adapter:
-        candidates.append(record.get("seed"))
-    for value in candidates:
-        if value is not None:
-            return int(value)
+def model_seed(clf: LoadedClassifier) -> int | None:
+    """The training seed: the run's record first, then a `seed42/` folder in its path, then (an adapter whose
+    record has none) the seed of the model it adapted: the best we know."""
+    record = clf.record
+    if record is not None and record.seed is not None:
+        return int(record.seed)
     for part in reversed(os.path.abspath(clf.path).split(os.sep)):
         match = _SEED_DIR.match(part)
         if match:
             return int(match.group(1))
-    if clf.is_adapter and record.get("seed") is not None:
-        return int(record["seed"])  # the base's seed: the best we know
-    return None
+    base_seed = ((record.base_record if record else None) or {}).get("seed")
+    return int(base_seed) if base_seed is not None else None
+
+
+def made_from(clf: LoadedClassifier) -> str | None:
+    """The `base` column: the model an adapter (or a merged one) adapts, the teacher a student was distilled
+    from, else what the model was fine-tuned from."""
+    record = clf.record
+    if clf.is_adapter:
+        return (record.base_model if record else None) or adapter_base(clf.path)
+    if record is None:
+        return None
+    if record.merged:
+        return record.base_model
+    return record.teacher or record.base_model
 
 
 def has_generic_label_names(names: dict[int, str]) -> bool:
@@ -255,6 +246,77 @@ def layers_text(layers: Any) -> str:
     return str(layers)
 
 
+def check_task(clf: LoadedClassifier, task: Task, data: TextClassificationData) -> None:
+    """A multi-label model is scored on multi-label data and a single-label one on single-label data."""
+    if task.multi_label != data.multi_label:
+        raise UsageError(
+            f"model {clf.path} is a {task.problem_type} model but the data set is {data.problem_type}; evaluate it "
+            "with the data it was trained on (--problem_type, --label_columns)"
+        )
+
+
+def gold_labels(data: TextClassificationData, split: str) -> np.ndarray:
+    """Class ids (n,) of a single-label split, or the 0/1 matrix (n, labels) of a multi-label one."""
+    ds = data.splits[split]
+    column = "label" if "label" in ds.column_names else "labels"
+    return np.asarray(ds[column], dtype=np.int64)
+
+
+def mean_gold_loss(logits: np.ndarray, labels: np.ndarray, task: Task) -> float:
+    """The gold-label loss of training, on these texts: cross-entropy, or mean BCE-with-logits over every label."""
+    if task.multi_label:
+        return float((np.logaddexp(0.0, logits) - labels * logits).mean())
+    log_probs = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = log_probs - np.log(np.exp(log_probs).sum(axis=-1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def thresholds_text(task: Task) -> str | None:
+    """The saved decision thresholds a model is scored at (`results.csv` column `thresholds`); None: argmax / 0.5."""
+    return None if task.thresholds is None else ",".join(f"{t:.4g}" for t in task.thresholds)
+
+
+def _ids_text(row: np.ndarray) -> str:
+    return ",".join(str(j) for j in np.flatnonzero(row))
+
+
+def predictions_frame(
+    texts: list[str], labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, id2label: dict[int, str], task: Task
+) -> pd.DataFrame:
+    """Per-text predictions. Single-label: class ids and names. Multi-label: `label`/`pred` are label-id sets
+    ("0,3"; empty: none) and `label_name`/`pred_name` their names, one `prob_<j>` per label (its sigmoid)."""
+    if task.multi_label:
+        columns = {
+            "label": [_ids_text(r) for r in labels],
+            "label_name": [",".join(id2label[j] for j in np.flatnonzero(r)) for r in labels],
+            "pred": [_ids_text(r) for r in preds],
+            "pred_name": [",".join(id2label[j] for j in np.flatnonzero(r)) for r in preds],
+        }
+    else:
+        columns = {
+            "label": labels,
+            "label_name": [id2label[i] for i in labels],
+            "pred": preds,
+            "pred_name": [id2label[i] for i in preds],
+        }
+    frame = pd.DataFrame({"text": texts, **columns, **{f"prob_{i}": probs[:, i] for i in range(probs.shape[1])}})
+    if task.multi_label:  # so a reader need not guess the task from the cells (every gold set may have one label)
+        frame["problem_type"] = task.problem_type
+    return frame
+
+
+def label_table(
+    model: str, probs: np.ndarray, labels: np.ndarray, preds: np.ndarray, names: list[str], task: Task
+) -> pd.DataFrame:
+    """One row per label (multi-label) or class (single-label, one-vs-rest): support, F1 at the model's decision
+    rule, ROC-AUC and PR-AUC (`per_label.csv`)."""
+    if not task.multi_label:  # one-vs-rest: the F1 column is metrics.per_class_f1
+        eye = np.eye(len(names), dtype=np.int64)
+        labels, preds = eye[labels], eye[preds]
+    rows = per_label_table(probs, labels, preds, names)
+    return pd.DataFrame([{"model": model, **row} for row in rows])
+
+
 def evaluate_model(
     clf: LoadedClassifier,
     data: TextClassificationData,
@@ -262,82 +324,86 @@ def evaluate_model(
     settings: SpeedSettings,
     batch_size: int = 64,
     bootstrap: int = 200,
-) -> tuple[dict[str, Any], pd.DataFrame]:
-    """One results row and the per-text predictions of one model on `split`."""
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """One results row, the per-text predictions and the per-label table of one model on `split`.
+
+    The model's task (`Task.from_config`: config.problem_type and its saved decision thresholds) makes the
+    probabilities (softmax or per-label sigmoid), decides (argmax, a binary model's threshold, or each label's) and
+    chooses the metrics.
+    """
     check_labels(clf, data)
-    results, record, method = run_records(clf)
-    ds = data.splits[split]
-    texts, labels = list(ds["text"]), np.asarray(ds["label"], dtype=np.int64)
+    try:
+        task = Task.from_config(clf.model.config)
+    except ValueError as err:  # thresholds that do not fit the labels
+        raise UsageError(f"{clf.path}: config.json: {err}") from None
+    check_task(clf, task, data)
+    results = clf.results
+    texts, labels = list(data.splits[split]["text"]), gold_labels(data, split)
 
     logits = predict_logits(clf.model, clf.tokenizer, texts, settings.max_length, batch_size, settings.device)
-    probs = softmax(logits)
-    metrics = classification_metrics(probs, labels)
-    intervals = bootstrap_intervals(probs, labels, n=bootstrap, seed=0)
-    log_probs = logits - logits.max(axis=-1, keepdims=True)
-    log_probs = log_probs - np.log(np.exp(log_probs).sum(axis=-1, keepdims=True))
-    eval_loss = float(-log_probs[np.arange(len(labels)), labels].mean())
+    probs = task.probabilities(logits)
+    preds = task.predict(probs)
+    metrics = task.metrics(probs, labels)
+    intervals = bootstrap_intervals(task, probs, labels, n=bootstrap, seed=0)
     speed = measure_speed(clf.model, clf.tokenizer, texts, settings)
 
     _, params = count_parameters(clf.model)
+    base = made_from(clf)
     if clf.is_adapter:
         trainable = results.get("trainable_params") or _adapter_trainable_params(clf.path)
-        base = results.get("base_model") or adapter_base(clf.path)
         serving_mb = weights_size_mb(clf.path) + (weights_size_mb(base) if base and os.path.isdir(base) else math.nan)
     else:
         trainable = results.get("trainable_params", params)
-        base = results.get("base_model") or record.get("teacher") or record.get("base_model")
         serving_mb = weights_size_mb(clf.path)
-    layers = results.get("layers", record.get("layers", getattr(clf.model.config, "distillation_layers", None)))
     config = clf.model.config
     row: dict[str, Any] = {
         "model": clf.name,
-        "method": method,
+        "method": clf.method,
         "runtime": clf.runtime,
         "base": base,
-        "layers": layers_text(layers),
+        "layers": layers_text(clf.layers),
         "num_layers": getattr(config, "num_hidden_layers", None),
         "params": params,
         "trainable_params": trainable,
         "trainable_pct": 100.0 * trainable / params if trainable is not None and params else math.nan,
         "size_mb": weights_size_mb(clf.path),
         "serving_size_mb": serving_mb,
+        "problem_type": task.problem_type,
+        "thresholds": thresholds_text(task),
         **metrics,
         **intervals,
-        "eval_loss": eval_loss,
+        "eval_loss": mean_gold_loss(logits, labels, task),
         "train_loss": results.get("train_loss", math.nan),
         "train_runtime_s": results.get("train_runtime", math.nan),
         **speed,
-        "seed": model_seed(clf, results, record),
+        "seed": model_seed(clf),
         "split": split,
         "samples": len(texts),
         "device": settings.device,
         "num_threads": torch.get_num_threads(),
         "path": os.path.abspath(clf.path),
     }
-    id2label = data.id2label
-    preds = probs.argmax(axis=-1)
-    frame = pd.DataFrame(
-        {
-            "text": texts,
-            "label": labels,
-            "label_name": [id2label[i] for i in labels],
-            "pred": preds,
-            "pred_name": [id2label[i] for i in preds],
-            **{f"prob_{i}": probs[:, i] for i in range(probs.shape[1])},
-        }
-    )
-    return row, frame
+    # The data set's names; the model's own when the data has only placeholders (LABEL_0, ...).
+    id2label = clf.id2label if has_generic_label_names(data.id2label) else data.id2label
+    names = [str(id2label[i]) for i in range(data.num_labels)]
+    frame = predictions_frame(texts, labels, probs, preds, dict(enumerate(names)), task)
+    return row, frame, label_table(clf.name, probs, labels, preds, names, task)
 
 
 def bootstrap_intervals(
-    probs: np.ndarray, labels: np.ndarray, metrics: tuple[str, ...] = ("f1", "roc_auc"), n: int = 200, seed: int = 0
+    task: Task,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    metrics: tuple[str, ...] = ("f1", "roc_auc"),
+    n: int = 200,
+    seed: int = 0,
 ) -> dict[str, float]:
     """95% percentile intervals of test-set metrics over bootstrap resamples of the texts: the test set's own noise."""
     rng = np.random.default_rng(seed)
     values: dict[str, list[float]] = {m: [] for m in metrics}
     for _ in range(n):
         idx = rng.integers(0, len(labels), len(labels))
-        scores = classification_metrics(probs[idx], labels[idx])
+        scores = task.metrics(probs[idx], labels[idx])
         for m in metrics:
             if not math.isnan(scores[m]):
                 values[m].append(scores[m])

@@ -175,7 +175,7 @@ def load_onnx_classifier(path: str, name: str | None = None, spinning: bool = Tr
         model=model,  # type: ignore[arg-type]  # duck-typed: called like a PyTorch classifier
         tokenizer=AutoTokenizer.from_pretrained(directory, trust_remote_code=False),
         is_adapter=False,
-        record=dict(getattr(config, "training_record", None) or {}),
+        record=RunRecord.load(directory),
         results=read_results(directory),
         runtime=f"onnxruntime-{precision}",
     )
@@ -406,9 +406,7 @@ def load_trained_classifier(model_dir: str):
 
 def write_records(clf, output_dir: str) -> None:
     """Tokenizer, config (labels, training record) and the run's results, as the source directory had them."""
-    from .evaluation import run_records
-
-    results, _, method = run_records(clf)  # a merged LoRA model's results live in its adapter's directory
+    results, method = clf.results, clf.method  # a merged LoRA model's results are its adapter's (loading.read_results)
     clf.tokenizer.save_pretrained(output_dir)
     clf.model.config.save_pretrained(output_dir)
     with open(os.path.join(output_dir, "all_results.json"), "w") as f:

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from .cli import FINISHED_MARKER, UsageError, is_finished_run, list_checkpoints
 from .export import is_onnx_dir, is_onnx_file, load_onnx_classifier, onnx_variants
-from .records import ADAPTER_CONFIG, is_adapter_dir
+from .records import ADAPTER_CONFIG, RunRecord, is_adapter_dir, merged_parent
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ class LoadedClassifier:
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     is_adapter: bool
-    record: dict[str, Any] = field(default_factory=dict)  # config.training_record
-    results: dict[str, Any] = field(default_factory=dict)  # all_results.json
+    record: RunRecord | None = None  # run_record.json (or an older directory's records); None: nothing recorded
+    results: dict[str, Any] = field(default_factory=dict)  # all_results.json (a merged model: its adapter's)
     runtime: str = "pytorch"  # or onnxruntime-fp32 / onnxruntime-int8 for an exported directory (distillkit.export)
 
     @property
@@ -37,12 +37,33 @@ class LoadedClassifier:
 
     @property
     def method(self) -> str:
-        if self.is_adapter:  # an adapter's training_record is its base model's: only its own results speak for it
-            return str(self.results.get("method") or "lora")
-        method = str(self.results.get("method") or self.record.get("method") or "custom")
+        """The name a comparison groups this model under: the recorded method, `_ce` for a student trained on the
+        labels alone (the CE-only control of distillation, methods.CONTROLS), `_onnx`/`_onnx_int8` for an export."""
+        record = self.record
+        if record is not None:
+            method = record.method + ("_ce" if labels_only_student(record) else "")
+        else:  # a model our scripts did not write
+            method = str(self.results.get("method") or "custom")
         if self.runtime.startswith("onnxruntime"):  # even_onnx, even_onnx_int8: grouped apart from the PyTorch rows
             return f"{method}_onnx" + ("" if self.runtime.endswith("fp32") else f"_{self.runtime.split('-')[-1]}")
         return method
+
+    @property
+    def layers(self) -> list[int] | None:
+        """The teacher layers (1-based) a student kept; None for a model with all its layers."""
+        if self.record is not None and self.record.layers is not None:
+            return list(self.record.layers)
+        return getattr(self.model.config, "distillation_layers", None)
+
+
+def labels_only_student(record: RunRecord) -> bool:
+    """A student distilled with no teacher signal (alpha_kl = alpha_cos = 0): the CE-only control, e.g. odd_ce."""
+    return (
+        record.teacher is not None
+        and not (record.is_adapter or record.merged)
+        and record.loss.get("alpha_kl") == 0
+        and record.loss.get("alpha_cos") == 0
+    )
 
 
 def is_model_dir(path: str) -> bool:
@@ -55,9 +76,11 @@ def expand_onnx_variants(paths: list[str]) -> list[str]:
 
 
 def read_results(path: str) -> dict[str, Any]:
+    """all_results.json; a merged model (OUT/merged) has none of its own and shares its adapter's run's."""
     results_file = os.path.join(path, "all_results.json")
     if not os.path.isfile(results_file):
-        return {}
+        parent = merged_parent(path)
+        return read_results(parent) if parent else {}
     with open(results_file) as f:
         return json.load(f)
 
@@ -66,13 +89,19 @@ def adapter_head_kwargs(path: str) -> dict[str, Any]:
     """num_labels/id2label/label2id for the base an adapter is loaded on.
 
     `AutoPeftModelForSequenceClassification` builds the base from `base_model_name_or_path`; a pretrained encoder
-    has no head, so it would get the default 2 labels and the adapter's 3-class head would not fit. The run
-    recorded its labels in all_results.json; without them, the count is read off the saved head's bias.
+    has no head, so it would get the default 2 labels and the adapter's 3-class head would not fit, nor would it
+    know the task. The run recorded its labels and task; without them, the count is read off the head's bias.
     """
-    id2label = read_results(path).get("id2label") or {}
-    if id2label:
-        id2label = {int(k): str(v) for k, v in id2label.items()}
-        return {"num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    record = RunRecord.load(path)
+    # The task too (a multi-label adapter on a headless base), with the thresholds tuned at training time.
+    task = {"problem_type": record.problem_type} if record is not None else {}
+    thresholds = read_results(path).get("decision_thresholds")
+    if thresholds is not None:
+        task["decision_thresholds"] = thresholds
+    if record is not None and record.label_names:
+        id2label = dict(enumerate(record.label_names))
+        labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+        return {**labels, **task}
     weights = os.path.join(path, "adapter_model.safetensors")
     if os.path.isfile(weights):
         from safetensors import safe_open
@@ -81,8 +110,8 @@ def adapter_head_kwargs(path: str) -> dict[str, Any]:
             names = f.keys()  # a safe_open handle is not iterable
             heads = [k for k in names if k.endswith(("classifier.bias", "classifier.out_proj.bias"))]
             if len(heads) == 1:
-                return {"num_labels": f.get_slice(heads[0]).get_shape()[0]}
-    return {}
+                return {"num_labels": f.get_slice(heads[0]).get_shape()[0], **task}
+    return task
 
 
 def load_classifier_dir(path: str, name: str | None = None, device: str | torch.device = "cpu") -> LoadedClassifier:
@@ -108,14 +137,13 @@ def load_classifier_dir(path: str, name: str | None = None, device: str | torch.
         model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    config = model.config
     return LoadedClassifier(
         name=name or os.path.basename(os.path.normpath(path)),
         path=path,
         model=model,
         tokenizer=tokenizer,
         is_adapter=adapter,
-        record=dict(getattr(config, "training_record", None) or {}),
+        record=RunRecord.load(path),
         results=read_results(path),
     )
 

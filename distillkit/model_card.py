@@ -1,8 +1,9 @@
 """Model cards: the `README.md` (Hub YAML metadata + prose) that makes every saved directory explain itself.
 
-`write_model_card(output_dir)` reads everything from the directory itself — `config.json`'s `training_record`,
-`all_results.json`, `trainer_state.json`, `adapter_config.json` for a PEFT adapter (a `merged/` model reads its
-adapter's from the parent directory) — so any script can call it once its model is saved. Numbers are copied
+`write_model_card(output_dir)` reads everything from the directory itself — its run record (`run_record.json`,
+read by `RunRecord.load`, which also reads older directories), `config.json`, `all_results.json`,
+`trainer_state.json`, `adapter_config.json` for a PEFT adapter (a `merged/` model reads its adapter's from the
+parent directory) — so any script can call it once its model is saved. Numbers are copied
 from `all_results.json` unrounded, so the card's `model-index` equals the run's records exactly.
 """
 
@@ -16,8 +17,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .loading import ADAPTER_CONFIG, is_adapter_dir, read_results
-from .records import MERGED_SUBDIR
+from .loading import ADAPTER_CONFIG, read_results
+from .records import MERGED_SUBDIR, RECORD_FILE, RunRecord, merged_parent
 
 CARD_NAME = "README.md"
 
@@ -32,35 +33,36 @@ METRICS: dict[str, tuple[str, str | None, str]] = {
     "roc_auc": ("roc_auc", None, "ROC AUC"),
 }
 SPLITS = (("eval", "validation"), ("test", "test"))  # all_results.json prefix -> split name
-# How a run was made, as a LoRA run records it in all_results.json (an adapter has no config of its own).
-RECORD_KEYS = ("method", "teacher", "layers", "alpha_ce", "alpha_kl", "alpha_cos", "temperature", "dataset", "seed")
 
 
 @dataclass
 class RunRecords:
-    """What a saved directory (and, for a merged model, its adapter's directory) recorded about its run."""
+    """What a saved directory says about itself: its run record (distillkit.records), config, results, and for a
+    LoRA adapter (or a model merged from one) the PEFT config."""
 
     path: str
+    record: RunRecord
     config: dict[str, Any] = field(default_factory=dict)  # config.json
-    record: dict[str, Any] = field(default_factory=dict)  # config.json's training_record
-    results: dict[str, Any] = field(default_factory=dict)  # all_results.json
+    results: dict[str, Any] = field(default_factory=dict)  # all_results.json (a merged model: its adapter's)
     adapter: dict[str, Any] | None = None  # adapter_config.json (of this dir, or of the adapter a merge came from)
-    merged: bool = False
     trainer_state: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def merged(self) -> bool:
+        return self.record.merged
+
+    @property
     def method(self) -> str:
-        return str(self.results.get("method") or self.record.get("method") or "custom")
+        return self.record.method
 
     @property
     def dataset(self) -> dict[str, Any]:
-        source = self.record.get("dataset") or self.results.get("dataset")
-        return source if isinstance(source, dict) else {"dataset": source} if source else {}
+        return self.record.dataset
 
     @property
     def id2label(self) -> dict[str, str]:
-        # A LoRA run records its labels in all_results.json: an adapter directory has no config of its own.
-        return self.config.get("id2label") or self.results.get("id2label") or {}
+        # The config's names are what the model outputs; an adapter has no config of its own: its record's names.
+        return self.config.get("id2label") or {str(i): name for i, name in enumerate(self.record.label_names)}
 
     @property
     def num_labels(self) -> int | None:
@@ -80,30 +82,15 @@ def read_run_records(output_dir: str) -> RunRecords:
     adapter = _read_json(os.path.join(output_dir, ADAPTER_CONFIG)) or None
     if not config and adapter is None:
         raise FileNotFoundError(f"{output_dir}: no config.json or {ADAPTER_CONFIG}, so no saved model to describe")
-    results = read_results(output_dir)
+    results = read_results(output_dir)  # a merged model's are its adapter's
+    record = RunRecord.load(output_dir) or RunRecord(method=str(results.get("method") or "custom"), library_versions={})
     state = _read_json(os.path.join(output_dir, "trainer_state.json"))
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    merged = adapter is None and (
-        bool((config.get("training_record") or {}).get("merged"))
-        or (os.path.basename(os.path.normpath(output_dir)) == MERGED_SUBDIR and is_adapter_dir(parent))
-    )
-    if merged and is_adapter_dir(parent):
-        # A merged model is its adapter folded into the base weights: same run, same records.
+    parent = merged_parent(output_dir)
+    if parent is not None:  # a merged model is its adapter folded into the base weights: same run, same records
         adapter = _read_json(os.path.join(parent, ADAPTER_CONFIG))
-        results = results or read_results(parent)
         state = state or _read_json(os.path.join(parent, "trainer_state.json"))
-    record = dict(config.get("training_record") or {})
-    if adapter is not None and (not merged or record.get("method") != results.get("method")):
-        # A config.json beside an adapter is its base model's: this run's record is in all_results.json.
-        record = {k: results[k] for k in RECORD_KEYS if k in results}
     return RunRecords(
-        path=output_dir,
-        config=config,
-        record=record,
-        results=results,
-        adapter=adapter,
-        merged=merged,
-        trainer_state=state,
+        path=output_dir, record=record, config=config, results=results, adapter=adapter, trainer_state=state
     )
 
 
@@ -122,9 +109,9 @@ def base_model_of(records: RunRecords) -> str | None:
     """The model this one was made from: the adapter's base, else the teacher's origin, else the fine-tuned base."""
     candidates = [
         (records.adapter or {}).get("base_model_name_or_path"),
-        records.record.get("base_model"),
-        records.record.get("teacher_base_model"),
-        records.record.get("teacher"),
+        records.record.base_model,
+        records.record.teacher_base_model,
+        records.record.teacher,
     ]
     return next((c for c in candidates if c), None)
 
@@ -162,7 +149,7 @@ def eval_results(records: RunRecords, dataset_name: str, dataset_type: str) -> l
 
 def _tags(records: RunRecords) -> list[str]:
     tags = ["text-classification"]
-    if "layers" in records.record:
+    if records.record.layers is not None:
         tags.append("distillation")
     if records.adapter is not None:
         tags += ["lora", "merged"] if records.merged else ["lora", "peft"]
@@ -196,13 +183,13 @@ def _summary(records: RunRecords) -> str:
     if records.adapter is not None:
         what = "A LoRA adapter" if not records.merged else "A model with a LoRA adapter merged into its weights"
         return f"{what} for text classification, trained on top of `{base}`."
-    if "layers" in rec:
-        origin = rec.get("teacher_base_model")
-        origin = f" (fine-tuned from `{origin}`)" if origin and origin != rec.get("teacher") else ""
+    if rec.layers is not None:
+        origin = rec.teacher_base_model
+        origin = f" (fine-tuned from `{origin}`)" if origin and origin != rec.teacher else ""
         return (
-            f"A {len(rec['layers'])}-layer student distilled from the {rec.get('teacher_num_layers', '?')}-layer "
-            f"teacher `{rec.get('teacher')}`{origin}, keeping teacher layers "
-            f"{', '.join(str(k) for k in rec['layers'])} (1-based)."
+            f"A {len(rec.layers)}-layer student distilled from the {rec.teacher_num_layers or '?'}-layer "
+            f"teacher `{rec.teacher}`{origin}, keeping teacher layers "
+            f"{', '.join(str(k) for k in rec.layers)} (1-based)."
         )
     if records.method == "teacher":
         return f"A text classifier fine-tuned from `{base}` (the teacher of the distillation runs)."
@@ -222,15 +209,15 @@ def _fmt(value: Any) -> str:
 def _training_section(records: RunRecords) -> str:
     rec, res = records.record, records.results
     rows: list[tuple[str, Any]] = [("method", f"`{records.method}`")]
-    if "layers" in rec:
+    if rec.layers is not None:
         rows += [
-            ("teacher", f"`{rec['teacher']}`" if rec.get("teacher") else None),  # LoRA on a student: none
-            ("teacher layers kept (1-based)", ", ".join(str(k) for k in rec["layers"])),
-            ("teacher depth", rec.get("teacher_num_layers")),
+            ("teacher", f"`{rec.teacher}`" if rec.teacher else None),  # LoRA on a student: none
+            ("teacher layers kept (1-based)", ", ".join(str(k) for k in rec.layers)),
+            ("teacher depth", rec.teacher_num_layers),
         ]
     for name in ("alpha_ce", "alpha_kl", "alpha_cos", "temperature"):
-        if name in rec:
-            rows.append((f"loss weight `{name}`" if name != "temperature" else "KL temperature", rec[name]))
+        if name in rec.loss:
+            rows.append((f"loss weight `{name}`" if name != "temperature" else "KL temperature", rec.loss[name]))
     if records.adapter is not None:
         lora = records.adapter
         rows += [
@@ -251,7 +238,7 @@ def _training_section(records: RunRecords) -> str:
         ("epochs", state.get("num_train_epochs")),
         ("optimizer steps", state.get("global_step")),
         ("batch size per device", state.get("train_batch_size")),
-        ("seed", rec.get("seed")),
+        ("seed", rec.seed),
     ]
     if "train_loss" in res:
         rows.append(("final mean training loss", _fmt(res["train_loss"])))
@@ -321,7 +308,8 @@ def usage_snippet(records: RunRecords, reference: str) -> str:
 
 
 def _record_files(records: RunRecords) -> list[str]:
-    files = ["config.json"] if records.config else []
+    files = [RECORD_FILE] if os.path.isfile(os.path.join(records.path, RECORD_FILE)) else []
+    files += ["config.json"] if records.config else []
     files += [
         name
         for name, present in (("all_results.json", records.results), ("trainer_state.json", records.trainer_state))

@@ -98,7 +98,6 @@ class RunRecord:
         loss = {k: legacy.pop(k) for k in LOSS_KEYS if k in legacy}
         lora = {k: legacy.pop(k) for k in LORA_KEYS if k in legacy}
         data = legacy.pop("dataset", None) or {}
-        id2label = config.get("id2label") or {}
         return cls.from_dict(
             {
                 **legacy,
@@ -106,7 +105,7 @@ class RunRecord:
                 "loss": loss,
                 "lora": lora,
                 "dataset": data if isinstance(data, dict) else {"dataset": data},
-                "label_names": [str(id2label[k]) for k in sorted(id2label, key=int)],
+                "label_names": _label_names(config),
                 "problem_type": config.get("problem_type") or "single_label_classification",
                 "library_versions": {},  # unknown for an old run
             }
@@ -128,30 +127,49 @@ class RunRecord:
 
     @classmethod
     def load(cls, directory: str) -> RunRecord | None:
-        """The directory's record: run_record.json, else the legacy records; None when there is neither."""
+        """The directory's record: run_record.json, else the legacy records; None when there is neither.
+
+        An adapter directory or a merged/ one beside it is a LoRA run by its layout: without records of its own
+        it reads as method `lora` (`lora_merged`) on top of its base's record.
+        """
         path = os.path.join(directory, RECORD_FILE)
         if os.path.isfile(path):
             with open(path) as f:
                 return cls.from_dict(json.load(f))
         config = _read_config(directory)
-        results = _read_json(os.path.join(directory, "all_results.json"))
         if is_adapter_dir(directory):
-            if not results.get("method"):
-                return None
-            labels = {"id2label": results.get("id2label") or config.get("id2label") or {}}
-            record = cls.from_legacy(config.get("training_record") or {}, labels, results)
-            record.is_adapter = True
-            if record.base_record is None and record.base_model and os.path.isdir(record.base_model):
-                base = cls.load(record.base_model)  # LoRA on a student: the student's own record
-                record.base_record = base.to_dict() if base else None
-            return record
-        training_record = config.get("training_record")
-        if not training_record:
+            return cls._legacy_adapter(directory, config)
+        training_record = config.get("training_record") or {}
+        parent = merged_parent(directory)
+        if parent is not None and not any(k in training_record for k in LORA_KEYS):
+            # A merge made by hand keeps its base's record in config.json: the adapter's record speaks for it.
+            record = cls.load(parent) or cls._legacy_adapter(parent, {})
+            record.base_record, record.is_adapter = record.base_record or training_record or None, False
+            record.label_names = record.label_names or _label_names(config)
+        elif training_record:
+            record = cls.from_legacy(training_record, config)
+        else:
             return None
-        record = cls.from_legacy(training_record, config)
-        if training_record.get("merged") or merged_parent(directory):
+        if training_record.get("merged") or parent is not None:
             record.merged = True
             record.method = merged_method(record.method)
+        return record
+
+    @classmethod
+    def _legacy_adapter(cls, directory: str, config: dict[str, Any]) -> RunRecord:
+        """An adapter from before run_record.json: its all_results.json (the config.json beside an adapter, when
+        there is one, is its base model's), else only what adapter_config.json says."""
+        results = _read_json(os.path.join(directory, "all_results.json"))
+        if results.get("method"):
+            labels = {"id2label": results.get("id2label") or config.get("id2label") or {}}
+            record = cls.from_legacy(config.get("training_record") or {}, labels, results)
+        else:
+            base = _read_json(os.path.join(directory, ADAPTER_CONFIG)).get("base_model_name_or_path")
+            record = cls(method="lora", base_model=base, library_versions={})
+        record.is_adapter = True
+        if record.base_record is None and record.base_model and os.path.isdir(record.base_model):
+            base_record = cls.load(record.base_model)  # LoRA on a student: the student's own record
+            record.base_record = base_record.to_dict() if base_record else None
         return record
 
 
@@ -170,6 +188,11 @@ def merged_parent(path: str) -> str | None:
     if os.path.basename(os.path.normpath(path)) == MERGED_SUBDIR and is_adapter_dir(parent):
         return parent
     return None
+
+
+def _label_names(config: dict[str, Any]) -> list[str]:
+    id2label = config.get("id2label") or {}
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
 
 
 def _read_config(directory: str) -> dict[str, Any]:

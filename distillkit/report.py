@@ -16,6 +16,8 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix
 
 from .methods import CONTROLS
+from .records import MERGED_SUFFIX
+from .tasks import MULTI_LABEL
 from .stats import METRIC_LABELS, NOT_DISTINGUISHABLE, metric_names, paired_table, study_pairs
 
 METHOD_ORDER = (
@@ -39,7 +41,11 @@ SUMMARY_COLUMNS = (
     "f1",
     "macro_f1",
     "weighted_f1",
+    "micro_f1",
     "roc_auc",
+    "pr_auc",
+    "balanced_accuracy",
+    "hamming_accuracy",
     "eval_loss",
     "train_loss",
     "train_runtime_s",
@@ -56,10 +62,11 @@ SUMMARY_COLUMNS = (
 LOSS_COMPONENTS = ("loss", "loss_ce", "loss_kl", "loss_cos")
 _SEEDED_MODEL = re.compile(r"^seed\d+-(.+)$")
 _IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
+PER_LABEL_FILE = "per_label.csv"  # support, F1, ROC-AUC, PR-AUC per label (class) per model
 
 
 def method_rank(method: str) -> tuple[int, str]:
-    base = method.removesuffix("_merged")
+    base = method.removesuffix(MERGED_SUFFIX)
     return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
@@ -82,6 +89,8 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
             "seeds": " ".join(str(int(s)) for s in sorted(group.seed.dropna().unique())),
         }
         for column in SUMMARY_COLUMNS:
+            if column not in group:  # a metric of the other task type (hamming_accuracy, balanced_accuracy)
+                continue
             values = pd.to_numeric(group[column], errors="coerce")
             row[f"{column}_mean"] = values.mean()
             row[f"{column}_std"] = values.std(ddof=1) if values.notna().sum() > 1 else math.nan
@@ -139,6 +148,27 @@ def plot_loss_curves(histories: dict[str, list[dict[str, float]]], path: str) ->
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_per_label(table: pd.DataFrame, multi_label: bool, path: str) -> str:
+    """F1 of every label (class) at each model's decision rule, one series per model, labels by support."""
+    supports = table.groupby("label", sort=False).support.first().sort_values(ascending=False, kind="stable")
+    labels = list(supports.index)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(labels) + 2), 4.5))
+    for i, (model, rows) in enumerate(table.groupby("model", sort=False)):
+        f1 = rows.set_index("label").f1.reindex(labels)
+        ax.plot(range(len(labels)), f1.to_numpy(), marker="o", ms=4, lw=1, color=plt.cm.tab10(i % 10), label=model)
+    ax.set_xticks(range(len(labels)), [f"{n} ({supports[n]})" for n in labels], rotation=90 if len(labels) > 4 else 0)
+    ax.set_ylabel("F1")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("label (support)" if multi_label else "class (support), one-vs-rest")
+    ax.set_title("F1 per label at each model's thresholds" if multi_label else "F1 per class")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -320,8 +350,11 @@ def compare_pairs(
 ) -> pd.DataFrame | None:
     """The paired-difference table (distillkit.stats) of the pairs the study asks about, keyed by stage_key.
 
-    None when fewer than two methods have predictions on the same seeds.
+    None when fewer than two methods have predictions on the same seeds, or for multi-label predictions (the paired
+    statistics of distillkit.stats are single-label ones).
     """
+    if any(is_multi_label(frame) for frame in predictions.values()):
+        return None
     by_method: dict[str, dict[int, pd.DataFrame]] = {}
     for row in results.itertuples():
         if row.model in predictions and not pd.isna(row.seed):
@@ -333,6 +366,52 @@ def compare_pairs(
     some = next(iter(predictions.values()))
     k = sum(c.startswith("prob_") for c in some.columns)
     return paired_table(by_method, pairs, metric_names(k), n_resamples)
+
+
+def is_multi_label(frame: pd.DataFrame) -> bool:
+    """A predictions frame of a multi-label model (evaluation.predictions_frame marks it)."""
+    return "problem_type" in frame.columns and bool((frame.problem_type == MULTI_LABEL).any())
+
+
+def metric_note(problem_type: str) -> str:
+    """What results.csv's columns mean for the task of the data set."""
+    if problem_type == MULTI_LABEL:
+        return (
+            "Multi-label: every label is decided by its own sigmoid at the model's saved threshold (0.5 where none "
+            "was saved; `thresholds` column). `F1` (= `micro_f1`), precision and recall are micro averages over every "
+            "(text, label) decision; `macro F1` averages the labels' F1; ROC-AUC and PR-AUC (average precision) are "
+            "macro averages over the labels that have both values in the split; `accuracy` is subset accuracy (every "
+            "label of a text right) and `hamming_accuracy` the share of right label decisions."
+        )
+    return (
+        "F1, precision and recall are of the positive class for binary tasks (decided by argmax, or by the "
+        "model's saved positive-class threshold: `thresholds` column) and macro for multi-class; ROC-AUC and "
+        "PR-AUC (average precision) are on the positive class for binary tasks and macro one-vs-rest for "
+        "multi-class; balanced accuracy is the mean recall over classes."
+    )
+
+
+def per_label_markdown(table: pd.DataFrame, multi_label: bool) -> list[str]:
+    """Labels (classes) × models: support and each model's F1, rarest label last; ROC-AUC and PR-AUC are in the CSV."""
+    models = list(dict.fromkeys(table.model))
+    f1 = table.pivot_table(index="label", columns="model", values="f1", sort=False)
+    support = table.groupby("label", sort=False).support.first().sort_values(ascending=False, kind="stable")
+    what = "label" if multi_label else "class"
+    lines = [
+        f"## F1 per {what} (`{PER_LABEL_FILE}`)",
+        "",
+        (
+            f"F1 of each {what} at each model's decision rule"
+            + ("" if multi_label else " (one-vs-rest: a rare class that vanishes shows 0 here)")
+            + f"; `{PER_LABEL_FILE}` also has each {what}'s ROC-AUC and PR-AUC."
+        ),
+        "",
+        f"| {what} | support | " + " | ".join(models) + " |",
+        "|---|---|" + "---|" * len(models),
+    ]
+    for label, n in support.items():
+        lines.append(f"| {label} | {int(n)} | " + " | ".join(_fmt(f1.loc[label, m]) for m in models) + " |")
+    return lines + [""]
 
 
 def plot_forest(pairs: pd.DataFrame, path: str, reference: str = "teacher") -> str | None:
@@ -426,13 +505,17 @@ def write_report(
     context: dict[str, Any],
     predictions: dict[str, pd.DataFrame] | None = None,
     n_resamples: int = 1000,
+    per_label: pd.DataFrame | None = None,
 ) -> str:
-    """report.md: setup, verdict, results table, per-method summary, paired differences, plots.
+    """report.md: setup, verdict, results table, per-method summary, F1 per label (class), paired differences, plots.
 
     `predictions` (model → label, pred, prob_* frame) defaults to the files in `output_dir/predictions/`; with
     them the paired differences of distillkit.stats are computed, written to `paired.csv` and drawn in a forest plot.
+    `per_label` is evaluation.label_table's rows of every model (`per_label.csv`). `context["problem_type"]` says
+    what the metric columns mean (single-label when absent).
     """
     split = context["split"]
+    multi_label = context.get("problem_type") == MULTI_LABEL
     if predictions is None:
         predictions = read_predictions(output_dir, list(results.model))
     pairs = compare_pairs(results, predictions, n_resamples) if predictions else None
@@ -449,8 +532,7 @@ def write_report(
             f"{context['machine']}; torch {context['torch']}, {context['num_threads']} thread(s), device `{context['device']}`. "
             f"Latency is the median of {context['latency_runs']} single-text forward passes; throughput is texts/s over "
             f"{context['throughput_texts']} texts in batches of 32 (both after a warm-up, tokenisation excluded). "
-            "F1, precision and recall are of the positive class for binary tasks and macro for multi-class; "
-            "ROC-AUC is macro one-vs-rest for multi-class. `size` is the weights in the model's own directory; "
+            f"{metric_note(context.get('problem_type', ''))} `size` is the weights in the model's own directory; "
             "`serving` adds the base model an adapter needs."
             + (f" {context['setup_note']}" if context.get("setup_note") else "")
         ),
@@ -473,10 +555,13 @@ def write_report(
                 ("trainable_pct", "trained %", 2),
                 ("size_mb", "size MB", 1),
                 ("serving_size_mb", "serving MB", 1),
-                ("accuracy", "accuracy", 3),
-                ("f1", "F1", 3),
+                ("accuracy", "subset acc." if multi_label else "accuracy", 3),
+                *([("hamming_accuracy", "Hamming acc.", 3)] if multi_label else []),
+                *([("balanced_accuracy", "balanced acc.", 3)] if "balanced_accuracy" in results else []),
+                ("f1", "micro F1" if multi_label else "F1", 3),
                 ("macro_f1", "macro F1", 3),
                 ("roc_auc", "ROC-AUC", 3),
+                *([("pr_auc", "PR-AUC", 3)] if "pr_auc" in results else []),
                 ("eval_loss", "loss", 3),
                 ("latency_ms_b1", "latency ms", 2),
                 ("latency_ms_b1_cpu", "CPU ms", 2),
@@ -501,6 +586,10 @@ def write_report(
                 f"{_mean_std(row, 'serving_size_mb', 1)} |"
             )
         lines.append("")
+    if per_label is not None and len(per_label):
+        lines += per_label_markdown(per_label, multi_label)
+    if multi_label:
+        lines += ["Paired differences between methods are computed for single-label data only.", ""]
     if pairs is not None:
         lines += [
             "## Paired differences (`paired.csv`)",
@@ -520,6 +609,7 @@ def write_report(
     for title, key in (
         ("Difference vs the teacher (forest plot)", "forest"),
         ("Quality vs latency, per method", "method_means"),
+        ("F1 per label" if multi_label else "F1 per class", "per_label"),
         ("Quality vs size", "quality_vs_size"),
         ("Quality vs latency", "quality_vs_latency"),
         ("Training loss", "loss_curves"),

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .cli import UsageError
-from .evaluation import has_generic_label_names, layers_text, model_name, predict_logits, run_records, unique_names
+from .evaluation import has_generic_label_names, layers_text, model_name, predict_logits, unique_names
 from .loading import LoadedClassifier, expand_onnx_variants, find_model_dirs, load_classifier_dir
 from .students import count_parameters
 from .tasks import Task
@@ -371,14 +371,12 @@ class InferenceWorker:
 
 def describe(clf: LoadedClassifier, labels: list[str], task: Task) -> dict[str, Any]:
     """What `/api/models` shows of a model: all from its own records and config."""
-    results, record, method = run_records(clf)
-    config = clf.model.config
-    layers = results.get("layers", record.get("layers", getattr(config, "distillation_layers", None)))
+    results, config = clf.results, clf.model.config  # how it was made: clf.record (records.RunRecord)
     _, params = count_parameters(clf.model)
     return {
         "name": clf.name,
-        "method": method,
-        "layers": layers_text(layers),
+        "method": clf.method,
+        "layers": layers_text(clf.layers),
         "num_layers": getattr(config, "num_hidden_layers", None),
         "params": params,
         "trainable_params": results.get("trainable_params"),

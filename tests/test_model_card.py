@@ -13,6 +13,7 @@ from transformers import AutoConfig
 import run_distill
 import run_lora
 from distillkit.model_card import METRICS, SPLITS, read_run_records, write_model_card
+from distillkit.records import RECORD_FILE
 
 
 @pytest.fixture(scope="module")
@@ -124,15 +125,24 @@ def test_distilled_student_card(student_dir, capsys):
     assert any(f"'label': '{name}'" in printed for name in id2label.values()), printed
 
 
-def test_hub_ids_become_metadata(student_dir, tmp_path):
-    """A teacher fine-tuned from a Hub model and Hub data: base_model, datasets and the model-index name them."""
+@pytest.mark.parametrize("layout", ["run_record", "legacy"])
+def test_hub_ids_become_metadata(student_dir, tmp_path, layout):
+    """A teacher fine-tuned from a Hub model and Hub data: base_model, datasets and the model-index name them.
+    The card reads them from run_record.json, or from config.json's training_record in an older directory."""
     copy = tmp_path / "even"
     shutil.copytree(student_dir, copy)
     config = json.loads((copy / "config.json").read_text())
-    config["training_record"]["teacher_base_model"] = "google-bert/bert-base-uncased"
-    config["training_record"]["dataset"]["dataset"] = "OxAISH-AL-LLM/wiki_toxic"
     config["id2label"] = {"0": "non-toxic", "1": "toxic"}
+    if layout == "legacy":
+        (copy / RECORD_FILE).unlink()
+        record = config["training_record"]
+    else:
+        record = json.loads((copy / RECORD_FILE).read_text())
+    record["teacher_base_model"] = "google-bert/bert-base-uncased"
+    record["dataset"]["dataset"] = "OxAISH-AL-LLM/wiki_toxic"
     (copy / "config.json").write_text(json.dumps(config))
+    if layout == "run_record":
+        (copy / RECORD_FILE).write_text(json.dumps(record))
     write_model_card(str(copy), repo_id="someone/bert-even-wiki-toxic")
     card = ModelCard.load(copy / "README.md")
     assert card.data.base_model == "google-bert/bert-base-uncased"

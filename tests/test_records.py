@@ -110,3 +110,80 @@ def test_a_directory_without_records_has_none(tmp_path, tiny_base_model_dir):
 
 def test_merged_naming_rule_is_idempotent():
     assert merged_method("lora") == "lora_merged" == merged_method("lora_merged")
+
+
+def test_every_reader_sees_the_same_run_in_the_legacy_layout(runs, legacy_runs):
+    """Loading, evaluation and the model card read a directory through RunRecord.load alone: the old layout
+    (config.json training_record, the adapter's all_results.json, no run_record.json) reads as the new one."""
+    from distillkit.evaluation import made_from, model_seed
+    from distillkit.loading import load_classifier_dir
+    from distillkit.model_card import read_run_records
+
+    for name in RUN_DIRS:
+        new, old = load_classifier_dir(str(runs / name)), load_classifier_dir(str(legacy_runs / name))
+        assert old.record is not None and not (legacy_runs / name / RECORD_FILE).exists()
+        assert (old.method, old.layers, model_seed(old)) == (new.method, new.layers, model_seed(new)), name
+        assert made_from(old) == made_from(new), name
+        card_new, card_old = read_run_records(str(runs / name)), read_run_records(str(legacy_runs / name))
+        assert (card_old.method, card_old.merged, card_old.dataset) == (
+            card_new.method, card_new.merged, card_new.dataset
+        ), name
+    student = load_classifier_dir(str(legacy_runs / "odd"))
+    assert student.method == "odd" and student.layers == [1, 3] and model_seed(student) == 0
+    assert made_from(student) == str(runs / "teacher")
+    assert load_classifier_dir(str(legacy_runs / "lora" / "merged")).method.endswith("_merged")
+
+
+def _classifier(record: RunRecord | None, runtime: str = "pytorch", results: dict | None = None, path: str = "x"):
+    from distillkit.loading import LoadedClassifier
+
+    return LoadedClassifier("m", path, None, None, False, record=record, results=results or {}, runtime=runtime)
+
+
+def test_method_names_for_the_comparison():
+    """The record's method; `_ce` for a student distilled with no teacher signal (methods.CONTROLS: odd_ce);
+    `_onnx` / `_onnx_int8` for the exported runtimes; results or `custom` for a model without a record."""
+    losses = {"alpha_ce": 1.0, "alpha_kl": 0.0, "alpha_cos": 0.0, "temperature": 2.0}
+    ce_only = RunRecord(method="odd", teacher="EXP/teacher", layers=[1, 3], loss=losses)
+    assert _classifier(ce_only).method == "odd_ce"
+    assert _classifier(ce_only, "onnxruntime-fp32").method == "odd_ce_onnx"
+    assert _classifier(ce_only, "onnxruntime-int8").method == "odd_ce_onnx_int8"
+    distilled = RunRecord(method="even", teacher="EXP/teacher", loss={**losses, "alpha_kl": 1.0})
+    assert _classifier(distilled).method == "even" and _classifier(distilled, "onnxruntime-fp32").method == "even_onnx"
+    assert _classifier(RunRecord(method="teacher", base_model="bert")).method == "teacher"
+    merged = RunRecord(method="lora_merged", merged=True, teacher="T", loss={"alpha_kl": 0.0, "alpha_cos": 0.0})
+    assert _classifier(merged).method == "lora_merged"  # only a distilled student is a CE-only control
+    assert _classifier(None, results={"method": "teacher"}).method == "teacher"
+    assert _classifier(None).method == "custom"
+
+
+def test_a_hand_made_adapter_and_merge_read_as_lora(tmp_path, runs):
+    """An adapter saved without our records, and a merge of it whose config.json still holds its base's record:
+    the layout says LoRA, and the base's record (its seed) stays reachable."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from distillkit.evaluation import model_seed
+    from distillkit.loading import load_classifier_dir
+
+    torch.manual_seed(0)
+    teacher = runs / "teacher"
+    model = get_peft_model(
+        AutoModelForSequenceClassification.from_pretrained(teacher),
+        LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["query"]),
+    )
+    adapter = tmp_path / "lora"
+    model.save_pretrained(adapter)
+    model.merge_and_unload().save_pretrained(adapter / "merged")  # config.json keeps the teacher's training_record
+    for path in (adapter, adapter / "merged"):
+        shutil.copy(teacher / "tokenizer.json", path)
+        shutil.copy(teacher / "tokenizer_config.json", path)
+    record = RunRecord.load(str(adapter))
+    assert record.is_adapter and record.method == "lora" and record.base_model == str(teacher)
+    assert record.base_record["method"] == "teacher"
+    merged = RunRecord.load(str(adapter / "merged"))
+    assert merged.merged and merged.method == "lora_merged" and merged.base_record["method"] == "teacher"
+    for path in (adapter, adapter / "merged"):
+        clf = load_classifier_dir(str(path))
+        assert clf.method == ("lora" if path == adapter else "lora_merged") and model_seed(clf) == 0
