@@ -130,9 +130,12 @@ def load_classifier_dir(path: str, name: str | None = None, device: str | torch.
     if adapter:
         from peft import AutoPeftModelForSequenceClassification
 
-        model = AutoPeftModelForSequenceClassification.from_pretrained(
-            path, use_safetensors=True, **adapter_head_kwargs(path)
-        )
+        head = adapter_head_kwargs(path)
+        # Not a config attribute transformers knows: as a from_pretrained kwarg it would reach the model's __init__.
+        thresholds = head.pop("decision_thresholds", None)
+        model = AutoPeftModelForSequenceClassification.from_pretrained(path, use_safetensors=True, **head)
+        if thresholds is not None:
+            model.config.decision_thresholds = thresholds
     else:
         model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
     model.to(device).eval()

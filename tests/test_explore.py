@@ -249,6 +249,7 @@ def test_a_bad_predictions_file_is_a_start_up_error_and_unaligned_models_are_409
 
 # ---- A multi-label evaluation output: label and pred are label-id lists ("0,3"; empty: none) ----
 
+
 def decided_sets(model_dir: Path) -> list[list[int]]:
     from test_serving_tasks import own_logits
 
@@ -373,3 +374,39 @@ def test_the_app_serves_a_multilabel_evaluation(multilabel_report, tmp_path):
         body = test_client.get("/api/errors", params={"model": "ml_a"}).json()
         assert body["total"] > 0 and all("gold_ids" in e for e in body["errors"])
     registry.close()
+
+
+def test_the_explorer_reads_run_evals_own_multilabel_output(tmp_path):
+    """What run_eval.py writes for multi-label models (label-id lists in label/pred, a problem_type column) is what
+    the exploration endpoints read: every count and error checked against the file."""
+    from test_serving_tasks import LABELS, TEXTS, make_multilabel_model
+
+    data = tmp_path / "data"
+    data.mkdir()
+    gold = ["0,3", "", "1", "2,3", "0,1,3", "", "3", "2"]  # go_emotions' layout: a `labels` column of id lists
+    for split in ("train", "validation", "test"):
+        pd.DataFrame({"text": TEXTS, "labels": gold}).to_csv(data / f"{split}.csv", index=False)
+    exp = tmp_path / "exp"
+    for name, seed in (("ml_a", 3), ("ml_b", 7)):
+        make_multilabel_model(exp / name, seed=seed)
+        (exp / name / "all_results.json").write_text(json.dumps({"method": name}))
+    run_eval.main(
+        ["--experiment_dir", str(exp), "--dataset_name", str(data), "--output_dir", str(exp / "report")]
+        + ["--label_column", "labels", "--problem_type", "multi_label"]
+        + EVAL_FAST
+    )
+    explorer = Explorer.load(experiment_dir=str(exp))
+    assert explorer.overview()["problem_types"] == dict.fromkeys(["ml_a", "ml_b"], "multi_label_classification")
+    assert explorer.label_names == LABELS
+    k = len(LABELS)
+    expected_gold = multi_hot_of(pd.Series(gold), k)
+    for name in ("ml_a", "ml_b"):
+        frame = pd.read_csv(exp / "report" / "predictions" / f"{name}.csv", keep_default_na=False)
+        assert (multi_hot_of(frame.label, k) == expected_gold).all()
+        pred = multi_hot_of(frame.pred, k)
+        dist = explorer.distribution(name)
+        assert [c["gold"] for c in dist["classes"]] == expected_gold.sum(axis=0).tolist()
+        assert [c["predicted"] for c in dist["classes"]] == pred.sum(axis=0).tolist()
+        wrong = np.flatnonzero((pred != expected_gold).any(axis=1))
+        errors = explorer.errors(name, limit=MAX_LIMIT)
+        assert errors["total"] == len(wrong) and sorted(e["index"] for e in errors["errors"]) == wrong.tolist()

@@ -294,3 +294,52 @@ def test_openapi_documents_the_answer_for_both_tasks(client):
         assert term in post["description"]
     schema = post["requestBody"]["content"]["application/json"]["schema"]
     assert schema["required"] == ["texts"] and set(schema["properties"]) == {"texts", "models"}
+
+
+def test_a_multilabel_lora_adapter_on_a_headless_base_is_served_by_its_recorded_task(tmp_path, tiny_base_model_dir):
+    """The base (a pretrained encoder) knows no task: the adapter's run_record.json and all_results.json say it is
+    multi-label and which thresholds were tuned, and the loader puts them on the config the server reads."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from distillkit.records import RunRecord
+
+    torch.manual_seed(8)
+    model = BertForSequenceClassification.from_pretrained(
+        tiny_base_model_dir, num_labels=len(LABELS), problem_type=MULTI_LABEL, id2label=dict(enumerate(LABELS))
+    )
+    lora = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["query"]))
+    with torch.no_grad():  # as if trained: B is not zero and the head is not the fresh one
+        for name, param in lora.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                param.normal_(0, 1.0)
+    adapter = tmp_path / "lora"
+    lora.save_pretrained(adapter)
+    make_tokenizer(adapter)
+    lora.eval()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    with torch.no_grad():
+        probs = sigmoid(np.stack([lora(**tokenizer(t, return_tensors="pt")).logits[0].double().numpy() for t in TEXTS]))
+    thresholds = [between(probs[:, j], 3) for j in range(len(LABELS))]  # each label passes for 4 of the 8 texts
+    RunRecord(
+        method="lora",
+        base_model=str(tiny_base_model_dir),
+        problem_type=MULTI_LABEL,
+        label_names=LABELS,
+        is_adapter=True,
+    ).save(str(adapter))
+    (adapter / "all_results.json").write_text(json.dumps({"method": "lora", "decision_thresholds": thresholds}))
+
+    registry = ModelRegistry.from_dirs([str(adapter)], ServingLimits())
+    try:
+        info = registry.describe()[0]
+        assert info["adapter"] and info["problem_type"] == MULTI_LABEL and info["labels"] == LABELS
+        body = registry.predict(PredictRequest(texts=TEXTS, models=registry.names))
+        for result, row in zip(body["results"], probs):
+            pred = result["predictions"][0]
+            np.testing.assert_allclose([pred["probabilities"][n] for n in LABELS], row, atol=1e-5)
+            assert pred["thresholds"] == dict(zip(LABELS, thresholds))
+            assert pred["label_ids"] == [j for j in range(len(LABELS)) if row[j] >= thresholds[j]]
+    finally:
+        registry.close()
