@@ -76,7 +76,10 @@ def make_multilabel_model(directory, texts: list[str], seed: int = 0) -> list[fl
     BertForSequenceClassification(config).save_pretrained(directory)
     make_tokenizer(directory)
     probs = sigmoid(own_logits(directory, texts))
-    thresholds = [float(np.quantile(probs[:, j], q)) + 1e-6 for j, q in enumerate((0.3, 0.5, 0.7, 0.4))]
+    # Midway between two neighbouring probabilities: no text sits on a threshold (nor flips by rounding).
+    ranked = np.sort(probs, axis=0)
+    cut = [int(q * len(texts)) for q in (0.3, 0.5, 0.7, 0.4)]
+    thresholds = [float(ranked[k - 1, j] + ranked[k, j]) / 2 for j, k in enumerate(cut)]
     config.decision_thresholds = thresholds
     config.save_pretrained(directory)
     return thresholds
@@ -291,3 +294,55 @@ def test_single_label_report_has_per_class_f1_pr_auc_and_balanced_accuracy(tmp_p
     report = (out / "report.md").read_text()
     assert "## F1 per class (`per_label.csv`)" in report and "PR-AUC" in report and "balanced acc." in report
     assert "plots/per_label_f1.png" in report and "plots/confusion_clf3.png" in report
+
+
+def test_an_onnx_export_of_a_multilabel_model_is_scored_at_the_same_thresholds(tmp_path, multilabel_case):
+    """run_export.py copies config.json (problem_type, decision_thresholds) beside model.onnx: evaluation scores
+    the export by the same task, so its row equals the PyTorch row."""
+    import run_export
+
+    model_dir, thresholds, texts, gold = multilabel_case
+    # Large random weights give large logits: their fp32 ONNX difference is ~3e-4 here.
+    run_export.main(["--model_dir", str(model_dir), "--output_dir", str(tmp_path / "ml-onnx"), "--tolerance", "1e-3"])
+    data = multilabel_data(texts, gold)
+    rows = [
+        evaluate_model(load_classifier_dir(str(path)), data, "test", SETTINGS, bootstrap=0)
+        for path in (model_dir, tmp_path / "ml-onnx")
+    ]
+    (torch_row, torch_frame, _), (onnx_row, onnx_frame, onnx_table) = rows
+    assert onnx_row["runtime"] == "onnxruntime-fp32" and onnx_row["problem_type"] == MULTI_LABEL
+    assert onnx_row["thresholds"] == torch_row["thresholds"]
+    assert onnx_frame.pred.tolist() == torch_frame.pred.tolist()
+    for name in ("f1", "macro_f1", "accuracy", "hamming_accuracy", "roc_auc", "pr_auc"):
+        assert onnx_row[name] == pytest.approx(torch_row[name], abs=1e-6), name
+    assert onnx_table.label.tolist() == LABELS
+
+
+def test_a_multilabel_adapter_on_a_headless_base_loads_with_its_task(tmp_path, tiny_base_model_dir):
+    """A LoRA adapter's base may be a pretrained encoder whose config knows no task: the loader gives it the
+    recorded problem_type and the thresholds the run tuned (all_results.json), so evaluation decides as trained."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+
+    from distillkit.records import RunRecord
+    from distillkit.tasks import Task
+
+    torch.manual_seed(0)
+    base = BertForSequenceClassification.from_pretrained(
+        tiny_base_model_dir, num_labels=len(LABELS), problem_type=MULTI_LABEL
+    )
+    adapter = tmp_path / "lora"
+    get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["query"])).save_pretrained(
+        adapter
+    )
+    make_tokenizer(adapter)
+    RunRecord(
+        method="lora", base_model=str(tiny_base_model_dir), is_adapter=True, problem_type=MULTI_LABEL, label_names=LABELS
+    ).save(str(adapter))
+    thresholds = [0.2, 0.4, 0.6, 0.8]
+    (adapter / "all_results.json").write_text(json.dumps({"method": "lora", "decision_thresholds": thresholds}))
+    clf = load_classifier_dir(str(adapter))
+    task = Task.from_config(clf.model.config)
+    assert clf.is_adapter and task.multi_label and task.thresholds == thresholds
+    assert [clf.id2label[i] for i in range(len(LABELS))] == LABELS
