@@ -337,9 +337,9 @@ def test_a_multilabel_adapter_on_a_headless_base_loads_with_its_task(tmp_path, t
         adapter
     )
     make_tokenizer(adapter)
-    RunRecord(
-        method="lora", base_model=str(tiny_base_model_dir), is_adapter=True, problem_type=MULTI_LABEL, label_names=LABELS
-    ).save(str(adapter))
+    record = RunRecord(method="lora", base_model=str(tiny_base_model_dir), is_adapter=True, label_names=LABELS)
+    record.problem_type = MULTI_LABEL
+    record.save(str(adapter))
     thresholds = [0.2, 0.4, 0.6, 0.8]
     (adapter / "all_results.json").write_text(json.dumps({"method": "lora", "decision_thresholds": thresholds}))
     clf = load_classifier_dir(str(adapter))
