@@ -44,11 +44,14 @@ RESULT_COLUMNS = (
     "trainable_pct",
     "serving_size_mb",
     "f1",
+    "macro_f1",
     "roc_auc",
+    "pr_auc",
     "accuracy",
     "latency_ms_b1",
     "throughput_b32",
     "samples",
+    "problem_type",  # not a column on the page: it says what f1 and accuracy mean for the row
 )
 DISAGREEMENT_KINDS = ("all", "only_a", "only_b", "both_wrong")
 

@@ -376,17 +376,19 @@ def test_the_app_serves_a_multilabel_evaluation(multilabel_report, tmp_path):
     registry.close()
 
 
-def test_the_explorer_reads_run_evals_own_multilabel_output(tmp_path):
-    """What run_eval.py writes for multi-label models (label-id lists in label/pred, a problem_type column) is what
-    the exploration endpoints read: every count and error checked against the file."""
-    from test_serving_tasks import LABELS, TEXTS, make_multilabel_model
+ML_GOLD = ["0,3", "", "1", "2,3", "0,1,3", "", "3", "2"]  # go_emotions' layout: a `labels` column of id lists
 
-    data = tmp_path / "data"
-    data.mkdir()
-    gold = ["0,3", "", "1", "2,3", "0,1,3", "", "3", "2"]  # go_emotions' layout: a `labels` column of id lists
+
+def make_run_eval_multilabel_experiment(root: Path) -> Path:
+    """EXP/{ml_a,ml_b}: tiny multi-label models with saved thresholds, and EXP/report: run_eval.py's output for
+    them on a multi-label CSV folder (TEXTS, gold label sets ML_GOLD)."""
+    from test_serving_tasks import TEXTS, make_multilabel_model
+
+    data = root / "data"
+    data.mkdir(parents=True)
     for split in ("train", "validation", "test"):
-        pd.DataFrame({"text": TEXTS, "labels": gold}).to_csv(data / f"{split}.csv", index=False)
-    exp = tmp_path / "exp"
+        pd.DataFrame({"text": TEXTS, "labels": ML_GOLD}).to_csv(data / f"{split}.csv", index=False)
+    exp = root / "exp"
     for name, seed in (("ml_a", 3), ("ml_b", 7)):
         make_multilabel_model(exp / name, seed=seed)
         (exp / name / "all_results.json").write_text(json.dumps({"method": name}))
@@ -395,11 +397,25 @@ def test_the_explorer_reads_run_evals_own_multilabel_output(tmp_path):
         + ["--label_column", "labels", "--problem_type", "multi_label"]
         + EVAL_FAST
     )
+    return exp
+
+
+def test_the_explorer_reads_run_evals_own_multilabel_output(tmp_path):
+    """What run_eval.py writes for multi-label models (label-id lists in label/pred, a problem_type column) is what
+    the exploration endpoints read: every count and error checked against the file."""
+    from test_serving_tasks import LABELS
+
+    exp = make_run_eval_multilabel_experiment(tmp_path)
     explorer = Explorer.load(experiment_dir=str(exp))
-    assert explorer.overview()["problem_types"] == dict.fromkeys(["ml_a", "ml_b"], "multi_label_classification")
+    overview = explorer.overview()
+    assert overview["problem_types"] == dict.fromkeys(["ml_a", "ml_b"], "multi_label_classification")
     assert explorer.label_names == LABELS
+    results = pd.read_csv(exp / "report" / "results.csv")
+    for row, expected in zip(overview["results"], results.itertuples()):  # the table says what its columns mean
+        assert row["problem_type"] == "multi_label_classification"
+        assert row["macro_f1"] == pytest.approx(expected.macro_f1) and row["pr_auc"] == pytest.approx(expected.pr_auc)
     k = len(LABELS)
-    expected_gold = multi_hot_of(pd.Series(gold), k)
+    expected_gold = multi_hot_of(pd.Series(ML_GOLD), k)
     for name in ("ml_a", "ml_b"):
         frame = pd.read_csv(exp / "report" / "predictions" / f"{name}.csv", keep_default_na=False)
         assert (multi_hot_of(frame.label, k) == expected_gold).all()

@@ -374,7 +374,8 @@ const RESULT_COLUMNS = [
   ["model", "model", String], ["method", "method", String], ["layers", "layers", String],
   ["params", "params", formatParams], ["trainable_pct", "trained", (v) => `${v < 1 ? v.toFixed(2) : v.toFixed(0)}%`],
   ["serving_size_mb", "serving MB", (v) => v.toFixed(1)], ["f1", "F1", (v) => v.toFixed(3)],
-  ["roc_auc", "ROC-AUC", (v) => v.toFixed(3)], ["accuracy", "accuracy", (v) => v.toFixed(3)],
+  ["macro_f1", "macro F1", (v) => v.toFixed(3)], ["roc_auc", "ROC-AUC", (v) => v.toFixed(3)],
+  ["pr_auc", "PR-AUC", (v) => v.toFixed(3)], ["accuracy", "accuracy", (v) => v.toFixed(3)],
   ["latency_ms_b1", "latency ms (1 text)", (v) => v.toFixed(1)], ["throughput_b32", "texts/s (batch 32)", (v) => v.toFixed(1)],
 ];
 
@@ -390,7 +391,9 @@ function renderResults() {
   const body = results.map((row) => el("tr", { "data-model": row.model }, columns.map(([key, , format]) =>
     el("td", { "data-column": key, text: row[key] == null ? "—" : format(row[key]) }))));
   document.getElementById("results-table").replaceChildren(el("thead", {}, head), el("tbody", {}, body));
-  document.getElementById("evaluation-caption").textContent = `— ${samples} test texts, from ${dir}/results.csv`;
+  const multi = results.some((row) => row.problem_type === MULTI_LABEL)
+    ? "; multi-label rows: F1 is micro-F1, accuracy is subset accuracy, AUCs are macro over labels" : "";
+  document.getElementById("evaluation-caption").textContent = `— ${samples} test texts, from ${dir}/results.csv${multi}`;
   document.getElementById("evaluation-section").hidden = false;
 }
 
