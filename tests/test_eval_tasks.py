@@ -21,7 +21,9 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
-from transformers import BertForSequenceClassification
+from test_serving_tasks import LABELS, between, own_logits, sigmoid
+from test_serving_tasks import make_multilabel_model as serving_multilabel_model
+from transformers import AutoConfig, BertForSequenceClassification
 
 import run_eval
 from distillkit.cli import UsageError
@@ -31,25 +33,9 @@ from distillkit.loading import load_classifier_dir
 from distillkit.metrics import per_class_f1
 from distillkit.tasks import MULTI_LABEL, SINGLE_LABEL
 
-LABELS = ["insult", "threat", "obscene", "praise"]
 FAST = ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_texts", "32", "--num_threads", "1"]
 FAST += ["--bootstrap_samples", "10"]
 SETTINGS = SpeedSettings(latency_runs=50, throughput_texts=32, max_length=32)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-x))
-
-
-def own_logits(model_dir, texts: list[str]) -> np.ndarray:
-    """The model's logits from a plain transformers forward pass, independent of evaluation's batching."""
-    from transformers import AutoTokenizer
-
-    model = BertForSequenceClassification.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    with torch.no_grad():
-        one = [model(**tokenizer([t], truncation=True, max_length=32, return_tensors="pt")).logits[0] for t in texts]
-    return torch.stack(one).numpy().astype(np.float64)
 
 
 def multilabel_texts(n: int, seed: int) -> tuple[list[str], np.ndarray]:
@@ -62,27 +48,15 @@ def multilabel_texts(n: int, seed: int) -> tuple[list[str], np.ndarray]:
 
 
 def make_multilabel_model(directory, texts: list[str], seed: int = 0) -> list[float]:
-    """A 2-layer multi-label BERT saved with a different threshold per label, each away from 0.5 and chosen from
-    its own probabilities so that the saved thresholds decide differently from 0.5."""
-    torch.manual_seed(seed)
-    config = tiny_bert_config(
-        num_layers=2,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={n: i for i, n in enumerate(LABELS)},
-        problem_type=MULTI_LABEL,
-        initializer_range=1.0,  # large random weights: probabilities that depend on the text
-    )
-    BertForSequenceClassification(config).save_pretrained(directory)
-    make_tokenizer(directory)
+    """test_serving_tasks' 4-label multi-label BERT, saved again with a different threshold per label chosen from
+    its probabilities on `texts` (30, 50, 70 and 40% of them under it), so the thresholds decide unlike 0.5."""
+    serving_multilabel_model(directory, seed=seed)
+    config = AutoConfig.from_pretrained(directory)
     probs = sigmoid(own_logits(directory, texts))
-    # Midway between two neighbouring probabilities: no text sits on a threshold (nor flips by rounding).
-    ranked = np.sort(probs, axis=0)
-    cut = [int(q * len(texts)) for q in (0.3, 0.5, 0.7, 0.4)]
-    thresholds = [float(ranked[k - 1, j] + ranked[k, j]) / 2 for j, k in enumerate(cut)]
-    config.decision_thresholds = thresholds
+    picks = [int(q * len(texts)) - 1 for q in (0.3, 0.5, 0.7, 0.4)]
+    config.decision_thresholds = [between(probs[:, j], pick) for j, pick in enumerate(picks)]
     config.save_pretrained(directory)
-    return thresholds
+    return config.decision_thresholds
 
 
 def multilabel_data(texts: list[str], gold: np.ndarray) -> TextClassificationData:
@@ -246,7 +220,7 @@ def test_run_eval_on_a_multilabel_csv_folder(tmp_path):
     for name, path in models.items():
         frame = pd.read_csv(out / "predictions" / f"{name}.csv", keep_default_na=False)
         probs = frame[[f"prob_{j}" for j in range(len(LABELS))]].to_numpy()
-        saved = np.asarray(BertForSequenceClassification.config_class.from_pretrained(path).decision_thresholds)
+        saved = np.asarray(AutoConfig.from_pretrained(path).decision_thresholds)
         np.testing.assert_allclose([float(t) for t in csv.loc[name, "thresholds"].split(",")], saved, rtol=1e-3)
         preds = (sigmoid(own_logits(path, texts)) >= saved).astype(int)
         y = gold.astype(int)
@@ -264,7 +238,7 @@ def test_run_eval_on_a_multilabel_csv_folder(tmp_path):
     assert not list((out / "plots").glob("confusion_*.png"))  # label sets have no single confusion matrix
     report = (out / "report.md").read_text()
     assert "subset accuracy" in report and "micro" in report and "plots/per_label_f1.png" in report
-    assert "## F1 per label (`per_label.csv`)" in report and "| insult |" in report
+    assert "## F1 per label (`per_label.csv`)" in report and f"| {LABELS[0]} |" in report
 
 
 def test_single_label_report_has_per_class_f1_pr_auc_and_balanced_accuracy(tmp_path):
