@@ -34,7 +34,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from distillkit.cli import UsageError, exit_on_usage_error, parse_args
+from distillkit.cli import UsageError, exit_on_usage_error, parse_args, parse_class_names
 from distillkit.explore import DEFAULT_LIMIT, Explorer
 from distillkit.serving import ModelRegistry, RequestError, ServingLimits, parse_json_body, validate_predict_request
 
@@ -105,10 +105,11 @@ class ServeArguments:
             "are capped by uvicorn at 4x this)."
         },
     )
-    label_names: str | None = field(
+    class_names: list[str] | None = field(
         default=None,
-        metadata={"help": "Comma-separated class names (e.g. non-toxic,toxic) for models saved with LABEL_0, LABEL_1."},
+        metadata={"help": "Class names (non-toxic,toxic or non-toxic toxic) for models saved with LABEL_0, LABEL_1."},
     )
+    label_names: list[str] | None = field(default=None, metadata={"help": "Alias of --class_names."})
     num_threads: int | None = field(
         default=None, metadata={"help": "Threads per forward pass (default: torch's, one per core)."}
     )
@@ -324,12 +325,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.num_threads)
     if args.host not in LOOPBACK:
         logger.warning(f"--host {args.host}: the API has no authentication; anyone who can reach it can use it")
-    label_names = [name.strip() for name in args.label_names.split(",")] if args.label_names else None
+    class_names = parse_class_names(args.class_names, alias=args.label_names)
     explorer = Explorer.load(args.report_dir, args.experiment_dir)  # before the models: a bad --report_dir fails fast
     if not explorer.available:
         logger.warning(f"exploration endpoints off: {explorer.missing_reason}")
     registry = ModelRegistry.from_dirs(
-        args.model_dirs, args.limits, experiment_dir=args.experiment_dir, label_names=label_names
+        args.model_dirs, args.limits, experiment_dir=args.experiment_dir, label_names=class_names
     )
     for info in registry.describe():
         logger.info(f"serving {info['name']}: {info['method']}, layers {info['layers']}, {info['params']:,} params")

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     layers = select_layers(student_args.layers, plan.config.num_hidden_layers, student_args.student_num_layers)
     logger.info(f"student: teacher layers {layers} of {plan.config.num_hidden_layers}")
 
-    tokenizer_source = teacher_args.tokenizer_name or (plan.finetune_from or plan.source)
+    tokenizer_source = teacher_args.tokenizer_name or (plan.finetune_from or plan.name_or_path)
     tokenizer, tokenized = load_tokenized(tokenizer_source, data, data_args, training_args, teacher_args.cache_dir)
 
     # Stage 1: the teacher.
@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
             revision=teacher_args.model_revision,
         )
     else:
-        teacher = AutoModelForSequenceClassification.from_pretrained(plan.source, cache_dir=teacher_args.cache_dir)
+        teacher = AutoModelForSequenceClassification.from_pretrained(
+            plan.name_or_path, cache_dir=teacher_args.cache_dir
+        )
     layer_stack(teacher)  # fails early, with the supported list, for an architecture we cannot cut
 
     # Stage 2: the student.
@@ -86,14 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
     method = student_args.layers if student_args.layers in NAMED_LAYER_CHOICES else "custom"
     student.config.training_record = {
         "method": method,
-        "teacher": plan.source,
-        "teacher_base_model": plan.finetune_from or plan.source,
+        "teacher": plan.name_or_path,
+        "teacher_base_model": plan.finetune_from or plan.name_or_path,
         "layers": layers,
         "teacher_num_layers": plan.config.num_hidden_layers,
-        "alpha_ce": training_args.alpha_ce,
-        "alpha_kl": training_args.alpha_kl,
-        "alpha_cos": training_args.alpha_cos,
-        "temperature": training_args.temperature,
+        **training_args.loss_record(),
         **({"cache_teacher_logits": True} if training_args.cache_teacher_logits else {}),
         **({"class_weights": training_args.class_weights} if training_args.class_weights != "none" else {}),
         "max_seq_length": data_args.max_seq_length,
@@ -101,9 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": training_args.seed,
     }
     trainer = build_trainer(student, training_args, tokenized, tokenizer, teacher_model=teacher, layer_map=layers)
-    return train_evaluate_save(
-        trainer, tokenized, resume_from, extra_results={"method": method, "layers": layers, "teacher": plan.source}
-    )
+    extra = {"method": method, "layers": layers, "teacher": plan.name_or_path}
+    return train_evaluate_save(trainer, tokenized, resume_from, extra_results=extra)
 
 
 if __name__ == "__main__":

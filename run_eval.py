@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from distillkit.cli import UsageError, exit_on_usage_error, parse_args
+from distillkit.cli import UsageError, exit_on_usage_error, parse_args, parse_class_names
 from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.evaluation import SpeedSettings, evaluate_model, loss_history, model_name, unique_names
 from distillkit.loading import expand_onnx_variants, find_model_dirs, is_model_dir, load_classifier_dir
@@ -65,9 +65,11 @@ class EvalArguments:
             "help": "Seed of the held-out splits when the data set lacks validation/test files (use the training runs' --seed)."
         },
     )
-    label_names: list[str] | None = field(
-        default=None, metadata={"help": "Class names in label-id order, as given to training (--label_names)."}
+    class_names: list[str] | None = field(
+        default=None,
+        metadata={"help": "Class names in label-id order, as given to training: a,b,c or a b c (→ id2label)."},
     )
+    label_names: list[str] | None = field(default=None, metadata={"help": "Alias of --class_names."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size of the prediction pass."})
     latency_runs: int = field(
         default=100, metadata={"help": "Single-text forward passes timed per model (the median is reported); >= 50."}
@@ -94,8 +96,7 @@ class EvalArguments:
             raise UsageError(f"--num_threads {self.num_threads}: must be at least 1")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError(f"--device {self.device}: CUDA is not available on this machine; use --device cpu")
-        if self.label_names:
-            self.label_names = [n.strip() for part in self.label_names for n in part.split(",") if n.strip()]
+        self.class_names = parse_class_names(self.class_names, alias=self.label_names)
 
 
 def collect_model_dirs(args: EvalArguments) -> list[str]:
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     check_output_dir(eval_args)
     model_dirs = collect_model_dirs(eval_args)
     data = load_text_classification_data(
-        data_args, seed=eval_args.seed, cache_dir=eval_args.cache_dir, class_names=eval_args.label_names
+        data_args, seed=eval_args.seed, cache_dir=eval_args.cache_dir, class_names=eval_args.class_names
     )
     if eval_args.num_threads:
         torch.set_num_threads(eval_args.num_threads)

@@ -8,21 +8,21 @@ run_distill.py runs this same code path as its stage 1 when its teacher has no t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import ModelArguments, UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments
+from distillkit.losses import flag_list, teacher_terms
 from distillkit.teacher import finetune_classifier, load_config, teacher_record
+from distillkit.trainer import with_loss_weight_fields
 from distillkit.training import load_tokenized, start_run
 
 
 @dataclass
+@with_loss_weight_fields(teacher_default=0.0, teacher_help="Must stay 0: there is no teacher here.")
 class FinetuneTrainingArguments(DistillationTrainingArguments):
     """Plain fine-tuning: the same arguments with the teacher's terms off."""
-
-    alpha_kl: float = field(default=0.0, metadata={"help": "Must stay 0: there is no teacher here."})
-    alpha_cos: float = field(default=0.0, metadata={"help": "Must stay 0: there is no teacher here."})
 
 
 @exit_on_usage_error
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
         (ModelArguments, DataTrainingArguments, FinetuneTrainingArguments), argv
     )
     if training_args.uses_teacher:
-        raise UsageError("run_finetune.py has no teacher: --alpha_kl and --alpha_cos must be 0 (use run_distill.py)")
+        raise UsageError(f"run_finetune.py has no teacher: {flag_list(teacher_terms())} must be 0 (use run_distill.py)")
     resume_from, data = start_run(training_args, data_args, model_args.cache_dir)
     load_config(model_args.model_name_or_path, "--model_name_or_path", model_args.cache_dir, model_args.model_revision)
     tokenizer, tokenized = load_tokenized(

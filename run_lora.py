@@ -5,8 +5,8 @@
     accelerate launch run_lora.py --model_name_or_path EXP/even --dataset_name hate_speech18 --output_dir EXP/lora_even
 
 The base is a pretrained encoder (it gets a fresh head), a fine-tuned classifier, or a student written by
-run_distill.py (the hybrid: "lora_student"). `--teacher_name_or_path` adds run_distill.py's distillation terms
-(`--cache_teacher_logits`: computed once, with no teacher forward during training).
+run_distill.py (the hybrid, recorded as lora_<the student's method>, e.g. lora_even). `--teacher_name_or_path`
+adds run_distill.py's distillation terms (`--cache_teacher_logits`: computed once, with no teacher forward during training).
 `--merge` also writes the adapter folded into its base, a plain model, to OUTPUT_DIR/merged.
 Any argument may also come from one .json/.yaml file: `python run_lora.py args.yaml`.
 """
@@ -27,13 +27,15 @@ from distillkit.lora import (
     MERGED_SUBDIR,
     LoraArguments,
     apply_lora,
-    cosine_term_problem,
     is_distilled_student,
     loadable_name_or_path,
     merge_and_save,
     parameter_counts,
 )
+from distillkit.losses import flag_list, teacher_terms
+from distillkit.records import lora_method
 from distillkit.teacher import has_trained_head, load_classifier, load_config
+from distillkit.trainer import hidden_state_layer_map, with_loss_weight_fields
 from distillkit.training import build_trainer, load_tokenized, start_run, train_evaluate_save
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ DEFAULT_LORA_LEARNING_RATE = 2e-3
 
 
 @dataclass
+@with_loss_weight_fields(
+    teacher_default=None, teacher_help="Needs --teacher_name_or_path (then the default is run_distill.py's); else 0."
+)
 class LoraTrainingArguments(DistillationTrainingArguments):
     """Training arguments of a LoRA run: a LoRA-sized learning rate, and an optional distillation teacher."""
 
@@ -56,31 +61,20 @@ class LoraTrainingArguments(DistillationTrainingArguments):
             "help": "A fine-tuned classifier for this task to distil from while training the adapter (KL and hidden-state cosine terms, as run_distill.py)."
         },
     )
-    alpha_kl: float | None = field(
-        default=None,
-        metadata={"help": "Weight of the KL term (default 1 with --teacher_name_or_path, else 0)."},
-    )
-    alpha_cos: float | None = field(
-        default=None,
-        metadata={
-            "help": "Weight of the hidden-state cosine term (default 1 with --teacher_name_or_path, else 0; 0 with --cache_teacher_logits; off when hidden sizes differ)."
-        },
-    )
 
     def __post_init__(self) -> None:
         if self.cache_teacher_logits and not self.teacher_name_or_path:
             raise ValueError("--cache_teacher_logits caches a teacher's logits: pass --teacher_name_or_path")
-        if self.teacher_name_or_path:
-            if self.alpha_kl is None:
-                self.alpha_kl = 1.0
-            # An unset --alpha_cos is resolved by DistillationTrainingArguments: 1, or 0 with cached logits.
-        else:
-            for name in ("alpha_kl", "alpha_cos"):
-                value = getattr(self, name)
+        # With a teacher, DistillationTrainingArguments resolves the unset weights as run_distill.py does.
+        if not self.teacher_name_or_path:
+            for term in teacher_terms():
+                value = getattr(self, term.weight_flag)
                 if value is None:
-                    setattr(self, name, 0.0)
+                    setattr(self, term.weight_flag, 0.0)
                 elif value > 0:
-                    raise ValueError(f"--{name} {value} needs a teacher: pass --teacher_name_or_path, or leave it at 0")
+                    raise ValueError(
+                        f"--{term.weight_flag} {value} needs a teacher: pass --teacher_name_or_path, or leave it at 0"
+                    )
         super().__post_init__()
 
 
@@ -104,12 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
                 f"--teacher_name_or_path {training_args.teacher_name_or_path}: not a fine-tuned {data.num_labels}-label "
                 "classifier; fine-tune it first (run_finetune.py) or pass one"
             )
-        problem = cosine_term_problem(config, teacher_config) if training_args.alpha_cos else None
-        if problem:
-            logger.warning(f"hidden-state cosine term disabled (--alpha_cos 0): {problem}")
-            training_args.alpha_cos = 0.0
+        try:  # the trainer's check, made before anything is loaded or written
+            hidden_state_layer_map(training_args.loss_weights, config, teacher_config)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         if not training_args.uses_teacher:
-            raise UsageError("--teacher_name_or_path is given but --alpha_kl and --alpha_cos are both 0")
+            raise UsageError(f"--teacher_name_or_path is given but {flag_list(teacher_terms())} are all 0")
         teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path, cache_dir=model_args.cache_dir)
 
     tokenizer, tokenized = load_tokenized(
@@ -127,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     base_record = getattr(model.config, "training_record", None)
     model = apply_lora(model, lora_args)
 
-    method = "lora_student" if student else "lora"
+    method = lora_method(base_record or {}) if student else lora_method()
     lora_record = {
         "method": method,
         "base_model": base,
@@ -141,10 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     if teacher is not None:
         lora_record.update(
             teacher=teacher_path,
-            alpha_ce=training_args.alpha_ce,
-            alpha_kl=training_args.alpha_kl,
-            alpha_cos=training_args.alpha_cos,
-            temperature=training_args.temperature,
+            **training_args.loss_record(),
             **({"cache_teacher_logits": True} if training_args.cache_teacher_logits else {}),
         )
     try:

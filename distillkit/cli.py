@@ -79,9 +79,19 @@ def parse_args(dataclass_types: tuple[type, ...], args: list[str] | None = None)
         raise UsageError(_first_line(err)) from err
 
 
-def parse_class_names(values: str | list[str] | None, flag: str = "--class_names") -> list[str] | None:
+def parse_class_names(
+    values: str | list[str] | None, flag: str = "--class_names", alias: str | list[str] | None = None
+) -> list[str] | None:
     """Class names in label-id order, as every script and the app take them: `a,b,c`, `a b c` (separate arguments),
-    or both; stripped, at least two and distinct. None when not given."""
+    or both; stripped, at least two and distinct. None when not given.
+
+    `alias`: the value of `--label_names`, accepted for `--class_names` by run_eval.py and app.py, which have no
+    `TrainingArguments.label_names` to collide with (the training scripts refuse it for class names).
+    """
+    if alias is not None:
+        if values is not None:
+            raise UsageError(f"{flag} and --label_names (its alias) are both given: pass one")
+        values, flag = alias, "--label_names"
     if values is None:
         return None
     parts = [values] if isinstance(values, str) else list(values)
@@ -169,13 +179,14 @@ def is_finished_run(output_dir: str) -> bool:
     return os.path.isfile(os.path.join(output_dir, FINISHED_MARKER))
 
 
-def resolve_output_dir(
+def apply_output_dir_policy(
     output_dir: str, overwrite_output_dir: bool, resume_from_checkpoint: str | bool | None
 ) -> str | None:
-    """Decide what to do with an existing output directory, without writing anything.
+    """The output-directory policy of every script, decided without writing anything: refuse, resume or overwrite.
 
-    Returns the checkpoint to resume from, or None for a fresh start. A finished run, or a non-empty
-    directory that is not one of our runs, is refused unless `overwrite_output_dir`.
+    Refuse (UsageError) a finished run, or a non-empty directory that is not one of our runs, unless
+    `overwrite_output_dir`; resume an unfinished run from its last checkpoint (or the one given), returned; else None
+    for a fresh start (an empty or missing directory, or one to overwrite).
     """
     if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint not in ("", "True", "False"):
         if not os.path.isdir(resume_from_checkpoint):

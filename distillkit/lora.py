@@ -177,20 +177,6 @@ def is_distilled_student(config: PretrainedConfig) -> bool:
     return getattr(config, "distillation_layers", None) is not None
 
 
-def cosine_term_problem(model_config: PretrainedConfig, teacher_config: PretrainedConfig) -> str | None:
-    """Why the hidden-state cosine term cannot compare this model with this teacher, or None when it can."""
-    hidden, teacher_hidden = getattr(model_config, "hidden_size", None), getattr(teacher_config, "hidden_size", None)
-    if hidden != teacher_hidden:
-        return f"its hidden size {hidden} differs from the teacher's {teacher_hidden}"
-    layers = getattr(model_config, "distillation_layers", None)
-    depth, teacher_depth = model_config.num_hidden_layers, teacher_config.num_hidden_layers
-    if layers is None and depth != teacher_depth:
-        return f"it has {depth} layers and the teacher {teacher_depth}, and no distillation_layers map between them"
-    if layers is not None and any(not 1 <= k <= teacher_depth for k in layers):
-        return f"its distillation_layers {layers} do not exist in the {teacher_depth}-layer teacher"
-    return None
-
-
 def merge_and_save(
     peft_model: PeftModel, tokenizer: PreTrainedTokenizerBase, output_dir: str, record: dict[str, Any]
 ) -> PreTrainedModel:

@@ -18,7 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .loading import ADAPTER_CONFIG, read_results
-from .records import MERGED_SUBDIR, RECORD_FILE, RunRecord, merged_parent
+from .records import MERGED_SUBDIR, RECORD_FILE, RunRecord, loss_keys, merged_parent
 
 CARD_NAME = "README.md"
 
@@ -215,7 +215,7 @@ def _training_section(records: RunRecords) -> str:
             ("teacher layers kept (1-based)", ", ".join(str(k) for k in rec.layers)),
             ("teacher depth", rec.teacher_num_layers),
         ]
-    for name in ("alpha_ce", "alpha_kl", "alpha_cos", "temperature"):
+    for name in loss_keys():
         if name in rec.loss:
             rows.append((f"loss weight `{name}`" if name != "temperature" else "KL temperature", rec.loss[name]))
     if records.adapter is not None:

@@ -15,11 +15,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .losses import weight_flags
+
 RECORD_FILE = "run_record.json"
 MERGED_SUBDIR = "merged"
 MERGED_SUFFIX = "_merged"  # a merged LoRA model's method: lora → lora_merged
+LORA = "lora"
+LEGACY_LORA_ON_STUDENT = "lora_student"  # read as lora_<student method> (see current_method)
 ADAPTER_CONFIG = "adapter_config.json"
-LOSS_KEYS = ("alpha_ce", "alpha_kl", "alpha_cos", "temperature")
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "modules_to_save")
 _LIBRARIES = ("torch", "transformers", "datasets", "peft", "accelerate")
 
@@ -38,14 +41,14 @@ def library_versions() -> dict[str, str]:
 class RunRecord:
     """How one saved model was made. Layers are 1-based teacher layers; loss weights are the run's `alpha_*`."""
 
-    method: str  # teacher, finetune, odd, even, spread, bottom, top, custom, lora, lora_student, or <lora>_merged
+    method: str  # teacher, finetune, odd, even, spread, bottom, top, custom, lora, lora_<student>, or <lora>_merged
     base_model: str | None = None  # what the weights started from: a pretrained id/dir, or the model LoRA adapts
     teacher: str | None = None  # the classifier distilled from (a directory or hub id)
     teacher_base_model: str | None = None  # what that teacher was fine-tuned from
     base_record: dict[str, Any] | None = None  # the adapted model's own record (LoRA on a student: the student's)
     layers: list[int] | None = None
     teacher_num_layers: int | None = None
-    loss: dict[str, float] = field(default_factory=dict)  # alpha_ce, alpha_kl, alpha_cos, temperature
+    loss: dict[str, float] = field(default_factory=dict)  # alpha_<term> per loss term (see losses.py), temperature
     lora: dict[str, Any] = field(default_factory=dict)  # lora_r, lora_alpha, lora_dropout, target modules
     cache_teacher_logits: bool = False
     problem_type: str = "single_label_classification"
@@ -78,6 +81,8 @@ class RunRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k: v for k, v in data.items() if k in names}
         extra = {**known.pop("extra", {}), **{k: v for k, v in data.items() if k not in names}}
+        if "method" in known:
+            known["method"] = current_method(known["method"], known.get("base_record"))
         return cls(**known, extra=extra)
 
     @classmethod
@@ -94,8 +99,8 @@ class RunRecord:
         if results:
             legacy = {**{k: v for k, v in results.items() if k in ("method", "base_model", "layers", "teacher")},
                       "base_record": training_record or None,
-                      **{k: v for k, v in results.items() if k in LORA_KEYS + LOSS_KEYS}}  # fmt: skip
-        loss = {k: legacy.pop(k) for k in LOSS_KEYS if k in legacy}
+                      **{k: v for k, v in results.items() if k in LORA_KEYS + loss_keys()}}  # fmt: skip
+        loss = {k: legacy.pop(k) for k in loss_keys() if k in legacy}
         lora = {k: legacy.pop(k) for k in LORA_KEYS if k in legacy}
         data = legacy.pop("dataset", None) or {}
         return cls.from_dict(
@@ -170,7 +175,30 @@ class RunRecord:
         if record.base_record is None and record.base_model and os.path.isdir(record.base_model):
             base_record = cls.load(record.base_model)  # LoRA on a student: the student's own record
             record.base_record = base_record.to_dict() if base_record else None
+        record.method = current_method(record.method, record.base_record)
         return record
+
+
+def loss_keys() -> tuple[str, ...]:
+    """The keys of a run's loss settings: the registered terms' `alpha_*` weights, and the KL temperature."""
+    return (*weight_flags(), "temperature")
+
+
+def lora_method(student_record: dict[str, Any] | None = None) -> str:
+    """A LoRA run's method: `lora`, or on a distilled student `lora_<the student's method>` (`lora_even`), the name
+    the methods registry (distillkit/methods.py) gives that stage; `lora_custom` if the student's method is unknown."""
+    if student_record is None:
+        return LORA
+    return f"{LORA}_{student_record.get('method') or 'custom'}"
+
+
+def current_method(method: str, base_record: dict[str, Any] | None) -> str:
+    """A recorded method under today's name: runs before `lora_method` recorded LoRA on any student as
+    `lora_student`, read as `lora_<the student's method>` once the student's record is known."""
+    if method.removesuffix(MERGED_SUFFIX) != LEGACY_LORA_ON_STUDENT or not (base_record or {}).get("method"):
+        return method
+    new = lora_method(base_record)
+    return merged_method(new) if method.endswith(MERGED_SUFFIX) else new
 
 
 def merged_method(method: str) -> str:

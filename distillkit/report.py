@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix
 
+from .losses import loss_components
 from .methods import CONTROLS
 from .records import MERGED_SUFFIX
 from .tasks import MULTI_LABEL
@@ -32,7 +33,7 @@ METHOD_ORDER = (
     "even_ce",
     "lora",
     "lora_even",
-    "lora_student",
+    "lora_odd",
 )
 SUMMARY_COLUMNS = (
     "accuracy",
@@ -59,7 +60,6 @@ SUMMARY_COLUMNS = (
     "size_mb",
     "serving_size_mb",
 )
-LOSS_COMPONENTS = ("loss", "loss_ce", "loss_kl", "loss_cos")
 _SEEDED_MODEL = re.compile(r"^seed\d+-(.+)$")
 _IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 PER_LABEL_FILE = "per_label.csv"  # support, F1, ROC-AUC, PR-AUC per label (class) per model
@@ -130,8 +130,9 @@ def plot_confusion(labels: np.ndarray, preds: np.ndarray, label_names: list[str]
 
 
 def plot_loss_curves(histories: dict[str, list[dict[str, float]]], path: str) -> str | None:
-    """Training loss of every model against epoch, and the students' loss_ce / loss_kl / loss_cos components."""
-    panels = [c for c in LOSS_COMPONENTS if any(c in e for h in histories.values() for e in h)]
+    """Training loss of every model against epoch, and the students' components (loss_ce, loss_kl, loss_cos, ...: one
+    per registered loss term)."""
+    panels = [c for c in ("loss", *loss_components()) if any(c in e for h in histories.values() for e in h)]
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)

@@ -11,8 +11,9 @@ from typing import Any
 from datasets import DatasetDict
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
-from .cli import UsageError, is_finished_run, resolve_output_dir
+from .cli import UsageError, apply_output_dir_policy, is_finished_run
 from .data import TextClassificationData
+from .losses import GOLD_TERM, loss_terms
 from .records import RunRecord
 from .tasks import SINGLE_LABEL
 from .training import build_trainer, train_evaluate_save
@@ -47,12 +48,12 @@ class TeacherArguments:
 
 @dataclass
 class TeacherPlan:
-    """Where the ready teacher is (or will be), and whether it must be fine-tuned first (replacing a finished
-    teacher that does not match the request when `overwrite`)."""
+    """Which teacher to distil from, and whether it must be fine-tuned first (replacing a finished teacher that does
+    not match the request when `overwrite`)."""
 
-    source: str
+    name_or_path: str  # the teacher: a hub id or directory (with `finetune_from`: the directory to fine-tune into)
     config: PretrainedConfig
-    finetune_from: str | None = None
+    finetune_from: str | None = None  # the pretrained model that fine-tuning starts from
     resume_from_checkpoint: str | None = None
     overwrite: bool = False
 
@@ -126,7 +127,7 @@ def reuse_mismatch(
     """How a finished teacher's record differs from what this run asks for, or None when it may be reused.
 
     Both records are `teacher_record` dicts; the label sets are the class names in id order (generic LABEL_i names,
-    from a run without --label_names, match any names of the same count). Compared: the base model it was
+    from a run without --class_names, match any names of the same count). Compared: the base model it was
     fine-tuned from, the data set (name, config, label set) and --max_seq_length. A teacher from before
     max_seq_length was recorded is not refused for it.
     """
@@ -147,7 +148,7 @@ def reuse_mismatch(
     ):
         return (
             f"its labels are {', '.join(recorded_labels)}, this run's are {', '.join(wanted_labels)} "
-            "(the data set's label set or --label_names)"
+            "(the data set's label set or --class_names)"
         )
     was_type = was.get("problem_type") or recorded.get("problem_type") or SINGLE_LABEL
     if was_type != (now.get("problem_type") or SINGLE_LABEL):
@@ -180,7 +181,7 @@ def plan_teacher(
         mismatch = _teacher_mismatch(teacher_dir, config, args, data, max_seq_length)
         if mismatch is None:
             logger.info(f"Reusing the fine-tuned teacher in {teacher_dir}")
-            return TeacherPlan(source=teacher_dir, config=config)
+            return TeacherPlan(name_or_path=teacher_dir, config=config)
         requested = _try_load_config(args)
         if requested is not None and has_trained_head(requested, num_labels, data.problem_type):
             logger.warning(f"{teacher_dir} does not match this run ({mismatch}): not used")
@@ -191,8 +192,8 @@ def plan_teacher(
         logger.info(
             f"{args.teacher_name_or_path} is already a {num_labels}-label classifier: used as the teacher as it is"
         )
-        return TeacherPlan(source=args.teacher_name_or_path, config=config)
-    resume = resolve_output_dir(teacher_dir, overwrite_output_dir=replace, resume_from_checkpoint=None)
+        return TeacherPlan(name_or_path=args.teacher_name_or_path, config=config)
+    resume = apply_output_dir_policy(teacher_dir, overwrite_output_dir=replace, resume_from_checkpoint=None)
     if resume is not None:  # a killed fine-tuning: resume it only if it is this request's
         config = load_config(resume, "--teacher_output_dir")
         mismatch = _teacher_mismatch(resume, config, args, data, max_seq_length)
@@ -203,7 +204,7 @@ def plan_teacher(
         f"{args.teacher_name_or_path} has no trained {num_labels}-label head: fine-tuning it into {teacher_dir} first"
     )
     return TeacherPlan(
-        source=teacher_dir,
+        name_or_path=teacher_dir,
         config=config,
         finetune_from=args.teacher_name_or_path,
         resume_from_checkpoint=resume,
@@ -268,9 +269,7 @@ def teacher_training_args(training_args, teacher_dir: str, args: TeacherArgument
         output_dir=teacher_dir,
         learning_rate=args.teacher_learning_rate,
         num_train_epochs=args.teacher_num_train_epochs,
-        alpha_ce=1.0,
-        alpha_kl=0.0,
-        alpha_cos=0.0,
+        **{t.weight_flag: float(t.name == GOLD_TERM) for t in loss_terms()},  # the gold labels only
         cache_teacher_logits=False,  # there is no teacher to cache for the teacher itself
         overwrite_output_dir=overwrite,
         do_train=True,

@@ -167,6 +167,10 @@ class DistillationTrainingArguments(TrainingArguments):
     def loss_weights(self) -> LossWeights:
         return LossWeights(**{t.name: getattr(self, t.weight_flag) for t in loss_terms()})
 
+    def loss_record(self) -> dict[str, float]:
+        """What a run records about its loss: every `alpha_<term>` and the temperature."""
+        return {**{t.weight_flag: getattr(self, t.weight_flag) for t in loss_terms()}, "temperature": self.temperature}
+
     @property
     def cosine_off_for_cached_logits(self) -> bool:
         """Whether --cache_teacher_logits turned an unset hidden-state term off."""

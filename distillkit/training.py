@@ -12,7 +12,7 @@ import numpy as np
 from datasets import DatasetDict
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, set_seed
 
-from .cli import FINISHED_MARKER, UsageError, clear_stale_checkpoints, resolve_output_dir, setup_logging
+from .cli import FINISHED_MARKER, UsageError, apply_output_dir_policy, clear_stale_checkpoints, setup_logging
 from .data import DataTrainingArguments, TextClassificationData, load_text_classification_data, tokenize_splits
 from .hub import defer_push_to_hub, push_run, wants_push
 from .model_card import write_model_card
@@ -33,7 +33,7 @@ def start_run(
     written. The data is loaded by the main process first, so the others reuse its datasets cache.
     """
     setup_logging(training_args)
-    resume_from = resolve_output_dir(
+    resume_from = apply_output_dir_policy(
         training_args.output_dir, training_args.overwrite_output_dir, training_args.resume_from_checkpoint
     )
     set_seed(training_args.seed)

@@ -44,7 +44,7 @@ def test_main_job_end_to_end_then_skips_finished_stages(tmp_path, tiny_base_mode
     assert status["eval"] == "ran"
 
     results = pd.read_csv(exp / "report" / "results.csv")
-    expected = {"teacher", "odd", "even"} | ({"lora", "lora_student"} if HAVE_LORA else set())
+    expected = {"teacher", "odd", "even"} | ({"lora", "lora_even"} if HAVE_LORA else set())
     assert set(results.method) == expected
     assert set(results.model) == {f"seed0-{k.split('/')[1]}" for k in trained}
     assert (results.seed == 0).all()

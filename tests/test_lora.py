@@ -227,7 +227,7 @@ def test_lora_on_a_distilled_student_with_a_teacher(tmp_path, tiny_student_dir, 
         common_args(tiny_data_dir, out, model_name_or_path=tiny_student_dir, teacher_name_or_path=tiny_classifier_dir)
         + ["--merge", "true"]
     )
-    assert results["method"] == "lora_student" and results["layers"] == [2, 4]
+    assert results["method"] == "lora_even" and results["layers"] == [2, 4]  # named after the student, as in methods.py
     assert (results["alpha_kl"], results["alpha_cos"], results["teacher"]) == (1.0, 1.0, str(tiny_classifier_dir))
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert any({"loss_ce", "loss_kl", "loss_cos"} <= h.keys() for h in history)
@@ -237,19 +237,17 @@ def test_lora_on_a_distilled_student_with_a_teacher(tmp_path, tiny_student_dir, 
     assert AutoPeftModelForSequenceClassification.from_pretrained(out).config.id2label == {0: "ok", 1: "bad"}
 
 
-def test_cosine_term_is_disabled_when_hidden_sizes_differ(tmp_path, tiny_base_model_dir, tiny_data_dir, caplog):
+def test_cosine_term_with_other_hidden_sizes_is_refused(tmp_path, tiny_base_model_dir, tiny_data_dir, capsys):
+    """The trainer's policy (hidden_state_layer_map): the user's --alpha_cos is never silently set to 0."""
     wide = tmp_path / "wide_teacher"
     torch.manual_seed(0)
     BertForSequenceClassification(tiny_bert_config(hidden_size=48, intermediate_size=96)).save_pretrained(wide)
     out = tmp_path / "lora"
-    with caplog.at_level("WARNING"):
-        results = run_main(
-            common_args(tiny_data_dir, out, model_name_or_path=tiny_base_model_dir, teacher_name_or_path=wide)
-        )
-    assert (
-        "hidden-state cosine term disabled (--alpha_cos 0): its hidden size 32 differs from the teacher's 48"
-        in caplog.text
-    )
+    argv = common_args(tiny_data_dir, out, model_name_or_path=tiny_base_model_dir, teacher_name_or_path=wide)
+    _expect_usage_error(capsys, argv, "--alpha_cos 1: the hidden-state cosine term compares hidden states one to one")
+    _expect_usage_error(capsys, argv, "student hidden_size 32 != teacher 48; set --alpha_cos 0")
+    assert not out.exists()
+    results = run_main(argv + ["--alpha_cos", "0"])
     assert (results["alpha_kl"], results["alpha_cos"]) == (1.0, 0.0)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert any("loss_kl" in h for h in history) and not any("loss_cos" in h for h in history)

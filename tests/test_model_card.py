@@ -174,7 +174,7 @@ def test_adapter_card(adapter_dir, capsys):
 def test_lora_on_a_student_card(experiment):
     card = ModelCard.load(experiment / "lora_even" / "README.md")
     assert f"trained on top of `{experiment / 'even'}`" in card.text
-    assert "method | `lora_student` |" in card.text and "teacher layers kept (1-based) | 2, 4 |" in card.text
+    assert "method | `lora_even` |" in card.text and "teacher layers kept (1-based) | 2, 4 |" in card.text
     assert "| teacher |" not in card.text  # trained without a distillation teacher: no teacher row
 
 

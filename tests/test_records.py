@@ -47,9 +47,9 @@ def test_every_directory_the_scripts_write_has_its_record(runs, tiny_base_model_
     assert teacher["max_seq_length"] == 32 and teacher["dataset"]["rows"]["train"] > 0
     assert student["method"] == "odd" and student["layers"] == [1, 3] and student["teacher"] == str(runs / "teacher")
     assert student["loss"]["temperature"] > 0 and student["label_names"] == ["LABEL_0", "LABEL_1"]
-    assert adapter["is_adapter"] and adapter["method"] == "lora_student" and adapter["lora"]["lora_r"] > 0
+    assert adapter["is_adapter"] and adapter["method"] == "lora_odd" and adapter["lora"]["lora_r"] > 0
     assert adapter["base_record"]["method"] == "odd"
-    assert merged["merged"] and merged["method"] == "lora_student_merged" and not merged["is_adapter"]
+    assert merged["merged"] and merged["method"] == "lora_odd_merged" and not merged["is_adapter"]
     for record in records.values():
         assert record["library_versions"]["transformers"] and record["problem_type"] == "single_label_classification"
 
@@ -95,11 +95,11 @@ def test_legacy_student_and_teacher_read_back(runs, legacy_runs, tiny_base_model
 
 def test_legacy_adapter_and_merged_read_back(legacy_runs):
     adapter = RunRecord.load(str(legacy_runs / "lora"))
-    assert adapter.is_adapter and adapter.method == "lora_student"
+    assert adapter.is_adapter and adapter.method == "lora_odd"
     assert adapter.lora["lora_r"] > 0 and adapter.label_names == ["LABEL_0", "LABEL_1"]
     assert adapter.base_record["method"] == "odd"  # the adapted student's own record
     merged = RunRecord.load(str(legacy_runs / "lora" / "merged"))
-    assert merged.merged and merged.method == "lora_student_merged" and not merged.is_adapter
+    assert merged.merged and merged.method == "lora_odd_merged" and not merged.is_adapter
     assert merged.base_record["method"] == "odd"
 
 
