@@ -103,6 +103,13 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
 # --- plots -----------------------------------------------------------------------------------------------------
 
 
+def _save_figure(fig: plt.Figure, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_confusion(labels: np.ndarray, preds: np.ndarray, label_names: list[str], title: str, path: str) -> str:
     """Counts in each cell, colour by row share (recall per gold class) so rare classes stay visible."""
     k = len(label_names)
@@ -123,10 +130,7 @@ def plot_confusion(labels: np.ndarray, preds: np.ndarray, label_names: list[str]
                     j, i, str(matrix[i, j]), ha="center", va="center", color="white" if share[i, j] > 0.5 else "black"
                 )
     fig.colorbar(image, ax=ax, label="share of the gold class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_loss_curves(histories: dict[str, list[dict[str, float]]], path: str) -> str | None:
@@ -149,10 +153,7 @@ def plot_loss_curves(histories: dict[str, list[dict[str, float]]], path: str) ->
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_per_label(table: pd.DataFrame, multi_label: bool, path: str) -> str:
@@ -170,10 +171,7 @@ def plot_per_label(table: pd.DataFrame, multi_label: bool, path: str) -> str:
     ax.set_title("F1 per label at each model's thresholds" if multi_label else "F1 per class")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_quality_vs(results: pd.DataFrame, x: str, xlabel: str, path: str, log_x: bool = False) -> str:
@@ -193,10 +191,7 @@ def plot_quality_vs(results: pd.DataFrame, x: str, xlabel: str, path: str, log_x
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 # --- report ----------------------------------------------------------------------------------------------------
@@ -439,10 +434,7 @@ def plot_forest(pairs: pd.DataFrame, path: str, reference: str = "teacher") -> s
         ax.set_xlabel(f"{METRIC_LABELS.get(metric, metric)} − {reference}")
         ax.grid(alpha=0.3, axis="x")
     axes[0][0].set_title("blue: 95% CI across seeds; grey: text bootstrap; red dot: called", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_method_means(summary: pd.DataFrame, metric: str, path: str, cost: str = "latency_ms_b1_cpu") -> str:
@@ -468,10 +460,7 @@ def plot_method_means(summary: pd.DataFrame, metric: str, path: str, cost: str =
     ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def pairs_markdown(pairs: pd.DataFrame) -> list[str]:
