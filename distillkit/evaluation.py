@@ -117,7 +117,7 @@ def check_labels(clf: LoadedClassifier, data: TextClassificationData) -> None:
         if model_names != data_names:
             raise UsageError(
                 f"model {clf.path} has labels {model_names} but the data set has {data_names}; "
-                "evaluate it with the --dataset_name it was trained on, or pass --label_names if only the names differ"
+                "evaluate it with the --dataset_name it was trained on, or pass --class_names if only the names differ"
             )
 
 

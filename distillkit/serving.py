@@ -397,7 +397,7 @@ def display_labels(clf: LoadedClassifier, label_names: list[str] | None) -> list
         return own
     if len(label_names) != len(own):
         raise UsageError(
-            f"--label_names {','.join(label_names)}: {len(label_names)} names, but model {clf.name} has "
+            f"--class_names {','.join(label_names)}: {len(label_names)} names, but model {clf.name} has "
             f"{len(own)} classes"
         )
     return list(label_names)
