@@ -13,6 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from .cli import FINISHED_MARKER, UsageError, is_finished_run, list_checkpoints
 from .export import is_onnx_dir, is_onnx_file, load_onnx_classifier, onnx_variants
+from .losses import teacher_terms
 from .records import ADAPTER_CONFIG, RunRecord, is_adapter_dir, merged_parent
 
 logger = logging.getLogger(__name__)
@@ -57,12 +58,13 @@ class LoadedClassifier:
 
 
 def labels_only_student(record: RunRecord) -> bool:
-    """A student distilled with no teacher signal (alpha_kl = alpha_cos = 0): the CE-only control, e.g. odd_ce."""
+    """A student distilled with no teacher signal (every term that needs the teacher at 0, e.g. alpha_kl =
+    alpha_cos = 0): the CE-only control, e.g. odd_ce. A term the record predates counts as 0."""
     return (
         record.teacher is not None
         and not (record.is_adapter or record.merged)
-        and record.loss.get("alpha_kl") == 0
-        and record.loss.get("alpha_cos") == 0
+        and bool(record.loss)
+        and all(record.loss.get(t.weight_flag, 0) == 0 for t in teacher_terms())
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .cli import UsageError
+from .losses import teacher_terms
 
 PRETRAINED = "pretrained"  # `base`: the pretrained --teacher_name_or_path itself, not a stage of the comparison
 
@@ -40,12 +41,8 @@ class Method:
         }[self.kind]
 
 
-_CE_ONLY = (
-    "--alpha_kl",
-    "0",
-    "--alpha_cos",
-    "0",
-)  # no teacher signal: the control for distillation itself
+# No teacher signal (every term that needs the teacher at 0): the control for distillation itself.
+_CE_ONLY = tuple(x for term in teacher_terms() for x in (f"--{term.weight_flag}", "0"))
 
 METHODS: dict[str, Method] = {
     m.name: m
