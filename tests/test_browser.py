@@ -102,7 +102,7 @@ def browser_page():
 
 
 def classify_on_page(page, text: str, num_models: int) -> dict[str, str]:
-    """Type `text`, click Classify, and read each model's label off its card."""
+    """Type `text`, click Classify, and read each model's label off its card (a multi-label card: its first chip)."""
     page.fill("#text", text)
     page.click("#classify")
     page.wait_for_function(
@@ -112,7 +112,7 @@ def classify_on_page(page, text: str, num_models: int) -> dict[str, str]:
     )
     cards = page.locator("#results .card")
     return {
-        cards.nth(i).get_attribute("data-model"): cards.nth(i).locator(".label").inner_text()
+        cards.nth(i).get_attribute("data-model"): cards.nth(i).locator(".label").first.inner_text()
         for i in range(cards.count())
     }
 
