@@ -245,23 +245,28 @@ def test_a_model_whose_thresholds_do_not_fit_its_labels_is_refused_at_start(tmp_
 
 
 def test_an_onnx_export_of_a_multilabel_model_is_served_by_its_task(task_exp, tmp_path):
-    """run_export.py copies config.json beside model.onnx: problem_type and thresholds travel with it."""
+    """run_export.py copies config.json beside model.onnx: problem_type and thresholds travel with it, to the fp32
+    model and its int8 twin (which reads the same config)."""
     from distillkit.export import export_classifier
 
     out = tmp_path / "onnx"
-    export_classifier(str(task_exp / "multilabel"), str(out), texts=TEXTS, max_length=32)
+    export_classifier(str(task_exp / "multilabel"), str(out), quantize="int8", texts=TEXTS, max_length=32)
     config = json.loads((out / "config.json").read_text())
     thresholds = config["decision_thresholds"]
     assert config["problem_type"] == MULTI_LABEL and thresholds
     registry = ModelRegistry.from_dirs([str(out)], ServingLimits())
     try:
-        assert registry.describe()[0]["runtime"] == "onnxruntime-fp32"
+        assert [m["runtime"] for m in registry.describe()] == ["onnxruntime-fp32", "onnxruntime-int8"]
         body = registry.predict(PredictRequest(texts=TEXTS, models=registry.names))
         probs = sigmoid(own_logits(task_exp / "multilabel"))
         for result, row in zip(body["results"], probs):
-            pred = result["predictions"][0]
-            np.testing.assert_allclose([pred["probabilities"][n] for n in LABELS], row, atol=1e-4)
-            assert pred["label_ids"] == [j for j in range(len(LABELS)) if row[j] >= thresholds[j]]
+            fp32, int8 = result["predictions"]
+            np.testing.assert_allclose([fp32["probabilities"][n] for n in LABELS], row, atol=1e-4)
+            assert fp32["label_ids"] == [j for j in range(len(LABELS)) if row[j] >= thresholds[j]]
+            own = [int8["probabilities"][n] for n in LABELS]  # int8's own sigmoids, at the same thresholds
+            assert int8["thresholds"] == fp32["thresholds"] == dict(zip(LABELS, thresholds))
+            assert int8["label_ids"] == [j for j in range(len(LABELS)) if own[j] >= thresholds[j]]
+            assert sum(own) != pytest.approx(1.0)
     finally:
         registry.close()
 
