@@ -19,7 +19,7 @@ from .losses import loss_components
 from .methods import CONTROLS
 from .records import MERGED_SUFFIX
 from .tasks import MULTI_LABEL
-from .stats import METRIC_LABELS, NOT_DISTINGUISHABLE, metric_names, paired_table, study_pairs
+from .stats import METRIC_LABELS, NOT_DISTINGUISHABLE, is_multi_label, metric_names, paired_table, study_pairs
 
 METHOD_ORDER = (
     "teacher",
@@ -361,7 +361,7 @@ def compare_pairs(
         return None
     some = next(iter(predictions.values()))
     k = sum(c.startswith("prob_") for c in some.columns)
-    return paired_table(by_method, pairs, metric_names(k), n_resamples)
+    return paired_table(by_method, pairs, metric_names(k, is_multi_label(some)), n_resamples)
 
 
 def is_multi_label(frame: pd.DataFrame) -> bool:

@@ -7,7 +7,8 @@ and the statistic is the mean over seeds of the difference (`scipy.stats.bootstr
 with per-text weights). A difference is only called when BOTH intervals exclude 0; otherwise it is
 "not distinguishable". One seed gives no interval across seeds, so it is never called.
 
-Metrics: positive-class F1 and ROC-AUC for binary tasks, macro-F1 for multi-class (`metric_names`).
+Metrics: positive-class F1 and ROC-AUC for binary tasks, macro-F1 for multi-class, macro-F1 and macro ROC-AUC over
+the labels for multi-label tasks (`metric_names`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,32 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .tasks import MULTI_LABEL
+
 NOT_DISTINGUISHABLE = "not distinguishable"
-METRIC_LABELS = {"f1": "positive-class F1", "roc_auc": "ROC-AUC", "macro_f1": "macro-F1"}
+METRIC_LABELS = {"f1": "positive-class F1", "roc_auc": "ROC-AUC", "macro_f1": "macro-F1", "micro_f1": "micro-F1"}
 
 
-def metric_names(num_labels: int) -> list[str]:
-    """The metrics the study compares: positive-class F1 and ROC-AUC for binary, macro-F1 for multi-class."""
+def metric_names(num_labels: int, multi_label: bool = False) -> list[str]:
+    """The metrics the study compares: positive-class F1 and ROC-AUC for binary, macro-F1 for multi-class, macro-F1
+    (the GoEmotions paper's figure) and macro ROC-AUC for multi-label."""
+    if multi_label:
+        return ["macro_f1", "roc_auc"]
     return ["f1", "roc_auc"] if num_labels == 2 else ["macro_f1"]
+
+
+def is_multi_label(frame: pd.DataFrame) -> bool:
+    """A predictions file of a multi-label model (run_eval.py writes its problem_type; labels are id lists)."""
+    return "problem_type" in frame and str(frame["problem_type"].iloc[0]) == MULTI_LABEL
+
+
+def _label_matrix(column: pd.Series, k: int) -> np.ndarray:
+    """Label-id lists as run_eval.py writes them ("0,3"; empty: none) → an (n, k) 0/1 matrix."""
+    out = np.zeros((len(column), k))
+    for row, value in enumerate(column.fillna("").astype(str)):
+        ids = [int(float(i)) for i in value.split(",") if i.strip()]
+        out[row, ids] = 1.0
+    return out
 
 
 # --- metrics on weighted texts: w is (B, n), one row of per-text weights (bootstrap counts) per resample -----------
@@ -41,22 +61,27 @@ def _f1_binary(w: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> np.ndarr
     return np.divide(2 * tp, denom, out=np.zeros_like(denom, dtype=float), where=denom > 0)
 
 
-def _f1_macro(w: np.ndarray, labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
-    # Every class 0..k-1 counts, 0 where it has neither gold nor predicted texts (sklearn's zero_division=0).
-    gold = np.eye(k, dtype=float)[labels]
-    pred = np.eye(k, dtype=float)[preds]
+def _f1_of_matrices(w: np.ndarray, gold: np.ndarray, pred: np.ndarray, average: str) -> np.ndarray:
+    """F1 of 0/1 (n, k) decision matrices: macro (every class/label 0..k-1 counts, 0 where it has neither gold nor
+    predicted texts: sklearn's zero_division=0) or micro (counts pooled over the labels)."""
     tp = w @ (gold * pred)
     fp = w @ pred - tp
     fn = w @ gold - tp
+    if average == "micro":
+        tp, fp, fn = tp.sum(axis=-1), fp.sum(axis=-1), fn.sum(axis=-1)
     denom = 2 * tp + fp + fn
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
-    return f1.mean(axis=-1)
+    return f1 if average == "micro" else f1.mean(axis=-1)
+
+
+def _f1_macro(w: np.ndarray, labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
+    return _f1_of_matrices(w, np.eye(k, dtype=float)[labels], np.eye(k, dtype=float)[preds], "macro")
 
 
 def _roc_auc_binary(w: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Weighted Mann-Whitney AUC (ties count one half), all resamples at once."""
     order = np.argsort(scores, kind="stable")
-    s, y, ws = scores[order], labels[order] == 1, w[:, order]
+    s, y, ws = scores[order], np.asarray(labels)[order] == 1, w[:, order]
     neg_cum = np.cumsum(ws * ~y, axis=1)
     # Tie groups of equal scores: negatives strictly below, and negatives tied with each text.
     starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
@@ -70,8 +95,26 @@ def _roc_auc_binary(w: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> np
     return np.divide(num, denom, out=np.full_like(denom, np.nan), where=denom > 0)
 
 
+def _multi_label_metric(metric: str, w: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
+    """Multi-label: macro/micro F1 of the saved decisions (`f1` is micro, as in results.csv), or the macro ROC-AUC
+    over the labels that have both values in the test set."""
+    k = sum(c.startswith("prob_") for c in frame.columns)
+    gold, pred = _label_matrix(frame["label"], k), _label_matrix(frame["pred"], k)
+    if metric in ("macro_f1", "micro_f1", "f1"):
+        return _f1_of_matrices(w, gold, pred, "macro" if metric == "macro_f1" else "micro")
+    if metric == "roc_auc":
+        scored = [j for j in range(k) if 0 < gold[:, j].sum() < len(gold)]
+        per_label = [_roc_auc_binary(w, gold[:, j], frame[f"prob_{j}"].to_numpy(dtype=float)) for j in scored]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a label absent from a resample: NaN, left out
+            return np.nanmean(np.stack(per_label), axis=0)
+    raise ValueError(f"metric {metric!r} is not defined here for multi-label predictions (use macro_f1, roc_auc)")
+
+
 def weighted_metric(metric: str, w: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
     """`metric` of one model's predictions (columns label, pred, prob_0..prob_{k-1}) under text weights w (B, n)."""
+    if is_multi_label(frame):
+        return _multi_label_metric(metric, w, frame)
     labels = frame["label"].to_numpy(dtype=np.int64)
     preds = frame["pred"].to_numpy(dtype=np.int64)
     k = sum(c.startswith("prob_") for c in frame.columns) or int(max(labels.max(), preds.max()) + 1)
@@ -101,9 +144,12 @@ def t_interval(diffs: np.ndarray, confidence: float = 0.95) -> tuple[float, floa
 
 
 def _check_same_texts(frames: list[pd.DataFrame]) -> None:
-    first = frames[0]["label"].to_numpy()
+    def gold(frame: pd.DataFrame) -> np.ndarray:  # multi-label: "0,3" text, empty (NaN once read back) for none
+        return frame["label"].fillna("").astype(str).to_numpy()
+
+    first = gold(frames[0])
     for frame in frames[1:]:
-        if len(frame) != len(first) or not np.array_equal(frame["label"].to_numpy(), first):
+        if len(frame) != len(first) or not np.array_equal(gold(frame), first):
             raise ValueError("paired statistics need predictions on the same test texts in the same order")
 
 

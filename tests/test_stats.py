@@ -19,6 +19,7 @@ from distillkit.stats import (
     score,
     study_pairs,
 )
+from distillkit.tasks import MULTI_LABEL
 
 LABELS = [1, 1, 0, 0]
 
@@ -110,3 +111,37 @@ def test_study_pairs_and_table():
     table = paired_table({"odd": A, "even": B}, [("odd", "even")], ["f1", "roc_auc"], n_resamples=50)
     assert list(table.metric) == ["f1", "roc_auc"] and set(table.a) == {"odd"}
     assert table["diff"][0] == pytest.approx(19 / 90)
+
+
+def multi_label_frame(gold: np.ndarray, probs: np.ndarray, cut: float = 0.5) -> pd.DataFrame:
+    """As run_eval.py writes a multi-label model's predictions: label-id lists as text, one prob_<j> per label."""
+    pred = (probs >= cut).astype(int)
+
+    def ids(row):
+        return ",".join(str(j) for j in np.flatnonzero(row))
+
+    data = {"label": [ids(r) for r in gold], "pred": [ids(r) for r in pred], "problem_type": MULTI_LABEL}
+    return pd.DataFrame(data | {f"prob_{j}": probs[:, j] for j in range(probs.shape[1])})
+
+
+def test_multi_label_metrics_against_sklearn_and_paired_through_a_csv(tmp_path):
+    rng = np.random.default_rng(3)
+    gold = (rng.random((200, 5)) < 0.3).astype(int)
+    gold[0] = 0  # a text without any label
+    seeds = {}
+    for seed, noise in enumerate((0.6, 0.7, 0.8)):
+        probs = np.clip(gold * 0.5 + rng.random((200, 5)) * noise, 0, 1)
+        path = tmp_path / f"seed{seed}.csv"
+        multi_label_frame(gold, probs).to_csv(path, index=False)
+        seeds[seed] = pd.read_csv(path)  # empty label lists come back as NaN
+        pred = (probs >= 0.5).astype(int)
+        assert score("macro_f1", seeds[seed]) == pytest.approx(f1_score(gold, pred, average="macro", zero_division=0))
+        assert score("f1", seeds[seed]) == pytest.approx(f1_score(gold, pred, average="micro"))
+        assert score("roc_auc", seeds[seed]) == pytest.approx(roc_auc_score(gold, probs, average="macro"))
+    assert metric_names(28, multi_label=True) == ["macro_f1", "roc_auc"]
+    same = paired_difference(seeds, seeds, "macro_f1", n_resamples=50)
+    assert same["diff"] == 0 and same["verdict"] == NOT_DISTINGUISHABLE
+    shifted = {s: seeds[(s + 1) % 3] for s in seeds}
+    got = paired_difference(seeds, shifted, "roc_auc", n_resamples=50)
+    expected = np.mean([score("roc_auc", seeds[s]) - score("roc_auc", shifted[s]) for s in seeds])
+    assert got["diff"] == pytest.approx(expected) and got["boot_low"] <= got["boot_high"]
