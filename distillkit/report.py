@@ -502,9 +502,11 @@ def write_report(
     `predictions` (model → label, pred, prob_* frame) defaults to the files in `output_dir/predictions/`; with
     them the paired differences of distillkit.stats are computed, written to `paired.csv` and drawn in a forest plot.
     `per_label` is evaluation.label_table's rows of every model (`per_label.csv`). `context["problem_type"]` says
-    what the metric columns mean (single-label when absent).
+    what the metric columns mean (else results.csv's `problem_type` column says).
     """
     split = context["split"]
+    if not context.get("problem_type") and "problem_type" in results:
+        context = {**context, "problem_type": str(results.problem_type.iloc[0])}
     multi_label = context.get("problem_type") == MULTI_LABEL
     if predictions is None:
         predictions = read_predictions(output_dir, list(results.model))

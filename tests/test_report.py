@@ -85,6 +85,17 @@ def test_multiclass_uses_macro_f1(tmp_path):
     assert set(pairs.metric) == {"macro_f1"}
 
 
+def test_a_multilabel_results_table_says_what_its_columns_mean(tmp_path):
+    """Without `problem_type` in the context (a caller such as the study's report), results.csv's column says it."""
+    results, predictions = synthetic_study([1, 2], {"teacher": 0.1, "odd": 0.2}, k=4)
+    results["problem_type"] = "multi_label_classification"
+    frames = {name: frame.assign(problem_type="multi_label_classification") for name, frame in predictions.items()}
+    write_report(str(tmp_path), results, summarize(results), {}, CONTEXT | {"label_names": list("abcd")}, frames)
+    report = (tmp_path / "report.md").read_text()
+    assert "`accuracy` is subset accuracy" in report and "| subset acc. |" in report
+    assert "single-label data only" in report and not (tmp_path / "paired.csv").exists()
+
+
 def test_pareto_front():
     summary = pd.DataFrame(
         {
