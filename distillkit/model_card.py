@@ -19,6 +19,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .loading import ADAPTER_CONFIG, read_results
 from .records import MERGED_SUBDIR, RECORD_FILE, RunRecord, loss_keys, merged_parent
+from .tasks import MULTI_LABEL
 
 CARD_NAME = "README.md"
 
@@ -281,30 +282,57 @@ def _results_section(records: RunRecords) -> str:
 
 
 def usage_snippet(records: RunRecords, reference: str) -> str:
-    """How to load this directory (or its Hub copy) and classify a comment."""
-    if records.adapter is not None and not records.merged:
-        # A headless base (a pretrained encoder) knows no class names, nor the count: the run recorded both.
+    """How to load this directory (or its Hub copy) and classify a comment, by the model's decision rule: argmax, a
+    binary model's tuned threshold, or a multi-label model's labels over their thresholds."""
+    problem_type = records.config.get("problem_type") or records.record.problem_type
+    thresholds = records.config.get("decision_thresholds") or records.results.get("decision_thresholds")
+    multi_label = problem_type == MULTI_LABEL
+    adapter = records.adapter is not None and not records.merged
+    if adapter:
+        # A headless base (a pretrained encoder) knows no class names, nor the count, nor the task: the run recorded them.
         labels = {int(k): v for k, v in records.id2label.items()}
         head = f", num_labels={len(labels)}, id2label={labels!r}" if labels else ""
-        return (
-            "```python\n"
+        head += f', problem_type="{MULTI_LABEL}"' if multi_label else ""
+        load = (
             "from peft import AutoPeftModelForSequenceClassification\n"
             "from transformers import AutoTokenizer, pipeline\n\n"
             f'model = AutoPeftModelForSequenceClassification.from_pretrained("{reference}"{head})\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{reference}")\n'
-            'classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
-            'print(classifier("thanks for fixing the citation"))\n'
-            "```\n\n"
-            "The adapter loads on top of its base model (`base_model_name_or_path` in `adapter_config.json`), "
+            'classifier = pipeline("text-classification", model=model, tokenizer=tokenizer{top_k})\n'
+        )
+        note = (
+            "\n\nThe adapter loads on top of its base model (`base_model_name_or_path` in `adapter_config.json`), "
             "which must be reachable from where you load it."
         )
-    return (
-        "```python\n"
-        "from transformers import pipeline\n\n"
-        f'classifier = pipeline("text-classification", model="{reference}")\n'
-        'print(classifier("thanks for fixing the citation"))\n'
-        "```"
-    )
+        saved = f"thresholds = {thresholds!r}  # tuned on the validation split (all_results.json)\n"
+    else:
+        load = (
+            "from transformers import pipeline\n\n"
+            f'classifier = pipeline("text-classification", model="{reference}"{{top_k}})\n'
+        )
+        note = ""
+        saved = "thresholds = classifier.model.config.decision_thresholds  # tuned on the validation split\n"
+    text = '"thanks for fixing the citation"'
+    if multi_label:
+        decide = (
+            saved
+            + f"scores = classifier([{text}])[0]  # every label's sigmoid probability\n"
+            "names = list(classifier.model.config.id2label.values())\n"
+            "cut = dict(zip(names, thresholds or [0.5] * len(names)))\n"
+            'print([s["label"] for s in scores if s["score"] >= cut[s["label"]]])  # the labels over their thresholds\n'
+        )
+        top_k = ", top_k=None"
+    elif thresholds:
+        decide = (
+            saved
+            + f'scores = {{s["label"]: s["score"] for s in classifier([{text}])[0]}}\n'
+            "negative, positive = classifier.model.config.id2label[0], classifier.model.config.id2label[1]\n"
+            "print(positive if scores[positive] >= thresholds[0] else negative)  # the tuned threshold decides\n"
+        )
+        top_k = ", top_k=None"
+    else:
+        decide, top_k = f"print(classifier({text}))\n", ""
+    return "```python\n" + load.replace("{top_k}", top_k) + decide + "```" + note
 
 
 def _record_files(records: RunRecords) -> list[str]:
