@@ -24,6 +24,7 @@ from .data import TextClassificationData
 from .export import ONNX_FILE, is_onnx_file, variant_suffix
 from .loading import ADAPTER_CONFIG, LoadedClassifier
 from .metrics import per_label_table
+from .records import merged_name
 from .students import count_parameters
 from .tasks import Task
 
@@ -56,10 +57,7 @@ def model_name(path: str, experiment_dir: str | None = None) -> str:
         rel = os.path.relpath(path, experiment_dir)
         if rel != ".":
             return rel.replace(os.sep, "-")
-    base = os.path.basename(path)
-    if base == "merged":
-        return f"{os.path.basename(os.path.dirname(path))}-merged"
-    return base
+    return merged_name(path) or os.path.basename(path)
 
 
 def unique_names(names: list[str]) -> list[str]:

@@ -18,7 +18,8 @@ from typing import Any
 from huggingface_hub import HfApi, get_token
 
 from .cli import UsageError
-from .model_card import MERGED_SUBDIR, write_model_card
+from .model_card import write_model_card
+from .records import MERGED_NAME_SUFFIX, MERGED_SUBDIR
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 # config.json, all_results.json and trainer_state.json say how the run was made).
 TRAINING_ARGS_FILE = "training_args.bin"
 IGNORE_PATTERNS = ["_*", "checkpoint-*", f"{MERGED_SUBDIR}/*", TRAINING_ARGS_FILE]
-MERGED_REPO_SUFFIX = "-merged"
+MERGED_REPO_SUFFIX = MERGED_NAME_SUFFIX  # lora → lora-merged, as records.merged_name names the directory
 _PUSH_AT_END = "_push_to_hub_at_end"
 
 

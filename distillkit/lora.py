@@ -17,8 +17,8 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .cli import UsageError
-from .model_card import MERGED_SUBDIR, write_model_card
-from .records import RunRecord
+from .model_card import write_model_card
+from .records import MERGED_SUBDIR, RunRecord
 
 logger = logging.getLogger(__name__)
 

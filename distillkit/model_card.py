@@ -18,7 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .loading import ADAPTER_CONFIG, read_results
-from .records import MERGED_SUBDIR, RECORD_FILE, RunRecord, loss_keys, merged_parent
+from .records import RECORD_FILE, RunRecord, loss_keys, merged_name, merged_parent
 from .tasks import MULTI_LABEL
 
 CARD_NAME = "README.md"
@@ -350,9 +350,8 @@ def build_model_card(output_dir: str, repo_id: str | None = None) -> ModelCard:
     """The card for a saved directory; `repo_id` (its Hub name) is what the usage snippet loads, else the path."""
     records = read_run_records(output_dir)
     path = os.path.normpath(os.path.abspath(output_dir))
-    default_name = os.path.basename(path)
-    if records.merged and default_name == MERGED_SUBDIR:  # EXP/lora/merged -> lora-merged, its Hub name
-        default_name = os.path.basename(os.path.dirname(path)) + "-merged"
+    # EXP/lora/merged -> lora-merged, its Hub name
+    default_name = (merged_name(path) if records.merged else None) or os.path.basename(path)
     model_name = repo_id or default_name
     metadata = card_metadata(records, model_name)
     reference = repo_id or os.path.abspath(output_dir)

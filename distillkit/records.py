@@ -20,6 +20,7 @@ from .losses import weight_flags
 RECORD_FILE = "run_record.json"
 MERGED_SUBDIR = "merged"
 MERGED_SUFFIX = "_merged"  # a merged LoRA model's method: lora → lora_merged
+MERGED_NAME_SUFFIX = "-merged"  # its name (report rows, model card, Hub repo): EXP/lora/merged → lora-merged
 LORA = "lora"
 LEGACY_LORA_ON_STUDENT = "lora_student"  # read as lora_<student method> (see current_method)
 ADAPTER_CONFIG = "adapter_config.json"
@@ -204,6 +205,14 @@ def current_method(method: str, base_record: dict[str, Any] | None) -> str:
 def merged_method(method: str) -> str:
     """The one naming rule for a merged LoRA model: lora → lora_merged (idempotent)."""
     return method if method.endswith(MERGED_SUFFIX) else f"{method}{MERGED_SUFFIX}"
+
+
+def merged_name(path: str) -> str | None:
+    """The one naming rule for a merged model's directory: EXP/lora/merged → `lora-merged`; None for other paths."""
+    path = os.path.normpath(os.path.abspath(path))
+    if os.path.basename(path) != MERGED_SUBDIR:
+        return None
+    return os.path.basename(os.path.dirname(path)) + MERGED_NAME_SUFFIX
 
 
 def is_adapter_dir(path: str) -> bool:
