@@ -272,15 +272,16 @@ def verdict(results: pd.DataFrame, summary: pd.DataFrame, split: str, pairs: pd.
     best_auc = auc.idxmax() if len(auc) else None
     n = int(results.samples.iloc[0])
     per = "mean over seeds" if multi_seed else "one run each"
+    f1 = "micro-F1" if is_multi_label(results) else "F1"  # results.csv's f1 of a multi-label model
     parts = []
     if best_auc is None or best_auc == best_f1:
         auc_text = f" and ROC-AUC ({s.roc_auc_mean[best_f1]:.3f})" if best_auc else ""
         parts.append(
-            f"On the {split} split ({n} texts; {per}), **{best_f1}** is best on F1 ({s.f1_mean[best_f1]:.3f}){auc_text}."
+            f"On the {split} split ({n} texts; {per}), **{best_f1}** is best on {f1} ({s.f1_mean[best_f1]:.3f}){auc_text}."
         )
     else:
         parts.append(
-            f"On the {split} split ({n} texts; {per}), **{best_f1}** is best on F1 ({s.f1_mean[best_f1]:.3f}) "
+            f"On the {split} split ({n} texts; {per}), **{best_f1}** is best on {f1} ({s.f1_mean[best_f1]:.3f}) "
             f"and **{best_auc}** on ROC-AUC ({s.roc_auc_mean[best_auc]:.3f})."
         )
     if not multi_seed:
@@ -309,7 +310,7 @@ def verdict(results: pd.DataFrame, summary: pd.DataFrame, split: str, pairs: pd.
         front = pareto_front(summary, metric)
         if front:
             parts.append(
-                f"Quality vs latency (mean F1 against CPU-time latency per text): the Pareto front is {', '.join(front)} "
+                f"Quality vs latency (mean {f1} against CPU-time latency per text): the Pareto front is {', '.join(front)} "
                 "(every other method is slower without being better)."
             )
     return " ".join(parts)
@@ -569,7 +570,8 @@ def write_report(
     ]
     if (summary.n_models > 1).any():
         lines += ["## Per method over seeds (mean ± std, `summary.csv`)", ""]
-        lines.append("| method | seeds | F1 | macro F1 | ROC-AUC | accuracy | latency ms | serving MB |")
+        f1, accuracy = ("micro F1", "subset acc.") if multi_label else ("F1", "accuracy")
+        lines.append(f"| method | seeds | {f1} | macro F1 | ROC-AUC | {accuracy} | latency ms | serving MB |")
         lines.append("|---|---|---|---|---|---|---|---|")
         for _, row in summary.iterrows():
             lines.append(

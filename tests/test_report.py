@@ -93,6 +93,7 @@ def test_a_multilabel_results_table_says_what_its_columns_mean(tmp_path):
     write_report(str(tmp_path), results, summarize(results), {}, CONTEXT | {"label_names": list("abcd")}, frames)
     report = (tmp_path / "report.md").read_text()
     assert "`accuracy` is subset accuracy" in report and "| subset acc. |" in report
+    assert "is best on micro-F1" in report and "| method | seeds | micro F1 |" in report
     assert "single-label data only" in report and not (tmp_path / "paired.csv").exists()
 
 
