@@ -18,8 +18,8 @@ from sklearn.metrics import confusion_matrix
 from .losses import loss_components
 from .methods import CONTROLS
 from .records import MERGED_SUFFIX
-from .tasks import MULTI_LABEL
 from .stats import METRIC_LABELS, NOT_DISTINGUISHABLE, is_multi_label, metric_names, paired_table, study_pairs
+from .tasks import MULTI_LABEL
 
 METHOD_ORDER = (
     "teacher",
@@ -347,11 +347,9 @@ def compare_pairs(
 ) -> pd.DataFrame | None:
     """The paired-difference table (distillkit.stats) of the pairs the study asks about, keyed by stage_key.
 
-    None when fewer than two methods have predictions on the same seeds, or for multi-label predictions (the paired
-    statistics of distillkit.stats are single-label ones).
+    None when fewer than two methods have predictions on the same seeds. Multi-label predictions are compared by
+    macro-F1 and macro ROC-AUC over the labels (`stats.metric_names`).
     """
-    if any(is_multi_label(frame) for frame in predictions.values()):
-        return None
     by_method: dict[str, dict[int, pd.DataFrame]] = {}
     for row in results.itertuples():
         if row.model in predictions and not pd.isna(row.seed):
@@ -363,11 +361,6 @@ def compare_pairs(
     some = next(iter(predictions.values()))
     k = sum(c.startswith("prob_") for c in some.columns)
     return paired_table(by_method, pairs, metric_names(k, is_multi_label(some)), n_resamples)
-
-
-def is_multi_label(frame: pd.DataFrame) -> bool:
-    """A predictions frame of a multi-label model (evaluation.predictions_frame marks it)."""
-    return "problem_type" in frame.columns and bool((frame.problem_type == MULTI_LABEL).any())
 
 
 def metric_note(problem_type: str) -> str:
@@ -582,8 +575,6 @@ def write_report(
         lines.append("")
     if per_label is not None and len(per_label):
         lines += per_label_markdown(per_label, multi_label)
-    if multi_label:
-        lines += ["Paired differences between methods are computed for single-label data only.", ""]
     if pairs is not None:
         lines += [
             "## Paired differences (`paired.csv`)",

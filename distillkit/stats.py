@@ -36,8 +36,8 @@ def metric_names(num_labels: int, multi_label: bool = False) -> list[str]:
 
 
 def is_multi_label(frame: pd.DataFrame) -> bool:
-    """A predictions file of a multi-label model (run_eval.py writes its problem_type; labels are id lists)."""
-    return "problem_type" in frame and str(frame["problem_type"].iloc[0]) == MULTI_LABEL
+    """A predictions (or results) frame of a multi-label model: run_eval.py writes its problem_type."""
+    return "problem_type" in frame.columns and bool((frame["problem_type"] == MULTI_LABEL).any())
 
 
 def _label_matrix(column: pd.Series, k: int) -> np.ndarray:
