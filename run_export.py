@@ -33,6 +33,7 @@ from distillkit.export import (
     QuantSettings,
     export_classifier,
 )
+from distillkit.records import RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,12 @@ def check_output_dir(args: ExportArguments) -> None:
         )
 
 
+def trained_problem_type(model_dir: str) -> str | None:
+    """The task the model was trained for (its run record), so the check reads the labels in that form."""
+    record = RunRecord.load(model_dir)
+    return record.problem_type if record is not None else None
+
+
 def validation_texts(args: ExportArguments) -> tuple[list[str] | None, np.ndarray | None]:
     if not args.dataset_name:
         return None, None
@@ -101,6 +108,7 @@ def validation_texts(args: ExportArguments) -> tuple[list[str] | None, np.ndarra
         label_column=args.label_column,
         max_eval_samples=args.max_eval_samples,
         max_seq_length=args.max_seq_length,
+        problem_type=trained_problem_type(args.model_dir),  # go_emotions: the form the model was trained on
     )
     split = load_text_classification_data(data_args, seed=args.seed).splits["validation"]
     return list(split["text"]), np.asarray(split["label"], dtype=np.int64)

@@ -26,8 +26,8 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from .cli import UsageError
-from .metrics import classification_metrics, softmax
 from .records import RunRecord, merged_method
+from .tasks import SINGLE_LABEL, Task
 
 logger = logging.getLogger(__name__)
 
@@ -337,17 +337,22 @@ def quantize_int8(fp32_path: str, out_path: str, config: PretrainedConfig, setti
             root.setLevel(level)
 
 
-def agreement_metrics(probs32: np.ndarray, probs8: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
-    """int8 vs fp32 class probabilities of the same texts: argmax agreement, probability change, F1/ROC-AUC of each."""
+def agreement_metrics(
+    probs32: np.ndarray, probs8: np.ndarray, labels: np.ndarray | None, task: Task | None = None
+) -> dict[str, Any]:
+    """int8 vs fp32 probabilities of the same texts: how often they decide the same (by the model's decision rule:
+    argmax, a tuned threshold, or every label of a multi-label text), probability change, F1/ROC-AUC of each."""
+    task = task or Task(SINGLE_LABEL, probs32.shape[1])
+    same = task.predict(probs32) == task.predict(probs8)
     out: dict[str, Any] = {
         "texts": len(probs32),
-        "agreement": float((probs32.argmax(-1) == probs8.argmax(-1)).mean()),
+        "agreement": float((same.all(axis=-1) if task.multi_label else same).mean()),
         "max_prob_diff": float(np.abs(probs32 - probs8).max()),
         "mean_prob_diff": float(np.abs(probs32 - probs8).mean()),
     }
     if labels is not None:
         for key, probs in (("fp32", probs32), ("int8", probs8)):
-            metrics = classification_metrics(probs, labels)
+            metrics = task.metrics(probs, labels)
             out[f"f1_{key}"] = metrics["f1"]
             out[f"accuracy_{key}"] = metrics["accuracy"]
             out[f"roc_auc_{key}"] = metrics["roc_auc"]
@@ -360,10 +365,17 @@ def onnx_logits_of(model: OnnxClassifier, tokenizer: PreTrainedTokenizerBase, te
     return predict_logits(model, tokenizer, texts, max_length, batch_size=16)  # type: ignore[arg-type]
 
 
-def onnx_probs(model: OnnxClassifier, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int):
+def onnx_probs(
+    model: OnnxClassifier,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_length: int,
+    task: Task | None = None,
+):
     from .evaluation import predict_logits
 
-    return softmax(predict_logits(model, tokenizer, texts, max_length))  # type: ignore[arg-type]
+    logits = predict_logits(model, tokenizer, texts, max_length)  # type: ignore[arg-type]
+    return (task or Task(SINGLE_LABEL, logits.shape[1])).probabilities(logits)
 
 
 # --- the command ------------------------------------------------------------------------------------------------
@@ -480,8 +492,9 @@ def export_classifier(
         int8_path = os.path.join(output_dir, INT8_FILE)
         quantize_int8(fp32_path, int8_path, clf.model.config, settings)
         int8 = OnnxClassifier(int8_path, clf.model.config, params)
-        probs8 = onnx_probs(int8, clf.tokenizer, texts, max_length)
-        quality = agreement_metrics(softmax(fp32_logits), probs8, labels)
+        task = Task.from_config(clf.model.config)
+        probs8 = onnx_probs(int8, clf.tokenizer, texts, max_length, task)
+        quality = agreement_metrics(task.probabilities(fp32_logits), probs8, labels, task)
         record["files"]["int8"] = INT8_FILE
         record["size_mb"]["int8"] = os.path.getsize(int8_path) / 2**20
         record["quantization"] = {"method": "dynamic", "weights": "int8", **asdict(settings), "label": settings.label}
@@ -494,12 +507,16 @@ def export_classifier(
         raise UsageError(f"--quantize {quantize}: only int8 is supported")
     with open(os.path.join(output_dir, EXPORT_RECORD), "w") as f:
         json.dump(record, f, indent=2, default=str)
-    write_card(output_dir, record, [str(clf.id2label[i]) for i in range(len(clf.id2label))])
+    write_card(
+        output_dir, record, [str(clf.id2label[i]) for i in range(len(clf.id2label))], Task.from_config(clf.model.config)
+    )
     return record
 
 
-def write_card(output_dir: str, record: dict[str, Any], labels: list[str]) -> None:
-    """README.md: what the export is, how it was checked, and a snippet that runs it with onnxruntime alone."""
+def write_card(output_dir: str, record: dict[str, Any], labels: list[str], task: Task | None = None) -> None:
+    """README.md: what the export is, how it was checked, and a snippet that runs it with onnxruntime alone and
+    decides as the model does (argmax, a binary model's tuned threshold, a multi-label model's per-label ones)."""
+    task = task or Task(SINGLE_LABEL, len(labels))
     int8 = record.get("int8_vs_fp32")
     lines = [
         f"# {os.path.basename(os.path.normpath(output_dir))}: ONNX export",
@@ -527,12 +544,14 @@ def write_card(output_dir: str, record: dict[str, Any], labels: list[str]) -> No
     lines += [
         "",
         "```python",
+        "import numpy as np",
         "import onnxruntime as ort",
         "from transformers import AutoConfig, AutoTokenizer",
         "",
         'model_dir = "."  # this directory',
         "tokenizer = AutoTokenizer.from_pretrained(model_dir)",
-        "labels = AutoConfig.from_pretrained(model_dir).id2label",
+        "config = AutoConfig.from_pretrained(model_dir)",
+        "labels = config.id2label",
         f'session = ort.InferenceSession(f"{{model_dir}}/{model_file}", providers=["CPUExecutionProvider"])',
         "names = [i.name for i in session.get_inputs()]",
         (
@@ -540,10 +559,27 @@ def write_card(output_dir: str, record: dict[str, Any], labels: list[str]) -> No
             'return_tensors="np")'
         ),
         'logits = session.run(["logits"], {n: batch[n].astype("int64") for n in names})[0]',
-        "print([labels[int(i)] for i in logits.argmax(-1)])",
+        *_decision_lines(task),
         "```",
         "",
         f"`{EXPORT_RECORD}` holds the full record; `run_eval.py` and `app.py` load this directory as they load the source.",
     ]
     with open(os.path.join(output_dir, "README.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _decision_lines(task: Task) -> list[str]:
+    """The card snippet's last lines: the model's decision rule applied to its ONNX logits."""
+    if task.multi_label:
+        return [
+            "probs = 1 / (1 + np.exp(-logits))  # one sigmoid per label",
+            "cut = config.decision_thresholds or [0.5] * len(labels)  # tuned on the validation split",
+            "print([[labels[j] for j in range(len(labels)) if p[j] >= cut[j]] for p in probs])",
+        ]
+    if task.thresholds is not None:
+        return [
+            "probs = np.exp(logits - logits.max(-1, keepdims=True))",
+            "probs /= probs.sum(-1, keepdims=True)",
+            "print([labels[int(p[1] >= config.decision_thresholds[0])] for p in probs])  # the tuned threshold",
+        ]
+    return ["print([labels[int(i)] for i in logits.argmax(-1)])"]

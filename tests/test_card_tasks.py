@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from test_serving_tasks import LABELS, make_binary_model, make_multilabel_model, own_logits, sigmoid, softmax
 
 from distillkit.model_card import write_model_card
@@ -43,3 +44,31 @@ def test_binary_card_snippet_decides_by_the_tuned_threshold(tmp_path):
     positive = softmax(own_logits(directory, [TEXT]))[0, 1]
     assert printed == ("toxic" if positive >= threshold else "non-toxic")
     assert "thresholds[0]" in snippet and np.isfinite(threshold)
+
+
+def test_int8_export_of_a_multi_label_model_is_checked_and_documented_by_its_task(tmp_path, monkeypatch, capsys):
+    """The export's int8-vs-fp32 check decides by the model's thresholds (a text agrees when every label does) and
+    scores with the multi-label metrics; the export card's onnxruntime snippet prints each text's label set."""
+    from test_serving_tasks import TEXTS
+
+    from distillkit.export import export_classifier
+    from distillkit.tasks import Task
+
+    source = make_multilabel_model(tmp_path / "ml")
+    probs = sigmoid(own_logits(source))
+    config = json.loads((source / "config.json").read_text())
+    gold = (probs >= np.array(config["decision_thresholds"])).astype(int)  # the fp32 model is right on every text
+    out = tmp_path / "onnx"
+    record = export_classifier(str(source), str(out), quantize="int8", texts=TEXTS, labels=gold, max_length=32)
+    quality = record["int8_vs_fp32"]
+    assert quality["f1_fp32"] == pytest.approx(1.0) and 0 <= quality["agreement"] <= 1
+    assert quality["f1_fp32"] == pytest.approx(Task.from_config(config).metrics(probs, gold)["f1"])
+    card = (out / "README.md").read_text()
+    (snippet,) = re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL)
+    snippet = snippet.replace('["Thanks for fixing the citation."]', repr(TEXTS))
+    monkeypatch.chdir(out)  # the snippet reads "this directory"
+    exec(snippet, {})  # noqa: S102 (the export card's own code)
+    printed = ast.literal_eval(capsys.readouterr().out.strip())
+    int8 = [[LABELS[j] for j in range(len(LABELS)) if row[j]] for row in gold]
+    agree = sum(a == b for a, b in zip(printed, int8)) / len(TEXTS)  # int8 decides; fp32's sets are the gold ones
+    assert agree == pytest.approx(quality["agreement"])
