@@ -1,38 +1,44 @@
 """End to end on the real assets: the real 6-layer MiniLM teacher, real toxic comments, odd and even students."""
 
 import json
+import math
 from collections import Counter
 
+import pandas as pd
 import pytest
 from conftest import SHARED, requires_shared
+from fastapi.testclient import TestClient
 from transformers import pipeline
 
+import app
 import run_distill
+import run_eval
 from distillkit.data import DataTrainingArguments, load_text_classification_data
+from distillkit.serving import ModelRegistry, ServingLimits
 
 pytestmark = [pytest.mark.slow, requires_shared]
 
 
 def test_real_teacher_then_odd_and_even_students_beat_the_majority_baseline(tmp_path):
     data = SHARED / "data" / "wiki_toxic_small"
-    args = dict(
-        teacher_name_or_path=SHARED / "models" / "all-MiniLM-L6-v2",
-        dataset_name=data,
-        max_train_samples=320,
-        max_eval_samples=64,
-        max_test_samples=200,
-        max_seq_length=64,
-        per_device_train_batch_size=16,
-        num_train_epochs=2,
-        learning_rate=1e-4,
-        teacher_num_train_epochs=2,
-        teacher_learning_rate=1e-4,
-        save_strategy="no",
-        logging_steps=5,
-        seed=0,
-        use_cpu="true",
-        disable_tqdm="true",
-    )
+    args = {
+        "teacher_name_or_path": SHARED / "models" / "all-MiniLM-L6-v2",
+        "dataset_name": data,
+        "max_train_samples": 320,
+        "max_eval_samples": 64,
+        "max_test_samples": 200,
+        "max_seq_length": 64,
+        "per_device_train_batch_size": 16,
+        "num_train_epochs": 2,
+        "learning_rate": 1e-4,
+        "teacher_num_train_epochs": 2,
+        "teacher_learning_rate": 1e-4,
+        "save_strategy": "no",
+        "logging_steps": 5,
+        "seed": 0,
+        "use_cpu": "true",
+        "disable_tqdm": "true",
+    }
     exp = tmp_path / "EXP"
     results = {}
     for layers in ("even", "odd"):
@@ -53,3 +59,71 @@ def test_real_teacher_then_odd_and_even_students_beat_the_majority_baseline(tmp_
     classifier = pipeline("text-classification", model=str(exp / "even"))
     labels = [p["label"] for p in classifier(["I will find you and hurt you, idiot", "Thanks for fixing the citation"])]
     assert set(labels) <= {"non-toxic", "toxic"}
+
+
+def test_go_emotions_multi_label_teacher_and_student(tmp_path):
+    """Issue 12's command on the real data: the 28-label multi-label form, tuned thresholds, micro/macro F1 and AUC."""
+    exp = tmp_path / "EXP"
+    args = {
+        "teacher_name_or_path": SHARED / "models" / "all-MiniLM-L6-v2",
+        "dataset_name": SHARED / "data" / "go_emotions",
+        "problem_type": "multi_label_classification",
+        "layers": "even",
+        "output_dir": exp / "even",
+        "max_train_samples": 320,
+        "max_eval_samples": 200,
+        "max_test_samples": 200,
+        "max_seq_length": 40,
+        "per_device_train_batch_size": 32,
+        "num_train_epochs": 2,
+        "learning_rate": 1e-3,
+        "teacher_num_train_epochs": 2,
+        "teacher_learning_rate": 1e-3,
+        "save_strategy": "no",
+        "logging_steps": 5,
+        "seed": 0,
+        "use_cpu": "true",
+        "disable_tqdm": "true",
+    }
+    results = run_distill.main([f"--{k}={v}" for k, v in args.items()])
+    teacher = json.loads((exp / "teacher" / "all_results.json").read_text())
+    for name, r in (("teacher", teacher), ("even", results)):
+        for key in ("test_micro_f1", "test_macro_f1", "test_roc_auc", "test_pr_auc", "test_accuracy"):
+            assert isinstance(r[key], float), (name, key)
+        assert len(r["decision_thresholds"]) == 28
+    # 28 rare labels from a few hundred rows rank no better than chance (the study's budget is 8,000 rows x 3
+    # epochs): what this checks is that BCE training runs and learns, e.g. the labels' base rates.
+    def bce(name):  # the logged gold term: BCE over the 28 labels
+        history = json.loads((exp / name / "trainer_state.json").read_text())["log_history"]
+        return [h["loss_ce"] for h in history if "loss_ce" in h]
+
+    teacher_bce, student_bce = bce("teacher"), bce("even")
+    assert len(teacher_bce) >= 3 and teacher_bce[-1] < 0.5 * teacher_bce[0], teacher_bce
+    # The student starts from the trained teacher's layers and head: far below an untrained head's ln 2 already.
+    assert max(student_bce) < 0.5 * math.log(2), student_bce
+    config = json.loads((exp / "even" / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification" and len(config["id2label"]) == 28
+    # run_eval.py reads the same task and thresholds: its scores on the same test rows are the training run's.
+    out = tmp_path / "report"
+    run_eval.main(
+        ["--model_dirs", str(exp / "teacher"), str(exp / "even"), "--dataset_name", str(args["dataset_name"])]
+        + ["--problem_type", "multi_label", "--max_test_samples", "200", "--max_seq_length", "40", "--seed", "0"]
+        + ["--output_dir", str(out), "--latency_runs", "50", "--throughput_texts", "32", "--bootstrap_samples", "10"]
+    )
+    csv = pd.read_csv(out / "results.csv").set_index("model")
+    for name, r in (("teacher", teacher), ("even", results)):
+        for key in ("micro_f1", "macro_f1", "roc_auc"):
+            assert csv.loc[name, key] == pytest.approx(r[f"test_{key}"], abs=1e-4), (name, key)
+    assert len(pd.read_csv(out / "per_label.csv").query("model == 'even'")) == 28
+    # The web app serves it: 28 sigmoids and the labels over their thresholds.
+    registry = ModelRegistry.from_dirs([str(exp / "even")], ServingLimits())
+    with TestClient(app.create_app(registry)) as client:
+        answer = client.post("/api/predict", json={"texts": ["thank you so much, I love it"], "models": ["even"]})
+    registry.close()
+    assert answer.status_code == 200, answer.text
+    prediction = answer.json()["results"][0]["predictions"][0]
+    assert len(prediction["probabilities"]) == 28 and prediction["problem_type"] == "multi_label_classification"
+    assert prediction["labels"] == [
+        name for j, name in enumerate(config["id2label"].values())
+        if prediction["probabilities"][name] >= config["decision_thresholds"][j]
+    ]  # fmt: skip
