@@ -21,6 +21,7 @@ a teacher or student not on disk trains that base again, same seed). Commit with
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ import torch
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.evaluation import loss_history
 from distillkit.methods import METHODS, dependencies
+from distillkit.records import RunRecord
 from distillkit.report import (
     plot_loss_curves,
     plot_method_means,
@@ -141,7 +143,7 @@ def run(cmd: list[str], dry_run: bool) -> None:
 def task_flags(budget: str) -> list[str]:
     """The budget's flags that say what the labels are (--problem_type, ...): the evaluation must read the same task."""
     words, out = shlex.split(budget), []
-    for flag, value in zip(words, words[1:]):
+    for flag, value in itertools.pairwise(words):
         if flag in TASK_FLAGS:
             out += [flag, value]
     return out
@@ -183,10 +185,16 @@ def publish(args: StudyArguments, method: str, seed: int, eval_dir: str) -> str:
     results = results.drop(columns=["path"], errors="ignore").map(portable)
     (prediction_file,) = glob.glob(os.path.join(eval_dir, "predictions", "*.csv"))
     frame = pd.read_csv(prediction_file)
-    names = dict(zip(frame.label, frame.label_name)) | dict(zip(frame.pred, frame.pred_name))
     probs = [c for c in frame.columns if c.startswith("prob_")]
-    frame[["label", "pred", *probs]].round(6).to_csv(os.path.join(tmp, "predictions.csv.gz"), index=False)
+    # A multi-label file's label/pred are label-id sets ("3,10"): its problem_type column says so to the statistics.
+    task = ["problem_type"] if "problem_type" in frame.columns else []
+    frame[["label", "pred", *probs, *task]].round(6).to_csv(os.path.join(tmp, "predictions.csv.gz"), index=False)
     model_dir = os.path.join(args.work_dir, args.dataset, f"seed{seed}", method)
+    record = RunRecord.load(model_dir)
+    if record is not None and len(record.label_names) == len(probs):
+        names = dict(enumerate(record.label_names))
+    else:  # the names the predictions spell out (single-label files)
+        names = dict(zip(frame.label, frame.label_name)) | dict(zip(frame.pred, frame.pred_name))
     with open(os.path.join(tmp, "loss_history.json"), "w") as f:
         json.dump(loss_history(model_dir), f)
     with open(os.path.join(tmp, "stage.json"), "w") as f:
