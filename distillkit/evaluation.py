@@ -332,10 +332,7 @@ def evaluate_model(
     chooses the metrics.
     """
     check_labels(clf, data)
-    try:
-        task = Task.from_config(clf.model.config)
-    except ValueError as err:  # thresholds that do not fit the labels
-        raise UsageError(f"{clf.path}: config.json: {err}") from None
+    task = clf.task
     check_task(clf, task, data)
     results = clf.results
     texts, labels = list(data.splits[split]["text"]), gold_labels(data, split)

@@ -457,6 +457,7 @@ def export_classifier(
     from .students import count_parameters
 
     clf = load_trained_classifier(model_dir)
+    task = clf.task  # how it decides: the int8 check and the card's snippet decide the same way
     settings = settings or QuantSettings()
     texts = check_texts(texts)
     os.makedirs(output_dir, exist_ok=True)
@@ -492,7 +493,6 @@ def export_classifier(
         int8_path = os.path.join(output_dir, INT8_FILE)
         quantize_int8(fp32_path, int8_path, clf.model.config, settings)
         int8 = OnnxClassifier(int8_path, clf.model.config, params)
-        task = Task.from_config(clf.model.config)
         probs8 = onnx_probs(int8, clf.tokenizer, texts, max_length, task)
         quality = agreement_metrics(task.probabilities(fp32_logits), probs8, labels, task)
         record["files"]["int8"] = INT8_FILE
@@ -507,9 +507,7 @@ def export_classifier(
         raise UsageError(f"--quantize {quantize}: only int8 is supported")
     with open(os.path.join(output_dir, EXPORT_RECORD), "w") as f:
         json.dump(record, f, indent=2, default=str)
-    write_card(
-        output_dir, record, [str(clf.id2label[i]) for i in range(len(clf.id2label))], Task.from_config(clf.model.config)
-    )
+    write_card(output_dir, record, [str(clf.id2label[i]) for i in range(len(clf.id2label))], task)
     return record
 
 

@@ -15,6 +15,7 @@ from .cli import FINISHED_MARKER, UsageError, is_finished_run, list_checkpoints
 from .export import is_onnx_dir, is_onnx_file, load_onnx_classifier, onnx_variants
 from .losses import teacher_terms
 from .records import ADAPTER_CONFIG, RunRecord, is_adapter_dir, merged_parent
+from .tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,15 @@ class LoadedClassifier:
     @property
     def id2label(self) -> dict[int, str]:
         return {int(k): v for k, v in self.model.config.id2label.items()}
+
+    @property
+    def task(self) -> Task:
+        """How the model decides: its config's problem_type and saved decision thresholds (`Task.from_config`);
+        thresholds that do not fit its labels are a usage error naming the directory."""
+        try:
+            return Task.from_config(self.model.config)
+        except ValueError as err:
+            raise UsageError(f"{self.path}: config.json: {err}") from None
 
     @property
     def method(self) -> str:
@@ -87,19 +97,14 @@ def read_results(path: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def adapter_head_kwargs(path: str) -> dict[str, Any]:
-    """num_labels/id2label/label2id for the base an adapter is loaded on.
+def adapter_head_kwargs(path: str, record: RunRecord | None) -> dict[str, Any]:
+    """num_labels/id2label/label2id and problem_type for the base an adapter is loaded on (`record`: the adapter's).
 
     `AutoPeftModelForSequenceClassification` builds the base from `base_model_name_or_path`; a pretrained encoder
     has no head, so it would get the default 2 labels and the adapter's 3-class head would not fit, nor would it
     know the task. The run recorded its labels and task; without them, the count is read off the head's bias.
     """
-    record = RunRecord.load(path)
-    # The task too (a multi-label adapter on a headless base), with the thresholds tuned at training time.
     task = {"problem_type": record.problem_type} if record is not None else {}
-    thresholds = read_results(path).get("decision_thresholds")
-    if thresholds is not None:
-        task["decision_thresholds"] = thresholds
     if record is not None and record.label_names:
         id2label = dict(enumerate(record.label_names))
         labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
@@ -129,13 +134,16 @@ def load_classifier_dir(path: str, name: str | None = None, device: str | torch.
     if not os.path.isdir(path) or not is_model_dir(path):
         raise UsageError(f"{path}: not a model directory (expected config.json or {ADAPTER_CONFIG})")
     adapter = is_adapter_dir(path)
+    record, results = RunRecord.load(path), read_results(path)
     if adapter:
         from peft import AutoPeftModelForSequenceClassification
 
-        head = adapter_head_kwargs(path)
-        # Not a config attribute transformers knows: as a from_pretrained kwarg it would reach the model's __init__.
-        thresholds = head.pop("decision_thresholds", None)
-        model = AutoPeftModelForSequenceClassification.from_pretrained(path, use_safetensors=True, **head)
+        model = AutoPeftModelForSequenceClassification.from_pretrained(
+            path, use_safetensors=True, **adapter_head_kwargs(path, record)
+        )
+        # The thresholds tuned at training time: set on the config, as transformers does not know the attribute
+        # (a from_pretrained kwarg would reach the model's __init__).
+        thresholds = results.get("decision_thresholds")
         if thresholds is not None:
             model.config.decision_thresholds = thresholds
     else:
@@ -148,8 +156,8 @@ def load_classifier_dir(path: str, name: str | None = None, device: str | torch.
         model=model,
         tokenizer=tokenizer,
         is_adapter=adapter,
-        record=RunRecord.load(path),
-        results=read_results(path),
+        record=record,
+        results=results,
     )
 
 

@@ -154,14 +154,6 @@ def _is_valid_unicode(text: str) -> bool:
     return True
 
 
-def model_task(clf: LoadedClassifier) -> Task:
-    """The task a served model was saved with (its config's problem_type and decision thresholds)."""
-    try:
-        return Task.from_config(clf.model.config)
-    except ValueError as err:
-        raise UsageError(f"{clf.path}: config.json: {err}") from None
-
-
 def task_fields(task: Task, labels: list[str]) -> dict[str, Any]:
     """How a model decides, as the API shows it beside its predictions and in /api/models.
 
@@ -415,7 +407,7 @@ class ModelRegistry:
         self.models: dict[str, ServedModel] = {}
         for clf in classifiers:
             labels = display_labels(clf, label_names)
-            task = model_task(clf)
+            task = clf.task
             max_positions = getattr(clf.model.config, "max_position_embeddings", None) or limits.max_seq_length
             self.models[clf.name] = ServedModel(
                 clf=clf,
