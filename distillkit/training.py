@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 from datasets import DatasetDict
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, set_seed
+from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, set_seed
+from transformers.trainer_utils import PredictionOutput
 
 from .cli import FINISHED_MARKER, UsageError, apply_output_dir_policy, clear_stale_checkpoints, setup_logging
 from .data import DataTrainingArguments, TextClassificationData, load_text_classification_data, tokenize_splits
@@ -86,13 +87,14 @@ def train_evaluate_save(
     results: dict[str, Any] = {}
     if getattr(args, "overwrite_output_dir", False) and resume_from_checkpoint is None and args.should_save:
         clear_stale_checkpoints(args.output_dir)
+    tuning = None  # the validation predictions the thresholds were tuned on, if they were
     if args.do_train:
         if resume_from_checkpoint:
             logger.warning(f"Resuming training from {resume_from_checkpoint}")
         train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-        thresholds = decide_thresholds(trainer, tokenized["validation"])
-        if thresholds is not None:
-            results["decision_thresholds"] = thresholds
+        tuning = decide_thresholds(trainer, tokenized["validation"])
+        if tuning is not None:
+            results["decision_thresholds"] = trainer.model.config.decision_thresholds
         trainer.save_model()  # model (safetensors), config (with the task and its thresholds) and tokenizer
         metrics = dict(train_result.metrics, train_samples=len(tokenized["train"]))
         trainer.log_metrics("train", metrics)
@@ -100,7 +102,10 @@ def train_evaluate_save(
         trainer.save_state()
         results.update(metrics)
     if args.do_eval:
-        metrics = trainer.evaluate(eval_dataset=tokenized["validation"], metric_key_prefix="eval")
+        if tuning is not None:  # the model already ran over validation to tune: score those logits, not again
+            metrics = score_at_tuned_thresholds(trainer, tuning)
+        else:
+            metrics = trainer.evaluate(eval_dataset=tokenized["validation"], metric_key_prefix="eval")
         metrics["eval_samples"] = len(tokenized["validation"])
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics, combined=False)
@@ -125,20 +130,29 @@ def train_evaluate_save(
     return results
 
 
-def decide_thresholds(trainer: Trainer, validation) -> list[float] | None:
+def decide_thresholds(trainer: Trainer, validation) -> PredictionOutput | None:
     """--tune_thresholds: the thresholds that maximise F1 on the validation split, written onto the model's config
-    (`decision_thresholds`, read back by `Task.from_config`) before it is saved. The validation scores that follow
-    are then optimistic for the tuned decision; the test split is the unbiased one."""
+    (`decision_thresholds`, read back by `Task.from_config`) before it is saved; returns the validation predictions
+    they were tuned on (None when not tuning). The validation scores that follow are then optimistic for the tuned
+    decision; the test split is the unbiased one."""
     task = Task.from_config(trainer.model.config)
     if not should_tune_thresholds(getattr(trainer.args, "tune_thresholds", None), task):
         return None
-    output = trainer.predict(validation, metric_key_prefix="tune")
+    output = trainer.predict(validation, metric_key_prefix="eval")
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    thresholds = task.tune_thresholds(task.probabilities(logits), np.asarray(output.label_ids))
-    task.thresholds = thresholds
+    task.thresholds = task.tune_thresholds(task.probabilities(logits), np.asarray(output.label_ids))
     task.save_to_config(trainer.model.config)
-    logger.info(f"decision thresholds tuned on the validation split ({len(validation)} rows): {thresholds}")
-    return thresholds
+    logger.info(f"decision thresholds tuned on the validation split ({len(validation)} rows): {task.thresholds}")
+    return output
+
+
+def score_at_tuned_thresholds(trainer: Trainer, tuning: PredictionOutput) -> dict[str, float]:
+    """The `eval_*` metrics `trainer.evaluate` would return, from the tuning pass's own validation predictions
+    rescored at the thresholds just tuned (its loss and speed are the same pass's), logged as evaluate logs them."""
+    rescored = trainer.compute_metrics(EvalPrediction(predictions=tuning.predictions, label_ids=tuning.label_ids))
+    metrics = {**tuning.metrics, **{f"eval_{k}": v for k, v in rescored.items()}}
+    trainer.log(metrics)
+    return metrics
 
 
 def build_trainer(
