@@ -288,6 +288,8 @@ def usage_snippet(records: RunRecords, reference: str) -> str:
     thresholds = records.config.get("decision_thresholds") or records.results.get("decision_thresholds")
     multi_label = problem_type == MULTI_LABEL
     adapter = records.adapter is not None and not records.merged
+    top_k = ", top_k=None" if multi_label or thresholds else ""  # every label's score, for a threshold to decide
+    text = '"thanks for fixing the citation"'
     if adapter:
         # A headless base (a pretrained encoder) knows no class names, nor the count, nor the task: the run recorded them.
         labels = {int(k): v for k, v in records.id2label.items()}
@@ -298,21 +300,20 @@ def usage_snippet(records: RunRecords, reference: str) -> str:
             "from transformers import AutoTokenizer, pipeline\n\n"
             f'model = AutoPeftModelForSequenceClassification.from_pretrained("{reference}"{head})\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{reference}")\n'
-            'classifier = pipeline("text-classification", model=model, tokenizer=tokenizer{top_k})\n'
+            f'classifier = pipeline("text-classification", model=model, tokenizer=tokenizer{top_k})\n'
         )
+        saved = f"thresholds = {thresholds!r}  # tuned on the validation split (all_results.json)\n"
         note = (
             "\n\nThe adapter loads on top of its base model (`base_model_name_or_path` in `adapter_config.json`), "
             "which must be reachable from where you load it."
         )
-        saved = f"thresholds = {thresholds!r}  # tuned on the validation split (all_results.json)\n"
     else:
         load = (
             "from transformers import pipeline\n\n"
-            f'classifier = pipeline("text-classification", model="{reference}"{{top_k}})\n'
+            f'classifier = pipeline("text-classification", model="{reference}"{top_k})\n'
         )
-        note = ""
         saved = "thresholds = classifier.model.config.decision_thresholds  # tuned on the validation split\n"
-    text = '"thanks for fixing the citation"'
+        note = ""
     if multi_label:
         decide = (
             saved
@@ -321,7 +322,6 @@ def usage_snippet(records: RunRecords, reference: str) -> str:
             "cut = dict(zip(names, thresholds or [0.5] * len(names)))\n"
             'print([s["label"] for s in scores if s["score"] >= cut[s["label"]]])  # the labels over their thresholds\n'
         )
-        top_k = ", top_k=None"
     elif thresholds:
         decide = (
             saved
@@ -329,10 +329,9 @@ def usage_snippet(records: RunRecords, reference: str) -> str:
             "negative, positive = classifier.model.config.id2label[0], classifier.model.config.id2label[1]\n"
             "print(positive if scores[positive] >= thresholds[0] else negative)  # the tuned threshold decides\n"
         )
-        top_k = ", top_k=None"
     else:
-        decide, top_k = f"print(classifier({text}))\n", ""
-    return "```python\n" + load.replace("{top_k}", top_k) + decide + "```" + note
+        decide = f"print(classifier({text}))\n"
+    return "```python\n" + load + decide + "```" + note
 
 
 def _record_files(records: RunRecords) -> list[str]:
