@@ -323,7 +323,8 @@ def _labels_as_int(values: list, keep: np.ndarray, column: str, split: str) -> n
     ids = np.full(len(values), -1, dtype=np.int64)
     for row in np.flatnonzero(keep):
         value = values[row]
-        if isinstance(value, (bool, np.bool_, int, np.integer)) or isinstance(value, (float, np.floating)) and float(value).is_integer():
+        whole_float = isinstance(value, (float, np.floating)) and float(value).is_integer()
+        if isinstance(value, (bool, np.bool_, int, np.integer)) or whole_float:
             ids[row] = int(value)
         else:
             raise UsageError(
@@ -384,7 +385,12 @@ class LabelSource:
 
 def _pick_text_column(columns: list[str], args: DataTrainingArguments, preset: DatasetPreset | None) -> str:
     text_column = _choose_column(
-        columns, args.text_column, preset.text_column if preset else None, TEXT_COLUMN_CANDIDATES, "text", "--text_column"
+        columns,
+        args.text_column,
+        preset.text_column if preset else None,
+        TEXT_COLUMN_CANDIDATES,
+        "text",
+        "--text_column",
     )
     if text_column is None:
         raise UsageError(
@@ -399,7 +405,7 @@ def _pick_label_source(
 ) -> LabelSource:
     """Which column(s) hold the labels, in which form, and the task type (detected unless --problem_type says)."""
     columns, features = train.column_names, train.features
-    asked = normalize_problem_type(args.problem_type) if args.problem_type else None
+    asked = args.problem_type  # normalised by DataTrainingArguments
     if args.label_columns:
         names = [c.strip() for c in args.label_columns.split(",") if c.strip()]
         for name in names:
@@ -468,9 +474,8 @@ def _pick_label_source(
     if is_list or preset_list:
         # go_emotions' preset keeps its 28-class first-label form unless multi-label is asked for.
         problem_type = asked or (SINGLE_LABEL if preset_list else MULTI_LABEL)
-        return LabelSource(
-            [label_column], problem_type, "lists", names=names, first_of_list=preset_list and problem_type == SINGLE_LABEL
-        )
+        first_of_list = preset_list and problem_type == SINGLE_LABEL
+        return LabelSource([label_column], problem_type, "lists", names=names, first_of_list=first_of_list)
     return LabelSource([label_column], asked or SINGLE_LABEL, "ids", names=names)
 
 
@@ -492,7 +497,8 @@ def _read_labels(ds: Dataset, split: str, source: LabelSource, keep: np.ndarray)
         if column not in ds.column_names:
             raise UsageError(f"split {split!r} has no column {column!r}; it has columns: {', '.join(ds.column_names)}")
     if source.form in ("score", "columns"):
-        scores = np.stack([np.array([np.nan if v is None else v for v in ds[c]], np.float64) for c in source.columns], 1)
+        columns = [np.array([np.nan if v is None else v for v in ds[c]], np.float64) for c in source.columns]
+        scores = np.stack(columns, axis=1)
         bad = keep[:, None] & ~np.isfinite(scores)
         if bad.any():
             row, col = (int(i[0]) for i in np.nonzero(bad))
@@ -551,17 +557,19 @@ def load_text_classification_data(
 
     texts_by_split: dict[str, list[str]] = {}
     labels_by_split: dict[str, np.ndarray | list[list[int]]] = {}
+    originals: dict[str, list[str]] = {}  # hate_speech18: the 4-way class name before "hate vs the rest"
     label_ids: dict[str, np.ndarray] = {}
     label_rows: dict[str, np.ndarray] = {}  # each checked id's row in the split as read, for error messages
     for split, ds in raw.items():
         texts, keep = _clean_texts(ds, split, text_column)
         labels = _read_labels(ds, split, source, keep)
         texts_by_split[split] = [t for t, k in zip(texts, keep) if k]
-        labels_by_split[split] = labels[keep] if isinstance(labels, np.ndarray) else [labels[r] for r in np.flatnonzero(keep)]
+        kept = np.flatnonzero(keep)
+        labels_by_split[split] = labels[keep] if isinstance(labels, np.ndarray) else [labels[r] for r in kept]
         label_ids[split], label_rows[split] = _label_ids_of(labels, keep)
         if source.binary_from is not None:
             original = _labels_as_int(list(ds[source.columns[0]]), keep, source.columns[0], split)
-            texts_by_split[split + ":original"] = [source.binary_from[i] for i in original[keep]]
+            originals[split] = [source.binary_from[i] for i in original[keep]]
 
     if source.names:
         num_labels = len(source.names)
@@ -577,8 +585,8 @@ def load_text_classification_data(
             columns_out["label"] = multi_hot(labels, num_labels).tolist()
         else:
             columns_out["label"] = labels.tolist()
-        if split + ":original" in texts_by_split:
-            columns_out["label_original"] = texts_by_split[split + ":original"]
+        if split in originals:
+            columns_out["label_original"] = originals[split]
         splits[split] = Dataset.from_dict(columns_out, features=_features(source, num_labels, columns_out))
     data = _add_missing_splits(DatasetDict(splits), args, seed)
     data = _subsample(data, args, seed)
@@ -608,7 +616,7 @@ def _features(source: LabelSource, num_labels: int, columns: dict[str, list]) ->
     if source.multi_label:
         label = Sequence(Value("float32"), length=num_labels)
     else:
-        label = ClassLabel(num_classes=num_labels, names=source.names) if source.names else ClassLabel(num_classes=num_labels)
+        label = ClassLabel(num_classes=num_labels, names=source.names or None)
     features = {"text": Value("string"), "label": label}
     if "label_original" in columns:
         features["label_original"] = Value("string")

@@ -43,7 +43,7 @@ def start_run(
             data_args, seed=training_args.seed, cache_dir=cache_dir, class_names=training_args.class_names
         )
     try:  # a flag this task cannot honour fails now, not after training
-        should_tune_thresholds(getattr(training_args, "tune_thresholds", None), Task(data.problem_type, data.num_labels))
+        should_tune_thresholds(training_args.tune_thresholds, Task(data.problem_type, data.num_labels))
     except ValueError as err:
         raise UsageError(str(err)) from None
     return resume_from, data
