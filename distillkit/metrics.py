@@ -13,7 +13,6 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
-from transformers import EvalPrediction
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -120,9 +119,3 @@ def _roc_auc(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def _pr_auc(probs: np.ndarray, labels: np.ndarray) -> float:
     return _ranking_score(average_precision_score, probs, labels)
-
-
-def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
-    """`Trainer(compute_metrics=...)` adapter: logits in, metrics out."""
-    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    return classification_metrics(softmax(np.asarray(logits, dtype=np.float64)), np.asarray(eval_pred.label_ids))

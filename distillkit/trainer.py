@@ -430,10 +430,7 @@ class DistillationTrainer(Trainer):
             return None
         num_labels = self.model.config.num_labels
         labels = np.asarray(self.train_dataset["label"]) if spec == "balanced" else np.zeros(0)
-        try:
-            weights = parse_class_weights(spec, labels, num_labels, multi_label=self.multi_label)
-        except ValueError as err:
-            raise ValueError(str(err)) from None
+        weights = parse_class_weights(spec, labels, num_labels, multi_label=self.multi_label)
         logger.info(f"class weights of the CE term: {weights}")
         return torch.tensor(weights, dtype=torch.float32)
 
