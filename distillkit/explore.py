@@ -25,7 +25,7 @@ import pandas as pd
 
 from .cli import UsageError
 from .serving import RequestError
-from .tasks import MULTI_LABEL, SINGLE_LABEL, multi_hot
+from .tasks import MULTI_LABEL, SINGLE_LABEL, label_id_lists, multi_hot
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +103,6 @@ class Predictions:
         return decided.min(axis=1, initial=np.inf)
 
 
-def _id_lists(column: pd.Series) -> list[list[int]]:
-    return [[int(i) for i in str(cell).split(",") if i.strip() != ""] for cell in column]
-
-
 def _is_multi_label(frame: pd.DataFrame) -> bool:
     if "problem_type" in frame.columns and len(frame):
         return str(frame["problem_type"].iloc[0]) == MULTI_LABEL
@@ -129,7 +125,7 @@ def read_predictions(path: str, name: str) -> tuple[Predictions, dict[int, str]]
     multi_label = _is_multi_label(frame)
     if multi_label:
         try:
-            gold, pred = (multi_hot(_id_lists(frame[c]), num_classes).astype(np.int64) for c in ("label", "pred"))
+            gold, pred = (multi_hot(label_id_lists(frame[c]), num_classes).astype(np.int64) for c in ("label", "pred"))
         except ValueError as err:  # an id outside the prob_ columns, or not a number
             raise UsageError(f"{path}: a label list is not label ids 0..{num_classes - 1} ({err})") from None
     else:
@@ -150,7 +146,7 @@ def spelled_names(frame: pd.DataFrame, multi_label: bool) -> dict[int, str]:
         if not multi_label:
             names.update(zip(frame[ids].astype(int), frame[column].astype(str)))
             continue
-        for id_list, spelled in zip(_id_lists(frame[ids]), frame[column].astype(str)):
+        for id_list, spelled in zip(label_id_lists(frame[ids]), frame[column].astype(str)):
             spelled_list = spelled.split(",") if spelled else []
             if len(spelled_list) == len(id_list):  # a name with a comma in it cannot be told apart: skipped
                 names.update(zip(id_list, spelled_list))

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .tasks import MULTI_LABEL
+from .tasks import MULTI_LABEL, label_id_lists, multi_hot
 
 NOT_DISTINGUISHABLE = "not distinguishable"
 METRIC_LABELS = {"f1": "positive-class F1", "roc_auc": "ROC-AUC", "macro_f1": "macro-F1", "micro_f1": "micro-F1"}
@@ -41,12 +41,8 @@ def is_multi_label(frame: pd.DataFrame) -> bool:
 
 
 def _label_matrix(column: pd.Series, k: int) -> np.ndarray:
-    """Label-id lists as run_eval.py writes them ("0,3"; empty: none) → an (n, k) 0/1 matrix."""
-    out = np.zeros((len(column), k))
-    for row, value in enumerate(column.fillna("").astype(str)):
-        ids = [int(float(i)) for i in value.split(",") if i.strip()]
-        out[row, ids] = 1.0
-    return out
+    """A multi-label predictions file's label sets ("0,3") → an (n, k) 0/1 matrix."""
+    return multi_hot(label_id_lists(column), k).astype(np.float64)
 
 
 # --- metrics on weighted texts: w is (B, n), one row of per-text weights (bootstrap counts) per resample -----------

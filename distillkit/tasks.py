@@ -157,6 +157,19 @@ def multi_hot(label_lists: Sequence[Sequence[int]], num_labels: int) -> np.ndarr
     return out
 
 
+def label_id_lists(cells: Sequence[Any]) -> list[list[int]]:
+    """Label sets as run_eval.py writes them in a multi-label predictions file ("0,3"; empty, or NaN once read back
+    by pandas: no label) → lists of label ids."""
+    out = []
+    for cell in cells:
+        text = "" if cell is None or (isinstance(cell, float) and math.isnan(cell)) else str(cell)
+        ids = [float(i) for i in text.split(",") if i.strip()]  # a lone id may come back as 3.0
+        if any(not i.is_integer() for i in ids):
+            raise ValueError(f"{text!r} is not a list of label ids")
+        out.append([int(i) for i in ids])
+    return out
+
+
 def trainer_metrics(model: Any) -> Callable[[Any], dict[str, float]]:
     """`Trainer(compute_metrics=...)` for this model's task. The task is read from the config at every call, so
     thresholds tuned after training (`decide_thresholds`) are the ones the validation and test scores use."""
