@@ -63,6 +63,10 @@ SUMMARY_COLUMNS = (
 _SEEDED_MODEL = re.compile(r"^seed\d+-(.+)$")
 _IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 PER_LABEL_FILE = "per_label.csv"  # support, F1, ROC-AUC, PR-AUC per label (class) per model
+# Per method: the median CPU-time latency of every model in the run with the method's parameter count. Models of one
+# architecture cost the same; each was timed at a different moment of a shared machine, so their own means differ by
+# noise alone (odd vs even), and pooling them is the fairer cost to rank methods by.
+ARCH_LATENCY = "latency_ms_b1_cpu_arch"
 
 
 def method_rank(method: str) -> tuple[int, str]:
@@ -94,6 +98,9 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
             values = pd.to_numeric(group[column], errors="coerce")
             row[f"{column}_mean"] = values.mean()
             row[f"{column}_std"] = values.std(ddof=1) if values.notna().sum() > 1 else math.nan
+        if {"params", "latency_ms_b1_cpu"} <= set(results.columns):
+            same = results[results.params == group.params.iloc[0]]
+            row[ARCH_LATENCY] = pd.to_numeric(same.latency_ms_b1_cpu, errors="coerce").median()
         rows.append(row)
     summary = pd.DataFrame(rows)
     order = sorted(range(len(summary)), key=lambda i: method_rank(summary.method[i]))
@@ -247,19 +254,67 @@ def _pair_sentence(row: pd.Series) -> str:
     return f"{row.a} − {row.b}: {metric} {row['diff']:+.3f} ({ci}): **{call}**."
 
 
-def pareto_front(summary: pd.DataFrame, metric: str, cost: str = "latency_ms_b1_cpu") -> list[str]:
-    """Methods no other method beats on both quality (higher `metric` mean) and cost (lower mean), cheapest first."""
-    s = summary.dropna(subset=[f"{metric}_mean", f"{cost}_mean"])
+def cost_column(summary: pd.DataFrame) -> str:
+    """The cost to rank methods by: the architecture's pooled CPU latency, else (older summaries) the method's own."""
+    return ARCH_LATENCY if ARCH_LATENCY in summary else "latency_ms_b1_cpu_mean"
+
+
+def pareto_front(summary: pd.DataFrame, metric: str, cost: str | None = None) -> list[str]:
+    """Methods no other method beats on both quality (higher `metric` mean) and cost (lower `cost`), cheapest first."""
+    cost = cost or cost_column(summary)
+    s = summary.dropna(subset=[f"{metric}_mean", cost])
     front = []
     for _, row in s.iterrows():
         dominated = (
             (s[f"{metric}_mean"] >= row[f"{metric}_mean"])
-            & (s[f"{cost}_mean"] <= row[f"{cost}_mean"])
-            & ((s[f"{metric}_mean"] > row[f"{metric}_mean"]) | (s[f"{cost}_mean"] < row[f"{cost}_mean"]))
+            & (s[cost] <= row[cost])
+            & ((s[f"{metric}_mean"] > row[f"{metric}_mean"]) | (s[cost] < row[cost]))
         ).any()
         if not dominated:
-            front.append((row[f"{cost}_mean"], row.method))
+            front.append((row[cost], row.method))
     return [m for _, m in sorted(front)]
+
+
+def same_cost_pairs(summary: pd.DataFrame, metric: str, cost: str | None = None) -> list[tuple[str, str]]:
+    """(front method, the best other method of the same cost): the front ranks them by mean only, so the paired test
+    must say whether the leader is ahead or the two are not distinguishable."""
+    cost = cost or cost_column(summary)
+    if f"{metric}_mean" not in summary or cost not in summary:
+        return []
+    pairs = []
+    for leader in pareto_front(summary, metric, cost):
+        row = summary[summary.method == leader].iloc[0]
+        rivals = summary[(summary[cost] == row[cost]) & (summary.method != leader)].dropna(subset=[f"{metric}_mean"])
+        if len(rivals):
+            pairs.append((leader, rivals.sort_values(f"{metric}_mean", ascending=False).method.iloc[0]))
+    return pairs
+
+
+def _front_sentence(summary: pd.DataFrame, metric: str, pairs: pd.DataFrame | None) -> str:
+    cost = cost_column(summary)
+    front = pareto_front(summary, metric, cost)
+    if not front:
+        return ""
+    s = summary.set_index("method")
+    how = (
+        "each architecture's median CPU-time latency over all its models"
+        if cost == ARCH_LATENCY
+        else "CPU-time latency per text"
+    )
+    text = (
+        f"Quality vs latency (mean {METRIC_LABELS.get(metric, metric)} against {how}): the Pareto front is "
+        + ", ".join(f"{m} ({s.loc[m, cost]:.1f} ms)" for m in front)
+        + " (every other method is as slow or slower without being better)."
+    )
+    for leader, rival in same_cost_pairs(summary, metric, cost):
+        for a, b, sign in ((leader, rival, 1), (rival, leader, -1)):
+            row = pd.DataFrame() if pairs is None else pairs[(pairs.a == a) & (pairs.b == b) & (pairs.metric == metric)]
+            if len(row):
+                r = row.iloc[0]
+                call = {"A better": f"{a} is ahead", "B better": f"{b} is ahead"}.get(r.verdict, r.verdict)
+                text += f" At {leader}'s cost, {leader} − {rival} {sign * r['diff']:+.3f}: {call}."
+                break
+    return text
 
 
 def verdict(results: pd.DataFrame, summary: pd.DataFrame, split: str, pairs: pd.DataFrame | None = None) -> str:
@@ -289,9 +344,13 @@ def verdict(results: pd.DataFrame, summary: pd.DataFrame, split: str, pairs: pd.
             "Each method was trained with one seed, so the seed-to-seed spread is unknown (train with several `--seeds` "
             "to measure it): no difference below is called."
         )
+    primary = pairs.metric.iloc[0] if pairs is not None and len(pairs) else "f1"
+    if f"{primary}_mean" not in summary:
+        primary = "f1"
     if pairs is not None and len(pairs):
-        primary = pairs.metric.iloc[0]
-        main = pairs[(pairs.metric == primary) & (pairs.b != "teacher")]
+        asked = set(study_pairs(list(summary.method), CONTROLS))
+        extra = [(a, b) not in asked for a, b in zip(pairs.a, pairs.b)]  # same-cost pairs: the front's sentence
+        main = pairs[(pairs.metric == primary) & (pairs.b != "teacher") & ~np.array(extra, dtype=bool)]
         parts += [_pair_sentence(row) for _, row in main.iterrows()]
         vs_teacher = pairs[(pairs.metric == primary) & (pairs.b == "teacher")]
         if len(vs_teacher):
@@ -305,15 +364,9 @@ def verdict(results: pd.DataFrame, summary: pd.DataFrame, split: str, pairs: pd.
                 if names
             )
             parts.append(text + " (forest plot below).")
-    metric = "f1" if "f1_mean" in summary else None
-    if metric and "latency_ms_b1_cpu_mean" in summary:
-        front = pareto_front(summary, metric)
-        if front:
-            parts.append(
-                f"Quality vs latency (mean {f1} against CPU-time latency per text): the Pareto front is {', '.join(front)} "
-                "(every other method is slower without being better)."
-            )
-    return " ".join(parts)
+    if f"{primary}_mean" in summary and cost_column(summary) in summary:
+        parts.append(_front_sentence(summary, primary, pairs))
+    return " ".join(p for p in parts if p)
 
 
 def load_warning(results: pd.DataFrame, context: dict[str, Any]) -> list[str]:
@@ -343,9 +396,13 @@ def read_predictions(output_dir: str, models: list[str]) -> dict[str, pd.DataFra
 
 
 def compare_pairs(
-    results: pd.DataFrame, predictions: dict[str, pd.DataFrame], n_resamples: int = 1000
+    results: pd.DataFrame,
+    predictions: dict[str, pd.DataFrame],
+    n_resamples: int = 1000,
+    summary: pd.DataFrame | None = None,
 ) -> pd.DataFrame | None:
-    """The paired-difference table (distillkit.stats) of the pairs the study asks about, keyed by stage_key.
+    """The paired-difference table (distillkit.stats) of the pairs the study asks about, keyed by stage_key; with
+    `summary`, also each Pareto-front method against the best other method of its cost (`same_cost_pairs`).
 
     None when fewer than two methods have predictions on the same seeds. Multi-label predictions are compared by
     macro-F1 and macro ROC-AUC over the labels (`stats.metric_names`).
@@ -355,12 +412,17 @@ def compare_pairs(
         if row.model in predictions and not pd.isna(row.seed):
             by_method.setdefault(stage_key(row.model, row.method), {})[int(row.seed)] = predictions[row.model]
     ordered = sorted(by_method, key=method_rank)
-    pairs = [(a, b) for a, b in study_pairs(ordered, CONTROLS) if set(by_method[a]) & set(by_method[b])]
-    if not pairs:
-        return None
     some = next(iter(predictions.values()))
     k = sum(c.startswith("prob_") for c in some.columns)
-    return paired_table(by_method, pairs, metric_names(k, is_multi_label(some)), n_resamples)
+    metrics = metric_names(k, is_multi_label(some))
+    wanted = study_pairs(ordered, CONTROLS)
+    if summary is not None:
+        asked = set(wanted) | {(b, a) for a, b in wanted}
+        wanted += [p for p in same_cost_pairs(summary, metrics[0]) if p not in asked]
+    pairs = [(a, b) for a, b in wanted if a in by_method and b in by_method and set(by_method[a]) & set(by_method[b])]
+    if not pairs:
+        return None
+    return paired_table(by_method, pairs, metrics, n_resamples)
 
 
 def metric_note(problem_type: str) -> str:
@@ -431,26 +493,36 @@ def plot_forest(pairs: pd.DataFrame, path: str, reference: str = "teacher") -> s
     return _save_figure(fig, path)
 
 
-def plot_method_means(summary: pd.DataFrame, metric: str, path: str, cost: str = "latency_ms_b1_cpu") -> str:
-    """One point per method (mean ± std over seeds) of quality against CPU-time latency, the Pareto front joined."""
+def plot_method_means(summary: pd.DataFrame, metric: str, path: str, cost: str | None = None) -> str:
+    """One point per method (mean ± std over seeds) of quality against its cost (`cost_column`), the Pareto front
+    joined. Methods of one architecture share a cost; their points are dodged sideways so each stays visible."""
+    cost = cost or cost_column(summary)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    span = max(float(summary[cost].max() - summary[cost].min()), 1.0) if cost in summary else 1.0
+    seen: dict[float, int] = {}
     for i, row in enumerate(summary.itertuples()):
-        x, y = getattr(row, f"{cost}_mean"), getattr(row, f"{metric}_mean")
-        xerr, yerr = getattr(row, f"{cost}_std"), getattr(row, f"{metric}_std")
+        x, y = getattr(row, cost), getattr(row, f"{metric}_mean")
+        yerr = getattr(row, f"{metric}_std", math.nan)
+        dodge = seen.get(x, 0)
+        seen[x] = dodge + 1
+        x_drawn = x + 0.015 * span * dodge
         ax.errorbar(
-            x,
+            x_drawn,
             y,
-            xerr=None if pd.isna(xerr) else xerr,
             yerr=None if pd.isna(yerr) else yerr,
             fmt="o",
             color=plt.cm.tab10(i % 10),
             label=row.method,
             capsize=3,
         )
-        ax.annotate(row.method, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(row.method, (x_drawn, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     front = summary.set_index("method").loc[pareto_front(summary, metric, cost)]
-    ax.plot(front[f"{cost}_mean"], front[f"{metric}_mean"], color="0.5", ls=":", lw=1, label="Pareto front")
-    ax.set_xlabel("single-text latency, CPU time (ms, mean over seeds)")
+    ax.plot(front[cost], front[f"{metric}_mean"], color="0.5", ls=":", lw=1, label="Pareto front")
+    ax.set_xlabel(
+        "single-text latency, CPU time (ms): median over all models of the architecture"
+        if cost == ARCH_LATENCY
+        else "single-text latency, CPU time (ms, mean over seeds)"
+    )
     ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -504,7 +576,7 @@ def write_report(
     multi_label = context.get("problem_type") == MULTI_LABEL
     if predictions is None:
         predictions = read_predictions(output_dir, list(results.model))
-    pairs = compare_pairs(results, predictions, n_resamples) if predictions else None
+    pairs = compare_pairs(results, predictions, n_resamples, summary) if predictions else None
     if pairs is not None:
         pairs.to_csv(os.path.join(output_dir, "paired.csv"), index=False)
         os.makedirs(os.path.join(output_dir, "plots"), exist_ok=True)
@@ -564,14 +636,26 @@ def write_report(
     if (summary.n_models > 1).any():
         lines += ["## Per method over seeds (mean ± std, `summary.csv`)", ""]
         f1, accuracy = ("micro F1", "subset acc.") if multi_label else ("F1", "accuracy")
-        lines.append(f"| method | seeds | {f1} | macro F1 | ROC-AUC | {accuracy} | latency ms | serving MB |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append(
+            f"| method | seeds | {f1} | macro F1 | ROC-AUC | {accuracy} | CPU ms | CPU ms, architecture | serving MB |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for _, row in summary.iterrows():
             lines.append(
                 f"| {row.method} | {row.seeds or '–'} | {_mean_std(row, 'f1')} | {_mean_std(row, 'macro_f1')} | "
-                f"{_mean_std(row, 'roc_auc')} | {_mean_std(row, 'accuracy')} | {_mean_std(row, 'latency_ms_b1', 2)} | "
+                f"{_mean_std(row, 'roc_auc')} | {_mean_std(row, 'accuracy')} | "
+                f"{_mean_std(row, 'latency_ms_b1_cpu', 2)} | {_fmt(row.get(ARCH_LATENCY), 2)} | "
                 f"{_mean_std(row, 'serving_size_mb', 1)} |"
             )
+        lines += [
+            "",
+            (
+                "`CPU ms`: the method's own single-text CPU-time latency (mean ± std over its models, each timed at "
+                "another moment of the machine); `CPU ms, architecture`: the median over every model with the same "
+                "parameter count — the cost the Pareto front uses, since one architecture costs the same whatever "
+                "its weights."
+            ),
+        ]
         lines.append("")
     if per_label is not None and len(per_label):
         lines += per_label_markdown(per_label, multi_label)
@@ -616,27 +700,83 @@ def write_report(
 KEY_PAIRS = (("odd", "even"), ("odd", "odd_ce"), ("even", "even_ce"), ("lora", "even"), ("lora_even", "even"))
 
 
+def _latency_ratio(summaries: dict[str, pd.DataFrame], method: str) -> float:
+    """The method's architecture latency over the teacher's, median over the data sets that have both."""
+    ratios = []
+    for summary in summaries.values():
+        cost = cost_column(summary)
+        s = summary.set_index("method")
+        if cost in s and method in s.index and "teacher" in s.index:
+            ratios.append(s.loc[method, cost] / s.loc["teacher", cost])
+    return float(np.median(ratios)) if ratios else math.nan
+
+
+def _primary_metric(num_labels: int) -> str:
+    return "f1" if num_labels == 2 else "macro_f1"
+
+
+def study_verdict(
+    summaries: dict[str, pd.DataFrame], pairs: dict[str, pd.DataFrame | None], num_labels: dict[str, int]
+) -> list[str]:
+    """One sentence per question across the data sets (made from each paired table's primary metric), then each data
+    set's Pareto front."""
+    lines = []
+    for a, b in KEY_PAIRS:
+        calls: dict[str, list[str]] = {}
+        for dataset, table in pairs.items():
+            if table is None:
+                continue
+            rows = table[(table.a == a) & (table.b == b) & (table.metric == _primary_metric(num_labels[dataset]))]
+            for row in rows.itertuples():
+                call = {"A better": f"{a} better", "B better": f"{b} better"}.get(row.verdict, row.verdict)
+                seeds = f"{row.n_seeds} seed" + ("s" if row.n_seeds != 1 else "")
+                calls.setdefault(call, []).append(f"{dataset} ({row.diff:+.3f}, {seeds})")
+        if calls:
+            lines.append(f"- **{a} − {b}**: " + "; ".join(f"{c} on {', '.join(d)}" for c, d in calls.items()) + ".")
+    fronts = []
+    for dataset, summary in summaries.items():
+        metric = _primary_metric(num_labels[dataset])
+        if f"{metric}_mean" in summary and cost_column(summary) in summary:
+            fronts.append(f"{dataset}: {', '.join(pareto_front(summary, metric))}")
+    if fronts:
+        lines.append(
+            "- **Pareto front** (quality against architecture latency, cheapest first): " + "; ".join(fronts) + "."
+        )
+    return lines
+
+
 def study_index_markdown(
     summaries: dict[str, pd.DataFrame], pairs: dict[str, pd.DataFrame | None], num_labels: dict[str, int]
 ) -> str:
-    """The methods × data sets table (mean ± std over seeds, number of seeds) and the key paired differences."""
+    """The verdict across data sets, the methods × data sets table (mean ± std over seeds, number of seeds) and the
+    key paired differences."""
     if not summaries:
         return "No stage of the study has finished yet."
-    primary = {d: "f1" if num_labels[d] == 2 else "macro_f1" for d in summaries}
+    primary = {d: _primary_metric(num_labels[d]) for d in summaries}
     methods = sorted({m for s in summaries.values() for m in s.method}, key=method_rank)
-    header = ["method"] + [f"{d}: {METRIC_LABELS[primary[d]]}" for d in summaries] + ["CPU ms / text (first set)"]
+    header = ["method"] + [f"{d}: {METRIC_LABELS[primary[d]]}" for d in summaries] + ["latency ÷ teacher"]
     lines = [
+        "## Verdict across data sets",
+        "",
+        (
+            "Made from the paired tables below (primary metric of each data set; a call needs both 95% intervals to "
+            f'exclude 0, else "{NOT_DISTINGUISHABLE}"):'
+        ),
+        "",
+        *study_verdict(summaries, pairs, num_labels),
+        "",
         "## Methods × data sets",
         "",
         (
             "Mean ± std over seeds (n = seeds finished so far) on each data set's test split; binary sets report the "
-            "positive class's F1, multi-class sets macro-F1. Latency is single-text CPU time on the 2-core machine."
+            "positive class's F1, multi-class and multi-label sets macro-F1. `latency ÷ teacher`: the method's "
+            "single-text CPU-time latency over the teacher's, each the median over all models of its architecture "
+            "in a data set, then the median over data sets (2-core CPU, one thread; `bench/` has side-by-side timings)."
         ),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    first = next(iter(summaries))
     for method in methods:
         cells = [method]
         for dataset, summary in summaries.items():
@@ -646,8 +786,7 @@ def study_index_markdown(
                 continue
             r = row.iloc[0]
             cells.append(f"{_mean_std(r, primary[dataset])} (n={int(r.n_models)})")
-        lat = summaries[first][summaries[first].method == method]
-        cells.append(_fmt(lat.latency_ms_b1_cpu_mean.iloc[0], 1) if len(lat) else "–")
+        cells.append(_fmt(_latency_ratio(summaries, method), 2))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",

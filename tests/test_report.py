@@ -12,7 +12,16 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from distillkit.report import SUMMARY_COLUMNS, linked_images, pareto_front, summarize, write_report
+from distillkit.report import (
+    ARCH_LATENCY,
+    SUMMARY_COLUMNS,
+    linked_images,
+    pareto_front,
+    same_cost_pairs,
+    study_verdict,
+    summarize,
+    write_report,
+)
 
 CONTEXT = {
     "dataset": "tiny",
@@ -108,6 +117,59 @@ def test_pareto_front():
         }
     )
     assert pareto_front(summary, "f1") == ["odd", "teacher"]  # even: as slow as odd, worse; lora: dominated by odd
+
+
+def two_architectures(results: pd.DataFrame, own_latency: dict[str, float]) -> pd.DataFrame:
+    """The teacher has 6 layers' parameters, every other method 3 layers'; each method timed at its own moment."""
+    return results.assign(
+        params=np.where(results.method == "teacher", 22_713_986, 17_390_594),
+        latency_ms_b1_cpu=results.method.map(own_latency),
+    )
+
+
+def test_one_architecture_has_one_cost_on_the_front():
+    """odd_ce was timed at a quieter moment than odd: that makes it look cheaper, not be cheaper."""
+    results, _ = synthetic_study([1, 2, 3], {"teacher": 0.05, "odd": 0.1, "odd_ce": 0.3})
+    summary = summarize(two_architectures(results, {"teacher": 30.0, "odd": 16.0, "odd_ce": 12.0}))
+    s = summary.set_index("method")
+    assert s.loc["odd", ARCH_LATENCY] == s.loc["odd_ce", ARCH_LATENCY] == 14.0  # median of 16,16,16,12,12,12
+    assert s.loc["odd_ce", "latency_ms_b1_cpu_mean"] == 12.0
+    assert pareto_front(summary, "f1") == ["odd", "teacher"]
+    assert pareto_front(summary, "f1", "latency_ms_b1_cpu_mean") == ["odd_ce", "odd", "teacher"]  # the noisy cost
+    assert same_cost_pairs(summary, "f1") == [("odd", "odd_ce")]
+
+
+def test_the_front_leader_is_tested_against_its_same_cost_rival(tmp_path):
+    """spread vs odd is no question of the study, so the report adds the pair to say whether the front's pick at that
+    cost is ahead or only ranked first by its mean."""
+    results, predictions = synthetic_study([1, 2, 3], {"teacher": 0.05, "odd": 0.1, "spread": 0.4})
+    results = two_architectures(results, {"teacher": 30.0, "odd": 15.0, "spread": 15.0})
+    path = write_report(str(tmp_path), results, summarize(results), {}, CONTEXT, predictions, n_resamples=200)
+    text = Path(path).read_text()
+    pairs = pd.read_csv(tmp_path / "paired.csv")
+    assert pairs[(pairs.a == "odd") & (pairs.b == "spread") & (pairs.metric == "f1")].verdict.tolist() == ["A better"]
+    assert "the Pareto front is odd (15.0 ms), teacher (30.0 ms)" in text
+    assert re.search(r"At odd's cost, odd − spread \+0\.2\d\d: odd is ahead\.", text)  # 10% vs 40% errors
+    assert "odd − spread: positive-class F1" not in text  # not among the study's own questions
+
+
+def test_the_cross_data_set_verdict_lists_each_call():
+    def pairs(rows):
+        return pd.DataFrame(rows, columns=["a", "b", "metric", "n_seeds", "diff", "verdict"])
+
+    tables = {
+        "big": pairs([("odd", "even", "f1", 5, 0.009, "A better"), ("odd", "even", "roc_auc", 5, 0.003, "A better")]),
+        "rare": pairs([("odd", "even", "f1", 3, -0.029, "not distinguishable")]),
+        "many": pairs([("odd", "even", "macro_f1", 1, -0.042, "not distinguishable")]),
+        "none": None,
+    }
+    summary = pd.DataFrame({"method": ["teacher", "odd"], "f1_mean": [0.9, 0.8], ARCH_LATENCY: [20.0, 10.0]})
+    lines = study_verdict({"big": summary}, tables, {"big": 2, "rare": 2, "many": 28, "none": 2})
+    assert lines[0] == (
+        "- **odd − even**: odd better on big (+0.009, 5 seeds); "
+        "not distinguishable on rare (-0.029, 3 seeds), many (-0.042, 1 seed)."
+    )
+    assert lines[1] == "- **Pareto front** (quality against architecture latency, cheapest first): big: odd, teacher."
 
 
 @pytest.mark.parametrize("markdown", sorted(glob.glob(str(REPO / "docs" / "results" / "**" / "*.md"), recursive=True)))
