@@ -788,6 +788,17 @@ def study_index_markdown(
             cells.append(f"{_mean_std(r, primary[dataset])} (n={int(r.n_models)})")
         cells.append(_fmt(_latency_ratio(summaries, method), 2))
         lines.append("| " + " | ".join(cells) + " |")
+    hours = {
+        d: float((pd.to_numeric(s.get("train_runtime_s_mean"), errors="coerce") * s.n_models).sum()) / 3600
+        for d, s in summaries.items()
+    }
+    lines += [
+        "",
+        "Training time on this machine so far (the Trainer's `train_runtime` summed over every model; each stage's "
+        "evaluation and the teacher-logit caching come on top): "
+        + ", ".join(f"{d} {h:.1f} h ({int(summaries[d].n_models.sum())} models)" for d, h in hours.items())
+        + f"; {sum(hours.values()):.1f} h in all.",
+    ]
     lines += [
         "",
         "## The question, per data set (paired differences, 95% intervals)",

@@ -18,6 +18,7 @@ from distillkit.report import (
     linked_images,
     pareto_front,
     same_cost_pairs,
+    study_index_markdown,
     study_verdict,
     summarize,
     write_report,
@@ -155,7 +156,8 @@ def test_the_front_leader_is_tested_against_its_same_cost_rival(tmp_path):
 
 def test_the_cross_data_set_verdict_lists_each_call():
     def pairs(rows):
-        return pd.DataFrame(rows, columns=["a", "b", "metric", "n_seeds", "diff", "verdict"])
+        table = pd.DataFrame(rows, columns=["a", "b", "metric", "n_seeds", "diff", "verdict"])
+        return table.assign(ci_low=-1.0, ci_high=1.0, boot_low=-1.0, boot_high=1.0)
 
     tables = {
         "big": pairs([("odd", "even", "f1", 5, 0.009, "A better"), ("odd", "even", "roc_auc", 5, 0.003, "A better")]),
@@ -170,6 +172,10 @@ def test_the_cross_data_set_verdict_lists_each_call():
         "not distinguishable on rare (-0.029, 3 seeds), many (-0.042, 1 seed)."
     )
     assert lines[1] == "- **Pareto front** (quality against architecture latency, cheapest first): big: odd, teacher."
+    summary = summary.assign(n_models=[3, 2], train_runtime_s_mean=[2400.0, 1800.0], f1_std=[0.01, 0.02])
+    index = study_index_markdown({"big": summary}, {"big": tables["big"]}, {"big": 2})
+    assert "| odd | 0.800 ± 0.020 (n=2) | 0.50 |" in index  # latency ÷ teacher: 10 / 20 ms
+    assert "big 3.0 h (5 models); 3.0 h in all." in index  # 3 × 2400 s + 2 × 1800 s
 
 
 @pytest.mark.parametrize("markdown", sorted(glob.glob(str(REPO / "docs" / "results" / "**" / "*.md"), recursive=True)))
