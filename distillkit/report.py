@@ -322,21 +322,29 @@ def verdict(results: pd.DataFrame, summary: pd.DataFrame, split: str, pairs: pd.
     about (odd vs even; distillation vs its CE-only control; where LoRA sits), then the quality/latency front."""
     s = summary.set_index("method")
     multi_seed = bool((s.n_models > 1).any())
-    best_f1 = s.f1_mean.idxmax()
+    # Lead with the metric the paired tables compare (macro-F1 for a multi-label task), else results.csv's f1.
+    primary = pairs.metric.iloc[0] if pairs is not None and len(pairs) else "f1"
+    if f"{primary}_mean" not in summary:
+        primary = "f1"
+    if primary == "f1":
+        f1 = "micro-F1" if is_multi_label(results) else "F1"  # results.csv's f1 of a multi-label model
+    else:
+        f1 = METRIC_LABELS.get(primary, primary)
+    quality = s[f"{primary}_mean"]
+    best_f1 = quality.idxmax()
     auc = s.roc_auc_mean.dropna()
     best_auc = auc.idxmax() if len(auc) else None
     n = int(results.samples.iloc[0])
     per = "mean over seeds" if multi_seed else "one run each"
-    f1 = "micro-F1" if is_multi_label(results) else "F1"  # results.csv's f1 of a multi-label model
     parts = []
     if best_auc is None or best_auc == best_f1:
         auc_text = f" and ROC-AUC ({s.roc_auc_mean[best_f1]:.3f})" if best_auc else ""
         parts.append(
-            f"On the {split} split ({n} texts; {per}), **{best_f1}** is best on {f1} ({s.f1_mean[best_f1]:.3f}){auc_text}."
+            f"On the {split} split ({n} texts; {per}), **{best_f1}** is best on {f1} ({quality[best_f1]:.3f}){auc_text}."
         )
     else:
         parts.append(
-            f"On the {split} split ({n} texts; {per}), **{best_f1}** is best on {f1} ({s.f1_mean[best_f1]:.3f}) "
+            f"On the {split} split ({n} texts; {per}), **{best_f1}** is best on {f1} ({quality[best_f1]:.3f}) "
             f"and **{best_auc}** on ROC-AUC ({s.roc_auc_mean[best_auc]:.3f})."
         )
     if not multi_seed:
@@ -344,9 +352,6 @@ def verdict(results: pd.DataFrame, summary: pd.DataFrame, split: str, pairs: pd.
             "Each method was trained with one seed, so the seed-to-seed spread is unknown (train with several `--seeds` "
             "to measure it): no difference below is called."
         )
-    primary = pairs.metric.iloc[0] if pairs is not None and len(pairs) else "f1"
-    if f"{primary}_mean" not in summary:
-        primary = "f1"
     if pairs is not None and len(pairs):
         asked = set(study_pairs(list(summary.method), CONTROLS))
         extra = [(a, b) not in asked for a, b in zip(pairs.a, pairs.b)]  # same-cost pairs: the front's sentence
