@@ -71,6 +71,7 @@ COMMON = (
 EVAL_FLAGS = "--num_threads 1 --latency_runs 100 --throughput_texts 256 --bootstrap_samples 100"
 # The question first: teacher, odd, even and their CE-only controls for every seed; then LoRA and the other layer sets.
 PHASES = (("teacher", "odd", "even", "odd_ce", "even_ce"), ("lora", "lora_even", "spread", "bottom", "top"))
+STUDY_METHODS = tuple(itertools.chain.from_iterable(PHASES))
 STAGES_DIR = "stages"
 TASK_FLAGS = ("--problem_type", "--label_columns", "--label_threshold", "--label_column", "--text_column")
 
@@ -82,7 +83,8 @@ class StudyArguments:
     )
     seeds: list[int] = field(default_factory=lambda: [42, 43, 44], metadata={"help": "Seeds, one run per method each."})
     methods: list[str] = field(
-        default_factory=lambda: list(METHODS), metadata={"help": "Methods of distillkit/methods.py (default: all)."}
+        default_factory=lambda: list(STUDY_METHODS),
+        metadata={"help": "Methods of distillkit/methods.py (default: the study's ten, PHASES)."},
     )
     work_dir: str = field(default="../study", metadata={"help": "Where weights and per-stage evaluations go."})
     results_dir: str = field(default="docs/results", metadata={"help": "Where the small, committed outputs go."})
@@ -97,6 +99,12 @@ class StudyArguments:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise UsageError(f"--methods {unknown[0]}: unknown method; choose from {' '.join(METHODS)}")
+        exports = [m for m in self.methods if METHODS[m].kind == "export"]
+        if exports:
+            raise UsageError(
+                f"--methods {exports[0]}: an export is scored as two models (fp32 and int8) and a stage holds one; "
+                "bench/onnx_goals.py compares ONNX Runtime against PyTorch"
+            )
         if not self.report_only and not self.dataset:
             raise UsageError("give --dataset NAME (or --report_only true)")
         if self.dataset and self.budget is None and self.dataset not in BUDGETS:

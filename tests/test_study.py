@@ -91,6 +91,7 @@ def test_study_publishes_stages_then_skips_them_on_a_fresh_machine(
     [
         (["--methods", "middle"], "unknown method"),
         (["--seeds", "1", "1"], "a seed appears twice"),
+        (["--methods", "odd", "even_onnx"], "an export is scored as two models"),
     ],
 )
 def test_bad_study_flags(tmp_path, capsys, tiny_base_model_dir, tiny_data_dir, extra, message):
@@ -98,6 +99,14 @@ def test_bad_study_flags(tmp_path, capsys, tiny_base_model_dir, tiny_data_dir, e
         run_study.main(study_argv(tmp_path, tiny_base_model_dir, tiny_data_dir, *extra))
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_the_default_is_the_study_s_ten_methods():
+    """Not every registry entry: a deployment variant (even_onnx) is no method of the question, and stopped a run."""
+    (args,) = run_study.parse_args((run_study.StudyArguments,), ["--dataset", "wiki_toxic"])
+    assert args.methods == [
+        "teacher", "odd", "even", "odd_ce", "even_ce", "lora", "lora_even", "spread", "bottom", "top",
+    ]  # fmt: skip
 
 
 def test_a_data_set_without_a_budget_needs_one(capsys):
