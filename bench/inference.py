@@ -42,7 +42,6 @@ from bench.common import (
     bench_session,
     default_tokenizer_for,
     load_bench_teacher,
-    median,
     print_table,
     refuse_to_overwrite,
     resolve_device,
@@ -50,7 +49,7 @@ from bench.common import (
 )
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data
-from distillkit.evaluation import SPEED_BATCH_SIZE, SpeedSettings, measure_speed
+from distillkit.evaluation import SPEED_BATCH_SIZE, SpeedSettings, measure_speed_side_by_side
 from distillkit.export import OnnxClassifier, QuantSettings, export_fp32, quantize_int8
 from distillkit.lora import LoraArguments, apply_lora
 from distillkit.students import build_student, count_parameters, select_layers
@@ -175,23 +174,20 @@ def time_models(
         warmup=args.warmup,
         max_length=args.max_seq_length,
     )
-    names = list(models)
-    rounds: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-    for repeat in range(args.repeats):
-        shift = repeat % len(names)
-        for name in names[shift:] + names[:shift]:
-            rounds[name].append(measure_speed(models[name][0], tokenizer, texts, settings))
-    out = {}
-    for name in names:
-        out[name] = {
-            "latency_ms_b1_p50": median(r["latency_ms_b1"] for r in rounds[name]),
-            "latency_ms_b1_p90": median(r["latency_ms_b1_p90"] for r in rounds[name]),
-            f"throughput_b{SPEED_BATCH_SIZE}": median(r["throughput_b32"] for r in rounds[name]),
-            "latency_ms_b1_cpu": median(r["latency_ms_b1_cpu"] for r in rounds[name]),
-            "throughput_b32_cpu": median(r["throughput_b32_cpu"] for r in rounds[name]),
-            "load_avg_1m": median(r["load_avg_1m"] for r in rounds[name]),
+    figures = measure_speed_side_by_side(
+        {name: (model, tokenizer) for name, (model, _) in models.items()}, texts, settings, args.repeats
+    )
+    return {
+        name: {
+            "latency_ms_b1_p50": f["latency_ms_b1"],
+            "latency_ms_b1_p90": f["latency_ms_b1_p90"],
+            f"throughput_b{SPEED_BATCH_SIZE}": f["throughput_b32"],
+            "latency_ms_b1_cpu": f["latency_ms_b1_cpu"],
+            "throughput_b32_cpu": f["throughput_b32_cpu"],
+            "load_avg_1m": f["load_avg_1m"],
         }
-    return out
+        for name, f in figures.items()
+    }
 
 
 def bench_teacher(name: str, texts: list[str], args: InferenceArguments, device: str) -> list[dict[str, Any]]:

@@ -199,6 +199,24 @@ def measure_speed(
     }
 
 
+def measure_speed_side_by_side(
+    models: dict[str, tuple[torch.nn.Module, PreTrainedTokenizerBase]],
+    texts: list[str],
+    settings: SpeedSettings,
+    repeats: int = 3,
+) -> dict[str, dict[str, float]]:
+    """`measure_speed` of every model, in `repeats` rounds: each model once per round, the order rotated every
+    round, so a slow spell of a shared machine falls on every model alike. Each figure is its median round."""
+    names = list(models)
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            model, tokenizer = models[name]
+            rounds[name].append(measure_speed(model, tokenizer, texts, settings))
+    return {name: {key: statistics.median(r[key] for r in rounds[name]) for key in rounds[name][0]} for name in names}
+
+
 def weights_size_mb(path: str) -> float:
     """Size on disk (MiB) of the weight files in a model or adapter directory (an ONNX export: its model.onnx)."""
     if is_onnx_file(path):
@@ -433,9 +451,9 @@ def bootstrap_intervals(
     for _ in range(n):
         idx = rng.integers(0, len(labels), len(labels))
         scores = headline_scores(task, probs[idx], labels[idx])
-        for m in values:
+        for m, kept in values.items():
             if not math.isnan(scores[m]):
-                values[m].append(scores[m])
+                kept.append(scores[m])
     out = {}
     for m, vals in values.items():
         out[f"{m}_ci_low"] = float(np.percentile(vals, 2.5)) if vals else math.nan

@@ -67,6 +67,9 @@ PER_LABEL_FILE = "per_label.csv"  # support, F1, ROC-AUC, PR-AUC per label (clas
 # architecture cost the same; each was timed at a different moment of a shared machine, so their own means differ by
 # noise alone (odd vs even), and pooling them is the fairer cost to rank methods by.
 ARCH_LATENCY = "latency_ms_b1_cpu_arch"
+# One model per method timed side by side in one process (study/run_study.py --time_latency): when every method has
+# it, the fairest cost of all.
+SIDE_BY_SIDE_LATENCY = "latency_ms_b1_cpu_side_by_side"
 
 
 def method_rank(method: str) -> tuple[int, str]:
@@ -255,8 +258,21 @@ def _pair_sentence(row: pd.Series) -> str:
 
 
 def cost_column(summary: pd.DataFrame) -> str:
-    """The cost to rank methods by: the architecture's pooled CPU latency, else (older summaries) the method's own."""
+    """The cost to rank methods by: the side-by-side timing when it covers every method, else the architecture's
+    pooled CPU latency, else (older summaries) the method's own."""
+    if SIDE_BY_SIDE_LATENCY in summary and summary[SIDE_BY_SIDE_LATENCY].notna().all():
+        return SIDE_BY_SIDE_LATENCY
     return ARCH_LATENCY if ARCH_LATENCY in summary else "latency_ms_b1_cpu_mean"
+
+
+COST_WORDS = {
+    SIDE_BY_SIDE_LATENCY: (
+        "single-text CPU-time latency of one model per method, all timed side by side (median over the methods of "
+        "one architecture)"
+    ),
+    ARCH_LATENCY: "each architecture's median CPU-time latency over all its models",
+    "latency_ms_b1_cpu_mean": "CPU-time latency per text",
+}
 
 
 def pareto_front(summary: pd.DataFrame, metric: str, cost: str | None = None) -> list[str]:
@@ -296,11 +312,7 @@ def _front_sentence(summary: pd.DataFrame, metric: str, pairs: pd.DataFrame | No
     if not front:
         return ""
     s = summary.set_index("method")
-    how = (
-        "each architecture's median CPU-time latency over all its models"
-        if cost == ARCH_LATENCY
-        else "CPU-time latency per text"
-    )
+    how = COST_WORDS[cost]
     text = (
         f"Quality vs latency (mean {METRIC_LABELS.get(metric, metric)} against {how}): the Pareto front is "
         + ", ".join(f"{m} ({s.loc[m, cost]:.1f} ms)" for m in front)
@@ -523,11 +535,7 @@ def plot_method_means(summary: pd.DataFrame, metric: str, path: str, cost: str |
         ax.annotate(row.method, (x_drawn, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     front = summary.set_index("method").loc[pareto_front(summary, metric, cost)]
     ax.plot(front[cost], front[f"{metric}_mean"], color="0.5", ls=":", lw=1, label="Pareto front")
-    ax.set_xlabel(
-        "single-text latency, CPU time (ms): median over all models of the architecture"
-        if cost == ARCH_LATENCY
-        else "single-text latency, CPU time (ms, mean over seeds)"
-    )
+    ax.set_xlabel(f"ms: {COST_WORDS.get(cost, cost)}", fontsize=8)
     ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -642,23 +650,22 @@ def write_report(
         lines += ["## Per method over seeds (mean ± std, `summary.csv`)", ""]
         f1, accuracy = ("micro F1", "subset acc.") if multi_label else ("F1", "accuracy")
         lines.append(
-            f"| method | seeds | {f1} | macro F1 | ROC-AUC | {accuracy} | CPU ms | CPU ms, architecture | serving MB |"
+            f"| method | seeds | {f1} | macro F1 | ROC-AUC | {accuracy} | CPU ms | cost: CPU ms | serving MB |"
         )
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for _, row in summary.iterrows():
             lines.append(
                 f"| {row.method} | {row.seeds or '–'} | {_mean_std(row, 'f1')} | {_mean_std(row, 'macro_f1')} | "
                 f"{_mean_std(row, 'roc_auc')} | {_mean_std(row, 'accuracy')} | "
-                f"{_mean_std(row, 'latency_ms_b1_cpu', 2)} | {_fmt(row.get(ARCH_LATENCY), 2)} | "
+                f"{_mean_std(row, 'latency_ms_b1_cpu', 2)} | {_fmt(row.get(cost_column(summary)), 2)} | "
                 f"{_mean_std(row, 'serving_size_mb', 1)} |"
             )
         lines += [
             "",
             (
                 "`CPU ms`: the method's own single-text CPU-time latency (mean ± std over its models, each timed at "
-                "another moment of the machine); `CPU ms, architecture`: the median over every model with the same "
-                "parameter count — the cost the Pareto front uses, since one architecture costs the same whatever "
-                "its weights."
+                f"another moment of the machine); `cost: CPU ms`: the {COST_WORDS[cost_column(summary)]} — what the "
+                "Pareto front ranks by (one architecture costs the same whatever its weights)."
             ),
         ]
         lines.append("")

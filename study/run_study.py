@@ -36,11 +36,14 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from distillkit.cli import UsageError, exit_on_usage_error, parse_args
-from distillkit.evaluation import loss_history
+from distillkit.cli import UsageError, exit_on_usage_error, is_finished_run, parse_args
+from distillkit.data import DataTrainingArguments, load_text_classification_data
+from distillkit.evaluation import SpeedSettings, loss_history, measure_speed_side_by_side
+from distillkit.loading import load_classifier_dir
 from distillkit.methods import METHODS, dependencies
 from distillkit.records import RunRecord
 from distillkit.report import (
+    SIDE_BY_SIDE_LATENCY,
     plot_loss_curves,
     plot_method_means,
     sort_results,
@@ -73,6 +76,7 @@ EVAL_FLAGS = "--num_threads 1 --latency_runs 100 --throughput_texts 256 --bootst
 PHASES = (("teacher", "odd", "even", "odd_ce", "even_ce"), ("lora", "lora_even", "spread", "bottom", "top"))
 STUDY_METHODS = tuple(itertools.chain.from_iterable(PHASES))
 STAGES_DIR = "stages"
+LATENCY_FILE = "latency.csv"  # one model per method timed side by side (--time_latency): the report's cost
 TASK_FLAGS = ("--problem_type", "--label_columns", "--label_threshold", "--label_column", "--text_column")
 
 
@@ -93,6 +97,13 @@ class StudyArguments:
     budget: str | None = field(default=None, metadata={"help": "Training flags instead of BUDGETS[dataset], quoted."})
     n_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples of the paired differences."})
     report_only: bool = field(default=False, metadata={"help": "Only rebuild the reports from the stage folders."})
+    time_latency: bool = field(
+        default=False,
+        metadata={
+            "help": f"Time one trained model per method side by side (weights in --work_dir) into {LATENCY_FILE}, "
+            "then rebuild the report: stages scored alone were timed at different moments of a shared machine."
+        },
+    )
     dry_run: bool = field(default=False, metadata={"help": "Say which stages would run, run nothing."})
 
     def __post_init__(self) -> None:
@@ -107,6 +118,8 @@ class StudyArguments:
             )
         if not self.report_only and not self.dataset:
             raise UsageError("give --dataset NAME (or --report_only true)")
+        if self.time_latency and not self.dataset:
+            raise UsageError("--time_latency true times one data set's models: give --dataset NAME")
         if self.dataset and self.budget is None and self.dataset not in BUDGETS:
             raise UsageError(f"--dataset {self.dataset}: no budget in BUDGETS ({', '.join(BUDGETS)}); pass --budget")
         if len(set(self.seeds)) != len(self.seeds):
@@ -228,6 +241,50 @@ def publish(args: StudyArguments, method: str, seed: int, eval_dir: str) -> str:
     return target
 
 
+def time_side_by_side(args: StudyArguments, repeats: int = 5) -> str:
+    """One trained model per method (its first seed with weights in --work_dir), each method's latency and throughput
+    measured side by side in one process with one thread (`measure_speed_side_by_side`) on the data set's test texts
+    → <results>/<data set>/latency.csv. Speed depends on the architecture, not the weights, so one seed is enough."""
+    work = os.path.join(args.work_dir, args.dataset)
+    chosen = {}
+    for method in args.methods:
+        seed = next((s for s in args.seeds if is_finished_run(os.path.join(work, f"seed{s}", method))), None)
+        if seed is None:
+            raise SystemExit(
+                f"error: no finished {method} model for seeds {' '.join(map(str, args.seeds))} in {work}; "
+                "run the study first (or drop the method from --methods)"
+            )
+        chosen[method] = seed
+    torch.set_num_threads(1)
+    texts = list(
+        load_text_classification_data(
+            DataTrainingArguments(dataset_name=os.path.join(args.data_root, args.dataset)), seed=0
+        ).splits["test"]["text"]
+    )
+    loaded = {m: load_classifier_dir(os.path.join(work, f"seed{s}", m), name=m) for m, s in chosen.items()}
+    logger.info(f"timing {', '.join(loaded)} side by side, {repeats} rounds on {len(texts)} test texts")
+    figures = measure_speed_side_by_side(
+        {m: (clf.model, clf.tokenizer) for m, clf in loaded.items()}, texts, SpeedSettings(throughput_texts=64), repeats
+    )
+    rows = [
+        {
+            "method": m,
+            "seed": chosen[m],
+            "params": sum(p.numel() for p in loaded[m].model.parameters()),
+            **{k: round(v, 4) for k, v in figures[m].items()},
+        }
+        for m in loaded
+    ]
+    table = pd.DataFrame(rows)
+    if "teacher" in loaded:
+        table["latency_vs_teacher"] = (table.latency_ms_b1_cpu / figures["teacher"]["latency_ms_b1_cpu"]).round(3)
+    path = os.path.join(args.results_dir, args.dataset, LATENCY_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    table.to_csv(path, index=False)
+    logger.info(f"wrote {path}:\n{table.to_string(index=False)}")
+    return path
+
+
 def load_stages(dataset_dir: str) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, list], list[dict]]:
     """Every committed stage of a data set: results rows, predictions, loss histories (by model) and stage records."""
     rows, predictions, histories, records = [], {}, {}, []
@@ -252,6 +309,13 @@ def build_report(results_dir: str, dataset: str, n_resamples: int = 1000) -> pd.
     if results.empty:
         return None
     summary = summarize(results)
+    latency_path = os.path.join(out, LATENCY_FILE)
+    if os.path.isfile(latency_path):
+        timed = pd.read_csv(latency_path)
+        # Methods of one architecture (same parameter count) share the median of their timings: their differences
+        # are the machine's noise, and a worse method must not look cheaper for it.
+        pooled = timed.groupby("params").latency_ms_b1_cpu.transform("median")
+        summary[SIDE_BY_SIDE_LATENCY] = summary.method.map(dict(zip(timed.method, pooled)))
     plots_dir = os.path.join(out, "plots")
     os.makedirs(plots_dir, exist_ok=True)
     for old in glob.glob(os.path.join(plots_dir, "*.png")):
@@ -283,7 +347,15 @@ def build_report(results_dir: str, dataset: str, n_resamples: int = 1000) -> pd.
         "setup_note": (
             f"Each (method, seed) was trained with `{' / '.join(budgets)}` and scored alone by run_eval.py right "
             "after it finished (`stages/<method>/seed<S>/`), so the timings come from different moments of a shared "
-            "machine: compare the CPU-time latency. The loss-curve plot shows the first seed."
+            "machine: compare the CPU-time latency. "
+            + (
+                f"The cost that ranks the methods (Pareto front, latency plot) is `{LATENCY_FILE}`: one model per "
+                "method timed side by side in one process (`run_study.py --time_latency true`), the median over the "
+                "methods of one architecture (same parameter count). "
+                if SIDE_BY_SIDE_LATENCY in summary
+                else ""
+            )
+            + "The loss-curve plot shows the first seed."
         ),
     }
     write_report(out, results, summary, plots, context, predictions, n_resamples)
@@ -318,7 +390,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     (args,) = parse_args((StudyArguments,), argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     written = []
-    if not args.report_only:
+    if not args.report_only and not args.time_latency:
         for method, seed in stage_order(args.methods, args.seeds):
             target = stage_dir(args.results_dir, args.dataset, method, seed)
             if os.path.isfile(os.path.join(target, "results.csv")):
@@ -339,6 +411,10 @@ def main(argv: list[str] | None = None) -> list[str]:
             os.path.basename(os.path.dirname(d)) for d in glob.glob(os.path.join(args.results_dir, "*", STAGES_DIR))
         )
     )
+    if args.time_latency and not args.dry_run:
+        time_side_by_side(args)
+        build_report(args.results_dir, args.dataset, args.n_resamples)
+        build_index(args.results_dir)
     if args.report_only:
         for dataset in datasets:
             build_report(args.results_dir, dataset, args.n_resamples)

@@ -14,7 +14,9 @@ from conftest import REPO
 
 from distillkit.report import (
     ARCH_LATENCY,
+    SIDE_BY_SIDE_LATENCY,
     SUMMARY_COLUMNS,
+    cost_column,
     linked_images,
     pareto_front,
     same_cost_pairs,
@@ -139,6 +141,17 @@ def test_one_architecture_has_one_cost_on_the_front():
     assert pareto_front(summary, "f1") == ["odd", "teacher"]
     assert pareto_front(summary, "f1", "latency_ms_b1_cpu_mean") == ["odd_ce", "odd", "teacher"]  # the noisy cost
     assert same_cost_pairs(summary, "f1") == [("odd", "odd_ce")]
+
+
+def test_a_side_by_side_timing_is_the_cost_when_it_covers_every_method():
+    results, _ = synthetic_study([1, 2], {"teacher": 0.05, "odd": 0.1, "lora": 0.06})
+    summary = summarize(two_architectures(results, {"teacher": 30.0, "odd": 15.0, "lora": 25.0}))
+    assert cost_column(summary) == ARCH_LATENCY  # no timing yet
+    summary[SIDE_BY_SIDE_LATENCY] = summary.method.map({"teacher": 20.0, "odd": 10.0})
+    assert cost_column(summary) == ARCH_LATENCY  # lora was not timed: the partial timing is not used
+    summary[SIDE_BY_SIDE_LATENCY] = summary.method.map({"teacher": 20.0, "odd": 10.0, "lora": 21.0})
+    assert cost_column(summary) == SIDE_BY_SIDE_LATENCY
+    assert pareto_front(summary, "f1") == ["odd", "teacher"]  # lora: slower than the teacher and worse
 
 
 def test_the_front_leader_is_tested_against_its_same_cost_rival(tmp_path):

@@ -74,9 +74,21 @@ def test_study_publishes_stages_then_skips_them_on_a_fresh_machine(
     index = (tmp_path / "results" / "README.md").read_text()
     assert "## Methods × data sets" in index and "| odd_ce |" in index and "(n=2)" in index
 
+    # One model per method timed side by side: the report's cost from then on, and no stage trains for it.
+    assert run_study.main(argv + ["--time_latency", "true"]) == []
+    timed = pd.read_csv(results_dir / "latency.csv")
+    assert timed.method.tolist() == ["teacher", "odd_ce"] and timed.seed.tolist() == [0, 0]
+    assert timed.latency_vs_teacher.iloc[0] == 1.0 and (timed.latency_ms_b1_cpu > 0).all()
+    assert not ABSOLUTE.search((results_dir / "latency.csv").read_text())
+    summary = pd.read_csv(results_dir / "summary.csv").set_index("method")
+    assert summary.latency_ms_b1_cpu_side_by_side.to_dict() == dict(zip(timed.method, timed.latency_ms_b1_cpu))
+    assert "`latency.csv`: one model per method timed side by side" in report.read_text()
+
     # A fresh machine: the weights are gone, the published stages are not. Nothing runs again.
     shutil.rmtree(tmp_path / "work")
     assert run_study.main(argv) == []
+    with pytest.raises(SystemExit, match="no finished teacher model for seeds 0 1"):
+        run_study.main(argv + ["--time_latency", "true"])
     # A stage that never finished publishing (killed): its folder is missing, so it runs, with its base retrained.
     shutil.rmtree(stage)
     caplog.clear()  # only the re-run's commands count below
