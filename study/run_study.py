@@ -44,6 +44,7 @@ from distillkit.methods import METHODS, dependencies
 from distillkit.records import RunRecord
 from distillkit.report import (
     SIDE_BY_SIDE_LATENCY,
+    linked_images,
     plot_loss_curves,
     plot_method_means,
     sort_results,
@@ -318,8 +319,6 @@ def build_report(results_dir: str, dataset: str, n_resamples: int = 1000) -> pd.
         summary[SIDE_BY_SIDE_LATENCY] = summary.method.map(dict(zip(timed.method, pooled)))
     plots_dir = os.path.join(out, "plots")
     os.makedirs(plots_dir, exist_ok=True)
-    for old in glob.glob(os.path.join(plots_dir, "*.png")):
-        os.remove(old)  # plots of an earlier layout must not linger beside the new report
     first_seed = min(int(s) for s in results.seed)
     metric = "f1" if len(records[0]["label_names"]) == 2 else "macro_f1"
     plots = {
@@ -358,7 +357,13 @@ def build_report(results_dir: str, dataset: str, n_resamples: int = 1000) -> pd.
             + "The loss-curve plot shows the first seed."
         ),
     }
-    write_report(out, results, summary, plots, context, predictions, n_resamples)
+    report = write_report(out, results, summary, plots, context, predictions, n_resamples)
+    # Plots of an earlier layout must not linger beside the new report. Removed only now, and only when unlinked:
+    # deleting them all first let a commit taken mid-rebuild hold a report whose plots were gone.
+    linked = set(linked_images(report))
+    for old in glob.glob(os.path.join(plots_dir, "*.png")):
+        if os.path.normpath(old) not in linked:
+            os.remove(old)
     return summary
 
 

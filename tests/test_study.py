@@ -74,8 +74,12 @@ def test_study_publishes_stages_then_skips_them_on_a_fresh_machine(
     index = (tmp_path / "results" / "README.md").read_text()
     assert "## Methods × data sets" in index and "| odd_ce |" in index and "(n=2)" in index
 
-    # One model per method timed side by side: the report's cost from then on, and no stage trains for it.
+    # One model per method timed side by side: the report's cost from then on, and no stage trains for it. The
+    # rebuild drops a plot of an earlier layout, and only after the new report is written.
+    stale = results_dir / "plots" / "old_layout.png"
+    stale.write_bytes(b"png")
     assert run_study.main(argv + ["--time_latency", "true"]) == []
+    assert not stale.exists() and all(os.path.isfile(p) for p in linked_images(str(report)))
     timed = pd.read_csv(results_dir / "latency.csv")
     assert timed.method.tolist() == ["teacher", "odd_ce"] and timed.seed.tolist() == [0, 0]
     assert timed.latency_vs_teacher.iloc[0] == 1.0 and (timed.latency_ms_b1_cpu > 0).all()
