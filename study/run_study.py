@@ -52,6 +52,7 @@ from distillkit.report import (
     summarize,
     write_report,
 )
+from distillkit.students import count_parameters
 
 logger = logging.getLogger("run_study")
 
@@ -271,7 +272,7 @@ def time_side_by_side(args: StudyArguments, repeats: int = 5) -> str:
         {
             "method": m,
             "seed": chosen[m],
-            "params": sum(p.numel() for p in loaded[m].model.parameters()),
+            "params": count_parameters(loaded[m].model)[1],
             **{k: round(v, 4) for k, v in figures[m].items()},
         }
         for m in loaded
