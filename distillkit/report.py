@@ -275,10 +275,19 @@ COST_WORDS = {
 }
 
 
+def too_few_seeds(summary: pd.DataFrame) -> list[str]:
+    """Methods on one seed while others have several: a single seed's mean is no finding, so the front leaves them
+    out. When every method has one seed (a pilot), none is left out."""
+    if "n_models" not in summary or summary.n_models.max() < 2:
+        return []
+    return summary.method[summary.n_models < 2].tolist()
+
+
 def pareto_front(summary: pd.DataFrame, metric: str, cost: str | None = None) -> list[str]:
-    """Methods no other method beats on both quality (higher `metric` mean) and cost (lower `cost`), cheapest first."""
+    """Methods no other method beats on both quality (higher `metric` mean) and cost (lower `cost`), cheapest first;
+    methods with `too_few_seeds` neither join nor dominate."""
     cost = cost or cost_column(summary)
-    s = summary.dropna(subset=[f"{metric}_mean", cost])
+    s = summary[~summary.method.isin(too_few_seeds(summary))].dropna(subset=[f"{metric}_mean", cost])
     front = []
     for _, row in s.iterrows():
         dominated = (
@@ -300,7 +309,9 @@ def same_cost_pairs(summary: pd.DataFrame, metric: str, cost: str | None = None)
     pairs = []
     for leader in pareto_front(summary, metric, cost):
         row = summary[summary.method == leader].iloc[0]
-        rivals = summary[(summary[cost] == row[cost]) & (summary.method != leader)].dropna(subset=[f"{metric}_mean"])
+        rivals = summary[
+            (summary[cost] == row[cost]) & (summary.method != leader) & ~summary.method.isin(too_few_seeds(summary))
+        ].dropna(subset=[f"{metric}_mean"])
         if len(rivals):
             pairs.append((leader, rivals.sort_values(f"{metric}_mean", ascending=False).method.iloc[0]))
     return pairs
@@ -318,6 +329,8 @@ def _front_sentence(summary: pd.DataFrame, metric: str, pairs: pd.DataFrame | No
         + ", ".join(f"{m} ({s.loc[m, cost]:.1f} ms)" for m in front)
         + " (every other method is as slow or slower without being better)."
     )
+    if left_out := too_few_seeds(summary):
+        text += f" Left out of the front for having one seed: {', '.join(left_out)}."
     for leader, rival in same_cost_pairs(summary, metric, cost):
         for a, b, sign in ((leader, rival, 1), (rival, leader, -1)):
             row = pd.DataFrame() if pairs is None else pairs[(pairs.a == a) & (pairs.b == b) & (pairs.metric == metric)]

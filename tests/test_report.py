@@ -16,6 +16,7 @@ from distillkit.report import (
     ARCH_LATENCY,
     SIDE_BY_SIDE_LATENCY,
     SUMMARY_COLUMNS,
+    _front_sentence,
     cost_column,
     linked_images,
     pareto_front,
@@ -212,3 +213,19 @@ MACHINE_PATH = re.compile(r"(^|[\s,\"'(:=])/(tmp|work|home|root|Users)/")
 def test_committed_results_carry_no_machine_path(path):
     text = Path(path).read_text()
     assert not MACHINE_PATH.search(text), f"{path}: {MACHINE_PATH.search(text).group(0)!r}"
+
+
+def test_a_method_on_one_seed_is_left_out_of_the_front():
+    """go_emotions once had `top` on one seed at the lowest cost: its mean put it on the front like a finding."""
+    summary = pd.DataFrame(
+        {
+            "method": ["teacher", "odd", "top"],
+            "n_models": [3, 3, 1],
+            "f1_mean": [0.92, 0.90, 0.95],
+            "latency_ms_b1_cpu_mean": [30.0, 15.0, 10.0],
+        }
+    )
+    assert pareto_front(summary, "f1") == ["odd", "teacher"]
+    assert "Left out of the front for having one seed: top." in _front_sentence(summary, "f1", None)
+    # A pilot with one seed everywhere still has a front.
+    assert pareto_front(summary.assign(n_models=1), "f1") == ["top"]
