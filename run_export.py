@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
-from distillkit.data import DataTrainingArguments, load_text_classification_data
+from distillkit.data import DataTrainingArguments, load_text_classification_data, trained_label_flags
 from distillkit.export import (
     EXPORT_RECORD,
     INT8_FILE,
@@ -53,8 +53,22 @@ class ExportArguments:
             "help": "Data set whose validation split checks the export and measures int8 quality (as in training)."
         },
     )
-    text_column: str | None = field(default=None, metadata={"help": "The text column, if not detected."})
-    label_column: str | None = field(default=None, metadata={"help": "The label column, if not detected."})
+    text_column: str | None = field(
+        default=None, metadata={"help": "The text column; default: as the model's run read this data set."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "The label column; default: as the model's run read this data set."}
+    )
+    label_columns: str | None = field(
+        default=None,
+        metadata={
+            "help": "Multi-label data in several 0/1 (or score) columns, comma-separated; default: the columns the "
+            "model's run read from this data set."
+        },
+    )
+    label_threshold: float | None = field(
+        default=None, metadata={"help": "Score → label threshold; default: the model's run's, on this data set."}
+    )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Validation texts used for the check and int8 quality (default: all)."}
     )
@@ -93,23 +107,32 @@ def check_output_dir(args: ExportArguments) -> None:
         )
 
 
-def trained_problem_type(model_dir: str) -> str | None:
-    """The task the model was trained for (its run record), so the check reads the labels in that form."""
-    record = RunRecord.load(model_dir)
-    return record.problem_type if record is not None else None
+LABEL_FLAGS = ("text_column", "label_column", "label_columns", "label_threshold")
+
+
+def validation_data_arguments(args: ExportArguments) -> DataTrainingArguments:
+    """The validation data read as the model was trained: its task type (go_emotions: 28 classes or 28 labels),
+    and, on the data set the run read and without label flags given, the run's columns and threshold. Detection
+    alone would not find --label_columns data, or would threshold a score column at another cut."""
+    record = RunRecord.load(args.model_dir)
+    given = {name: getattr(args, name) for name in LABEL_FLAGS}
+    if record is not None and not any(v is not None for v in given.values()):
+        given = trained_label_flags(record.dataset, args.dataset_name)
+        if any(v is not None for v in given.values()):
+            logger.info(f"reading {args.dataset_name} as {args.model_dir} was trained on it: {given}")
+    return DataTrainingArguments(
+        dataset_name=args.dataset_name,
+        max_eval_samples=args.max_eval_samples,
+        max_seq_length=args.max_seq_length,
+        problem_type=record.problem_type if record is not None else None,
+        **given,
+    )
 
 
 def validation_texts(args: ExportArguments) -> tuple[list[str] | None, np.ndarray | None]:
     if not args.dataset_name:
         return None, None
-    data_args = DataTrainingArguments(
-        dataset_name=args.dataset_name,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        max_eval_samples=args.max_eval_samples,
-        max_seq_length=args.max_seq_length,
-        problem_type=trained_problem_type(args.model_dir),  # go_emotions: the form the model was trained on
-    )
+    data_args = validation_data_arguments(args)
     split = load_text_classification_data(data_args, seed=args.seed).splits["validation"]
     return list(split["text"]), np.asarray(split["label"], dtype=np.int64)
 

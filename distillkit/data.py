@@ -13,6 +13,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value, load_dataset
@@ -535,6 +536,32 @@ def _label_ids_of(labels: np.ndarray | list[list[int]], keep: np.ndarray) -> tup
         return labels[keep], rows
     pairs = [(i, row) for row in np.flatnonzero(keep) for i in labels[row]]
     return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
+
+
+def same_data_source(a: str | None, b: str | None) -> bool:
+    """One hub id, or one local file/directory however its path is spelled."""
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
+def trained_label_flags(dataset_record: dict, dataset_name: str | None) -> dict[str, Any]:
+    """The text/label flags that read `dataset_name` as a run did (its record's `dataset`, written by
+    `load_text_classification_data`): its label columns or score threshold. None for each flag on another data set,
+    or where detection reads it the same way (one label column of ids or lists)."""
+    flags: dict[str, Any] = dict.fromkeys(("text_column", "label_column", "label_columns", "label_threshold"))
+    if not same_data_source(dataset_record.get("dataset"), dataset_name):
+        return flags
+    flags["text_column"] = dataset_record.get("text_column")
+    if dataset_record.get("label_columns"):
+        flags["label_columns"] = ",".join(dataset_record["label_columns"])
+        flags["label_threshold"] = dataset_record.get("label_threshold")
+    elif dataset_record.get("label_threshold") is not None:  # a thresholded score column
+        flags["label_column"] = dataset_record.get("label_column")
+        flags["label_threshold"] = dataset_record["label_threshold"]
+    return flags
 
 
 def load_text_classification_data(

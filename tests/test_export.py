@@ -271,3 +271,64 @@ def test_the_run_record_travels_with_the_export(tmp_path, tiny_classifier_dir):
     record = RunRecord.load(str(tmp_path / "even-onnx"))
     assert (tmp_path / "even-onnx" / RECORD_FILE).is_file()
     assert (record.method, record.layers, record.teacher, record.seed) == ("even", [2, 4], "EXP/teacher", 7)
+
+
+ML_LABELS = ["toxic", "obscene", "threat", "insult"]
+
+
+@pytest.fixture(scope="module")
+def label_columns_case(tmp_path_factory):
+    """A multi-label model and a Jigsaw-style CSV folder: one 0/1 column per label, which only --label_columns reads
+    (there is no label column to detect)."""
+    root = tmp_path_factory.mktemp("ml_export")
+    model_dir, data_dir = root / "ml", root / "data"
+    torch.manual_seed(3)
+    config = tiny_bert_config(
+        num_labels=4, id2label=dict(enumerate(ML_LABELS)), label2id={n: i for i, n in enumerate(ML_LABELS)},
+        problem_type="multi_label_classification",
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(model_dir)
+    make_tokenizer(model_dir)
+    data_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n, seed in (("train", 16, 1), ("validation", 12, 2), ("test", 12, 3)):
+        frame = synthetic_rows(n, seed)[["text"]]
+        gold = (rng.random((n, 4)) < 0.5).astype(int)
+        gold[0], gold[1] = 1, 0
+        frame[ML_LABELS] = gold
+        frame.to_csv(data_dir / f"{split}.csv", index=False)
+    return model_dir, data_dir
+
+
+def test_a_label_columns_model_is_checked_on_its_validation_split(tmp_path, label_columns_case):
+    model_dir, data_dir = label_columns_case
+    with pytest.raises(SystemExit) as exit_info:  # detection finds no label column in this folder
+        _export(model_dir, tmp_path / "none", "--dataset_name", data_dir)
+    assert exit_info.value.code == 2
+    record = _export(
+        model_dir, tmp_path / "onnx", "--quantize", "int8", "--dataset_name", data_dir,
+        "--label_columns", ",".join(ML_LABELS),
+    )  # fmt: skip
+    assert record["check"]["texts"] == 12 and record["check"]["max_abs_logit_diff"] < 1e-4
+    assert 0 <= record["int8_vs_fp32"]["f1_fp32"] <= 1 and 0 <= record["int8_vs_fp32"]["agreement"] <= 1
+
+
+def test_the_run_record_says_how_its_own_data_set_is_read(tmp_path, label_columns_case):
+    """Without label flags, the export reads the data set the model was trained on as the run read it."""
+    from distillkit.records import RunRecord
+
+    model_dir, data_dir = label_columns_case
+    trained = tmp_path / "trained"
+    shutil.copytree(model_dir, trained)
+    dataset = {"dataset": str(data_dir), "text_column": "text", "label_columns": ML_LABELS, "label_threshold": 0.5}
+    RunRecord(method="teacher", problem_type="multi_label_classification", label_names=ML_LABELS, dataset=dataset).save(
+        str(trained)
+    )
+    record = _export(trained, tmp_path / "onnx", "--quantize", "int8", "--dataset_name", data_dir)
+    assert record["check"]["texts"] == 12 and "f1_fp32" in record["int8_vs_fp32"]
+    # Another data set is not read by this run's columns: detection decides, and finds no label column there.
+    other = tmp_path / "other"
+    shutil.copytree(data_dir, other)
+    with pytest.raises(SystemExit) as exit_info:
+        _export(trained, tmp_path / "onnx2", "--dataset_name", other)
+    assert exit_info.value.code == 2
