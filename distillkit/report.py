@@ -17,9 +17,10 @@ from sklearn.metrics import confusion_matrix
 
 from .losses import loss_components
 from .methods import CONTROLS
+from .metrics import per_label_table
 from .records import MERGED_SUFFIX
 from .stats import METRIC_LABELS, NOT_DISTINGUISHABLE, is_multi_label, metric_names, paired_table, study_pairs
-from .tasks import MULTI_LABEL
+from .tasks import MULTI_LABEL, label_id_lists, multi_hot
 
 METHOD_ORDER = (
     "teacher",
@@ -178,7 +179,10 @@ def plot_per_label(table: pd.DataFrame, multi_label: bool, path: str) -> str:
     ax.set_ylabel("F1")
     ax.set_ylim(0, 1)
     ax.set_xlabel("label (support)" if multi_label else "class (support), one-vs-rest")
-    ax.set_title("F1 per label at each model's thresholds" if multi_label else "F1 per class")
+    ax.set_title(
+        ("F1 per label at each model's thresholds" if multi_label else "F1 per class")
+        + (" (mean over each method's seeds)" if "n_seeds" in table else "")
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save_figure(fig, path)
@@ -473,6 +477,34 @@ def metric_note(problem_type: str) -> str:
     )
 
 
+def per_label_over_seeds(
+    results: pd.DataFrame, predictions: dict[str, pd.DataFrame], label_names: list[str]
+) -> pd.DataFrame | None:
+    """Per method, each label's (class's) support, F1, ROC-AUC and PR-AUC from its saved predictions, averaged over
+    the method's seeds (`n_seeds`); `model` holds the method. None for a binary task: its report already has the
+    positive class's F1."""
+    k = len(label_names)
+    if k <= 2:
+        return None
+    rows = []
+    for model, method in zip(results.model, results.method):
+        frame = predictions.get(model)
+        if frame is None:
+            continue
+        probs = frame[[f"prob_{j}" for j in range(k)]].to_numpy(dtype=float)
+        if is_multi_label(frame):
+            gold, pred = (multi_hot(label_id_lists(frame[c]), k) for c in ("label", "pred"))
+        else:
+            gold, pred = (np.eye(k, dtype=int)[frame[c].to_numpy(dtype=np.int64)] for c in ("label", "pred"))
+        rows += [{"model": method, **row} for row in per_label_table(probs, gold, pred, label_names)]
+    if not rows:
+        return None
+    table = pd.DataFrame(rows)
+    grouped = table.groupby(["model", "label"], sort=False)
+    means = grouped[["f1", "roc_auc", "pr_auc"]].mean()
+    return grouped.support.first().to_frame().join(means).assign(n_seeds=grouped.size()).reset_index()
+
+
 def per_label_markdown(table: pd.DataFrame, multi_label: bool) -> list[str]:
     """Labels (classes) × models: support and each model's F1, rarest label last; ROC-AUC and PR-AUC are in the CSV."""
     models = list(dict.fromkeys(table.model))
@@ -484,6 +516,7 @@ def per_label_markdown(table: pd.DataFrame, multi_label: bool) -> list[str]:
         "",
         (
             f"F1 of each {what} at each model's decision rule"
+            + (", mean over each method's seeds" if "n_seeds" in table else "")
             + ("" if multi_label else " (one-vs-rest: a rare class that vanishes shows 0 here)")
             + f"; `{PER_LABEL_FILE}` also has each {what}'s ROC-AUC and PR-AUC."
         ),

@@ -43,16 +43,20 @@ from distillkit.loading import load_classifier_dir
 from distillkit.methods import METHODS, dependencies
 from distillkit.records import RunRecord
 from distillkit.report import (
+    PER_LABEL_FILE,
     SIDE_BY_SIDE_LATENCY,
     linked_images,
+    per_label_over_seeds,
     plot_loss_curves,
     plot_method_means,
+    plot_per_label,
     sort_results,
     study_index_markdown,
     summarize,
     write_report,
 )
 from distillkit.students import count_parameters
+from distillkit.tasks import MULTI_LABEL
 
 logger = logging.getLogger("run_study")
 
@@ -329,6 +333,11 @@ def build_report(results_dir: str, dataset: str, n_resamples: int = 1000) -> pd.
             os.path.join(plots_dir, f"loss_curves_seed{first_seed}.png"),
         ),
     }
+    per_label = per_label_over_seeds(results, predictions, records[0]["label_names"])
+    if per_label is not None:
+        per_label.to_csv(os.path.join(out, PER_LABEL_FILE), index=False)
+        multi_label = "problem_type" in results and (results.problem_type == MULTI_LABEL).any()
+        plots["per_label"] = plot_per_label(per_label, multi_label, os.path.join(plots_dir, "per_label_f1.png"))
     results.to_csv(os.path.join(out, "results.csv"), index=False)
     summary.to_csv(os.path.join(out, "summary.csv"), index=False)
     record = records[0]
@@ -358,7 +367,7 @@ def build_report(results_dir: str, dataset: str, n_resamples: int = 1000) -> pd.
             + "The loss-curve plot shows the first seed."
         ),
     }
-    report = write_report(out, results, summary, plots, context, predictions, n_resamples)
+    report = write_report(out, results, summary, plots, context, predictions, n_resamples, per_label)
     # Plots of an earlier layout must not linger beside the new report. Removed only now, and only when unlinked:
     # deleting them all first let a commit taken mid-rebuild hold a report whose plots were gone.
     linked = set(linked_images(report))

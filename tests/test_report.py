@@ -20,12 +20,14 @@ from distillkit.report import (
     cost_column,
     linked_images,
     pareto_front,
+    per_label_over_seeds,
     same_cost_pairs,
     study_index_markdown,
     study_verdict,
     summarize,
     write_report,
 )
+from distillkit.tasks import MULTI_LABEL
 
 CONTEXT = {
     "dataset": "tiny",
@@ -229,3 +231,33 @@ def test_a_method_on_one_seed_is_left_out_of_the_front():
     assert "Left out of the front for having one seed: top." in _front_sentence(summary, "f1", None)
     # A pilot with one seed everywhere still has a front.
     assert pareto_front(summary.assign(n_models=1), "f1") == ["top"]
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_per_label_f1_is_the_mean_over_each_methods_seeds(tmp_path, multi_label):
+    from sklearn.metrics import f1_score
+
+    results, predictions = synthetic_study([1, 2], {"teacher": 0.1, "odd": 0.3}, n=120, k=4)
+    if multi_label:  # the same decisions as label sets, as run_eval.py writes a multi-label model's predictions
+        predictions = {
+            m: f.assign(label=f.label.astype(str), pred=f.pred.astype(str), problem_type=MULTI_LABEL)
+            for m, f in predictions.items()
+        }
+        results["problem_type"] = MULTI_LABEL
+    table = per_label_over_seeds(results, predictions, list("abcd"))
+    assert table.model.tolist() == ["teacher"] * 4 + ["odd"] * 4 and set(table.n_seeds) == {2}
+    for method in ("teacher", "odd"):
+        frames = [predictions[f"seed{s}-{method}"] for s in (1, 2)]
+        expected = np.mean(
+            [f1_score(f.label.astype(int), f.pred.astype(int), average=None, labels=range(4)) for f in frames], axis=0
+        )
+        assert table[table.model == method].f1.tolist() == pytest.approx(expected.tolist())
+    assert table[table.model == "odd"].support.sum() == 120
+    context = CONTEXT | {"label_names": list("abcd")}
+    write_report(str(tmp_path), results, summarize(results), {}, context, predictions, 50, per_label=table)
+    report = (tmp_path / "report.md").read_text()
+    what = "label" if multi_label else "class"
+    assert "mean over each method's seeds" in report and f"| {what} | support | teacher | odd |" in report
+    # A binary task has no per-label table: its report already gives the positive class's F1.
+    binary, binary_predictions = synthetic_study([1], {"teacher": 0.1})
+    assert per_label_over_seeds(binary, binary_predictions, ["no", "yes"]) is None
