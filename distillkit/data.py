@@ -538,13 +538,12 @@ def _label_ids_of(labels: np.ndarray | list[list[int]], keep: np.ndarray) -> tup
     return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
 
 
-def same_data_source(a: str | None, b: str | None) -> bool:
-    """One hub id, or one local file/directory however its path is spelled."""
-    if not a or not b:
-        return False
-    if a == b:
+def same_source(recorded: Any, wanted: Any) -> bool:
+    """The same hub id, or the same local file/directory however its path is spelled."""
+    if recorded == wanted:
         return True
-    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    paths = [str(x) for x in (recorded, wanted) if x is not None]
+    return len(paths) == 2 and all(os.path.exists(p) for p in paths) and os.path.samefile(*paths)
 
 
 def trained_label_flags(dataset_record: dict, dataset_name: str | None) -> dict[str, Any]:
@@ -552,7 +551,7 @@ def trained_label_flags(dataset_record: dict, dataset_name: str | None) -> dict[
     `load_text_classification_data`): its label columns or score threshold. None for each flag on another data set,
     or where detection reads it the same way (one label column of ids or lists)."""
     flags: dict[str, Any] = dict.fromkeys(("text_column", "label_column", "label_columns", "label_threshold"))
-    if not same_data_source(dataset_record.get("dataset"), dataset_name):
+    if dataset_name is None or not same_source(dataset_record.get("dataset"), dataset_name):
         return flags
     flags["text_column"] = dataset_record.get("text_column")
     if dataset_record.get("label_columns"):

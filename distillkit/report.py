@@ -310,12 +310,11 @@ def same_cost_pairs(summary: pd.DataFrame, metric: str, cost: str | None = None)
     cost = cost or cost_column(summary)
     if f"{metric}_mean" not in summary or cost not in summary:
         return []
+    eligible = summary[~summary.method.isin(too_few_seeds(summary))].dropna(subset=[f"{metric}_mean"])
     pairs = []
     for leader in pareto_front(summary, metric, cost):
-        row = summary[summary.method == leader].iloc[0]
-        rivals = summary[
-            (summary[cost] == row[cost]) & (summary.method != leader) & ~summary.method.isin(too_few_seeds(summary))
-        ].dropna(subset=[f"{metric}_mean"])
+        leader_cost = eligible.loc[eligible.method == leader, cost].iloc[0]
+        rivals = eligible[(eligible[cost] == leader_cost) & (eligible.method != leader)]
         if len(rivals):
             pairs.append((leader, rivals.sort_values(f"{metric}_mean", ascending=False).method.iloc[0]))
     return pairs

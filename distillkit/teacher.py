@@ -12,7 +12,7 @@ from datasets import DatasetDict
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
 from .cli import UsageError, apply_output_dir_policy, is_finished_run
-from .data import TextClassificationData
+from .data import TextClassificationData, same_source
 from .losses import GOLD_TERM, loss_terms
 from .records import RunRecord
 from .tasks import SINGLE_LABEL
@@ -104,14 +104,6 @@ def teacher_record(base_model: str, data: TextClassificationData, max_seq_length
     }
 
 
-def _same_source(recorded: Any, wanted: Any) -> bool:
-    """The same hub id, or the same local file/directory however its path is spelled."""
-    if recorded == wanted:
-        return True
-    paths = [str(x) for x in (recorded, wanted) if x is not None]
-    return len(paths) == 2 and all(os.path.exists(p) for p in paths) and os.path.samefile(*paths)
-
-
 def _dataset_name(source: dict[str, Any]) -> str:
     return f"{source.get('dataset')}" + (f" ({source['config']})" if source.get("config") else "")
 
@@ -133,14 +125,14 @@ def reuse_mismatch(
     """
     if not recorded:
         return "it has no training record (config.json training_record), so what it was trained on is unknown"
-    if not _same_source(recorded.get("base_model"), wanted["base_model"]):
+    if not same_source(recorded.get("base_model"), wanted["base_model"]):
         return (
             f"it was fine-tuned from {recorded.get('base_model')}, this run asks for {wanted['base_model']} "
             "(--teacher_name_or_path)"
         )
     was, now = recorded.get("dataset") or {}, wanted["dataset"]
     was = was if isinstance(was, dict) else {"dataset": was}
-    if not _same_source(was.get("dataset"), now.get("dataset")) or was.get("config") != now.get("config"):
+    if not same_source(was.get("dataset"), now.get("dataset")) or was.get("config") != now.get("config"):
         return f"it was trained on the data set {_dataset_name(was)}, this run uses {_dataset_name(now)} (--dataset_name)"
     if len(recorded_labels) != len(wanted_labels) or (
         list(recorded_labels) != list(wanted_labels)
