@@ -31,6 +31,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -173,7 +174,8 @@ async def read_json_body(request: Request, limits: ServingLimits) -> object:
         body += chunk
         if len(body) > max_bytes:
             raise RequestError(413, f"request body over {max_bytes} bytes: send fewer or shorter texts")
-    return parse_json_body(bytes(body), limits.max_json_depth)
+    # Scanning and decoding megabytes is CPU work: a worker thread does it, so the event loop keeps serving.
+    return await run_in_threadpool(parse_json_body, bytes(body), limits.max_json_depth)
 
 
 def int_query(request: Request, name: str, default: int) -> int:
