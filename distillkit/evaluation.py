@@ -126,7 +126,46 @@ def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: in
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def encode_batches(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, batch_size: int = 64
+) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """The texts tokenised once, sorted by token count and cut into padded batches: [(row indices, inputs), ...].
+
+    Batches of similar length pad least; the same batches serve every model that shares the tokenizer
+    (`predict_batches`)."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+    order = np.argsort(lengths, kind="stable")
+    pad = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": tokenizer.pad_token_type_id}
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = int(lengths[idx].max())
+        inputs = {}
+        for key, rows in encoded.items():
+            array = np.full((len(idx), width), pad.get(key, 0), dtype=np.int64)
+            for row, i in enumerate(idx):
+                array[row, : len(rows[i])] = rows[i]
+            inputs[key] = torch.from_numpy(array)
+        batches.append((idx, inputs))
+    return batches
+
+
 @torch.inference_mode()
+def predict_batches(
+    model: torch.nn.Module, batches: list[tuple[np.ndarray, dict[str, torch.Tensor]]], device: str = "cpu"
+) -> np.ndarray:
+    """Logits (n, num_labels) of `encode_batches`' batches, back in the order of the texts."""
+    n = sum(len(idx) for idx, _ in batches)
+    out = None
+    for idx, inputs in batches:
+        logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu().numpy()
+        if out is None:
+            out = np.zeros((n, logits.shape[-1]), dtype=np.float64)
+        out[idx] = logits
+    return out
+
+
 def predict_logits(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -136,16 +175,7 @@ def predict_logits(
     device: str = "cpu",
 ) -> np.ndarray:
     """Logits (n, num_labels) in the order of `texts`; batches of similar length pad least."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    chunks = []
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        logits = model(**_encode(tokenizer, [texts[i] for i in idx], max_length, device)).logits
-        chunks.append((idx, logits.float().cpu().numpy()))
-    out = np.zeros((len(texts), chunks[0][1].shape[-1]), dtype=np.float64)
-    for idx, logits in chunks:
-        out[idx] = logits
-    return out
+    return predict_batches(model, encode_batches(tokenizer, texts, max_length, batch_size), device)
 
 
 def _sync(device: str) -> None:
