@@ -12,6 +12,12 @@ Each model is scored by its own task (config.problem_type): softmax and argmax, 
 positive-class threshold; for multi-label models the per-label sigmoids at their saved thresholds (results.csv's
 f1 is then micro-F1, roc_auc the macro AUC over labels, accuracy the subset accuracy). per_label.csv has support,
 F1, ROC-AUC and PR-AUC per label (per class, one-vs-rest, for single-label data) per model.
+
+With --bias_dataset (e.g. ../shared/data/bias_madlibs) every model is also scored on an identity-bias set: bias.csv
+(per model × identity: subgroup, BPSN and BNSP AUC, FPR and FNR at the model's own decision rule),
+bias_summary.csv (per model: power means, the Jigsaw final metric, FPED/FNED, the five worst identities by BPSN AUC),
+bias_predictions/ and a bias section in report.md. A model's toxic score is p(class 1) for a binary model, else the
+summed probability of the classes named by --bias_toxic_classes (distillkit/bias.py).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from distillkit.bias_eval import BIAS_FILE, BIAS_SUMMARY_FILE, BiasArguments, BiasScorer, load_bias_set
+from distillkit.bias_report import BIAS_VS_TEACHER_FILE, write_bias_section
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args, parse_class_names
 from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.evaluation import SpeedSettings, evaluate_model, loss_history, model_name, unique_names
@@ -43,7 +51,7 @@ from distillkit.report import (
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_FILES = ("results.csv", "summary.csv", "report.md")
+OUTPUT_FILES = ("results.csv", "summary.csv", "report.md", BIAS_FILE)
 
 
 @dataclass
@@ -123,7 +131,10 @@ def check_output_dir(args: EvalArguments) -> None:
 
 def clear_old_outputs(output_dir: str) -> None:
     """Stale predictions and plots of models no longer compared must not linger beside the new report."""
-    for sub, ext in (("predictions", ".csv"), ("plots", ".png")):
+    for name in (BIAS_FILE, BIAS_SUMMARY_FILE, BIAS_VS_TEACHER_FILE):
+        if os.path.isfile(os.path.join(output_dir, name)):
+            os.remove(os.path.join(output_dir, name))
+    for sub, ext in (("predictions", ".csv"), ("plots", ".png"), ("bias_predictions", ".csv")):
         folder = os.path.join(output_dir, sub)
         if os.path.isdir(folder):
             for name in os.listdir(folder):
@@ -142,7 +153,7 @@ def warn_if_other_data(path: str, record: RunRecord | None, data_source: dict) -
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    eval_args, data_args = parse_args((EvalArguments, DataTrainingArguments), argv)
+    eval_args, data_args, bias_args = parse_args((EvalArguments, DataTrainingArguments, BiasArguments), argv)
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         level=logging.INFO,
@@ -154,6 +165,17 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     data = load_text_classification_data(
         data_args, seed=eval_args.seed, cache_dir=eval_args.cache_dir, class_names=eval_args.class_names
     )
+    bias_scorer = None
+    if bias_args.bias_dataset:
+        bias_set = load_bias_set(bias_args, seed=eval_args.seed, cache_dir=eval_args.cache_dir)
+        bias_scorer = BiasScorer(
+            bias_set,
+            data_args.max_seq_length,
+            bias_args.bias_batch_size,
+            bias_args.bias_toxic_classes,
+            eval_args.device,
+        )
+        logger.info(f"bias set {bias_set.source}: {len(bias_set)} texts, {len(set(bias_set.identities) - {''})} identities")
     if eval_args.num_threads:
         torch.set_num_threads(eval_args.num_threads)
     settings = SpeedSettings(
@@ -166,9 +188,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     names = unique_names([model_name(d, eval_args.experiment_dir) for d in model_dirs])
     rows, predictions, histories, tables = [], {}, {}, []
+    bias_tables, bias_rows, bias_texts = [], [], {}
     for path, name in zip(model_dirs, names):
         logger.info(f"evaluating {name} ({path})")
         clf = load_classifier_dir(path, name=name, device=eval_args.device)
+        if bias_scorer is not None:
+            bias_scorer.toxic_ids(clf)  # a model with no toxic class named fails before it is scored
         warn_if_other_data(path, clf.record, data.source)
         row, frame, labels_table = evaluate_model(
             clf, data, eval_args.split, settings, eval_args.per_device_eval_batch_size, eval_args.bootstrap_samples
@@ -177,6 +202,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         predictions[name] = frame
         tables.append(labels_table)
         histories[name] = loss_history(path)
+        if bias_scorer is not None:
+            bias_table, bias_row, bias_texts[name] = bias_scorer.score(clf)
+            bias_tables.append(bias_table)
+            bias_rows.append(bias_row)
+            logger.info(
+                f"{name} on the bias set: final metric {bias_row['final_metric']:.4f}, BPSN power mean "
+                f"{bias_row['power_mean_bpsn_auc']:.4f}, worst by BPSN: {bias_row['worst_bpsn']}"
+            )
         logger.info(
             f"{name}: f1 {row['f1']:.4f} roc_auc {row['roc_auc']:.4f} latency {row['latency_ms_b1']:.2f} ms "
             f"throughput {row['throughput_b32']:.1f}/s"
@@ -246,6 +279,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         },
         per_label=per_label,
     )
+    if bias_scorer is not None:
+        os.makedirs(os.path.join(out, "bias_predictions"), exist_ok=True)
+        for name, frame in bias_texts.items():
+            frame.to_csv(os.path.join(out, "bias_predictions", f"{name}.csv"), index=False)
+        bias_table = pd.concat(bias_tables, ignore_index=True)
+        bias_summary = pd.DataFrame(bias_rows)
+        bias_table.to_csv(os.path.join(out, BIAS_FILE), index=False)
+        bias_summary.to_csv(os.path.join(out, BIAS_SUMMARY_FILE), index=False)
+        write_bias_section(report, bias_table, bias_summary, bias_scorer.bias_set.source)
     logger.info(f"wrote results.csv, summary.csv, {PER_LABEL_FILE}, predictions/ and plots/ in {out}; {report}")
     return results
 
