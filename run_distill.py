@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from transformers import AutoModelForSequenceClassification, set_seed
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
 
 from distill_trainer import DistillationTrainingArguments
-from distillkit.cli import exit_on_usage_error, parse_args
+from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments
+from distillkit.layer_selection import AUTO, check_num_student_layers, choose_layers
 from distillkit.students import NAMED_LAYER_CHOICES, build_student, layer_stack, select_layers
 from distillkit.teacher import (
     TeacherArguments,
@@ -37,10 +38,24 @@ logger = logging.getLogger(__name__)
 class StudentArguments:
     layers: str = field(
         default="even",
-        metadata={"help": "Teacher layers the student keeps (1-based): odd, even, top, bottom, spread, or a list like 2,4,6."},
+        metadata={
+            "help": "Teacher layers the student keeps (1-based): odd, even, top, bottom, spread, a list like 2,4,6, or "
+            "auto (scored on the fine-tuned teacher and this data set; see distillkit/layer_selection.py)."
+        },
     )
     student_num_layers: int | None = field(
-        default=None, metadata={"help": "Depth for the named choices (default: half the teacher's layers)."}
+        default=None,
+        metadata={
+            "help": "Depth for the named choices and auto (default: half the teacher's layers).",
+            "aliases": ["--num_student_layers"],
+        },
+    )
+    layer_selection_train_rows: int = field(
+        default=512, metadata={"help": "--layers auto: training rows (a seeded sample) its Block Influence is on."}
+    )
+    layer_selection_validation_rows: int = field(
+        default=1000,
+        metadata={"help": "--layers auto: validation rows (a seeded sample) its skip-one-layer metric is on."},
     )
 
 
@@ -55,8 +70,16 @@ def main(argv: list[str] | None = None) -> dict:
     plan = plan_teacher(
         teacher_args, teacher_dir, data, data_args.max_seq_length, overwrite=training_args.overwrite_output_dir
     )
-    layers = select_layers(student_args.layers, plan.config.num_hidden_layers, student_args.student_num_layers)
-    logger.info(f"student: teacher layers {layers} of {plan.config.num_hidden_layers}")
+    teacher_depth = plan.config.num_hidden_layers
+    auto = student_args.layers.strip().lower() == AUTO
+    if auto:  # chosen once the fine-tuned teacher exists; a bad depth fails now
+        auto_k = check_num_student_layers(student_args.student_num_layers, teacher_depth)
+        for flag in ("layer_selection_train_rows", "layer_selection_validation_rows"):
+            if getattr(student_args, flag) < 1:
+                raise UsageError(f"--{flag} {getattr(student_args, flag)}: must be at least 1")
+    else:
+        layers = select_layers(student_args.layers, teacher_depth, student_args.student_num_layers)
+        logger.info(f"student: teacher layers {layers} of {teacher_depth}")
 
     tokenizer_source = teacher_args.tokenizer_name or (plan.finetune_from or plan.name_or_path)
     tokenizer, tokenized = load_tokenized(tokenizer_source, data, data_args, training_args, teacher_args.cache_dir)
@@ -79,13 +102,29 @@ def main(argv: list[str] | None = None) -> dict:
             plan.name_or_path, cache_dir=teacher_args.cache_dir
         )
     layer_stack(teacher)  # fails early, with the supported list, for an architecture we cannot cut
+    selection = None
+    if auto:
+        selection = choose_layers(
+            teacher,
+            tokenized["train"],
+            tokenized["validation"],
+            DataCollatorWithPadding(tokenizer),
+            auto_k,
+            train_rows=student_args.layer_selection_train_rows,
+            validation_rows=student_args.layer_selection_validation_rows,
+            batch_size=training_args.per_device_eval_batch_size,
+            device=str(training_args.device),
+            seed=training_args.seed,
+        )
+        layers = selection.chosen
+        logger.info(f"student: teacher layers {layers} of {teacher_depth}, chosen in {selection.seconds:.1f} s")
 
     # Stage 2: the student.
     set_seed(training_args.seed)
     student = build_student(teacher, layers)
     # The data set's class names: a reused teacher may have been saved with generic LABEL_i names.
     student.config.id2label, student.config.label2id = data.id2label, data.label2id
-    method = student_args.layers if student_args.layers in NAMED_LAYER_CHOICES else "custom"
+    method = AUTO if auto else student_args.layers if student_args.layers in NAMED_LAYER_CHOICES else "custom"
     student.config.training_record = {
         "method": method,
         "teacher": plan.name_or_path,
@@ -98,9 +137,12 @@ def main(argv: list[str] | None = None) -> dict:
         "max_seq_length": data_args.max_seq_length,
         "dataset": data.source,
         "seed": training_args.seed,
+        **({"layer_selection": selection.to_dict()} if selection is not None else {}),
     }
     trainer = build_trainer(student, training_args, tokenized, tokenizer, teacher_model=teacher, layer_map=layers)
     extra = {"method": method, "layers": layers, "teacher": plan.name_or_path}
+    if selection is not None:  # beside train_runtime: the cost of choosing vs the cost of training
+        extra["layer_selection_seconds"] = selection.seconds
     return train_evaluate_save(trainer, tokenized, resume_from, extra_results=extra)
 
 

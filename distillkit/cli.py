@@ -58,6 +58,7 @@ def exit_on_usage_error(main: Callable[..., T]) -> Callable[..., T]:
 def parse_args(dataclass_types: tuple[type, ...], args: list[str] | None = None) -> tuple[Any, ...]:
     """Parse the command line, or a single `.json`/`.yaml` file of arguments (as run_glue does)."""
     parser = HfArgumentParser(dataclass_types)
+    parser.error = _one_line_error  # argparse's own refusals (an invalid int, an unknown flag) are one line too
     argv = sys.argv[1:] if args is None else args
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         path = os.path.abspath(argv[0])
@@ -77,6 +78,12 @@ def parse_args(dataclass_types: tuple[type, ...], args: list[str] | None = None)
         return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # a dataclass's __post_init__ rejected a value
         raise UsageError(_first_line(err)) from err
+
+
+def _one_line_error(message: str) -> typing.NoReturn:
+    """argparse prints its usage block before the error; our scripts say what is wrong in one `error:` line."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def parse_class_names(

@@ -246,6 +246,35 @@ def _training_section(records: RunRecords) -> str:
     return "## Training\n\n" + _table(rows)
 
 
+def _layer_selection_section(records: RunRecords) -> str | None:
+    """`--layers auto`: how each teacher layer scored, the rule, what was kept and what choosing cost."""
+    selection = records.record.layer_selection
+    if not selection:
+        return None
+    scores = selection.get("scores") or {}
+    chosen = set(selection.get("chosen") or [])
+    criteria = list(scores)
+    n = len(next(iter(scores.values()), []))
+    lines = [
+        "## Layer selection",
+        "",
+        f"The layers were chosen by `--layers auto` on the fine-tuned teacher in {selection.get('seconds', 0):.1f} s "
+        f"({selection.get('train_rows')} training rows for `block_influence`, {selection.get('validation_rows')} "
+        f"validation rows for `skip_metric_drop`, the teacher's validation {selection.get('metric')} "
+        f"{selection.get('teacher_metric', float('nan')):.4f} minus the same with one layer skipped). Rule: "
+        f"{selection.get('rule')}.",
+        "",
+        "| teacher layer | " + " | ".join(f"`{c}`" for c in criteria) + " | mean rank | kept |",
+        "|---|" + "---|" * (len(criteria) + 2),
+    ]
+    combined = selection.get("combined") or [None] * n
+    for i in range(n):
+        cells = [f"{scores[c][i]:.4f}" for c in criteria]
+        rank = f"{combined[i]:.2f}" if combined[i] is not None else ""
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + f" | {rank} | {'yes' if i + 1 in chosen else ''} |")
+    return "\n".join(lines)
+
+
 def _data_section(records: RunRecords) -> str:
     source, res = records.dataset, records.results
     rows: list[tuple[str, Any]] = [("data set", f"`{source.get('dataset')}`" if source.get("dataset") else None)]
@@ -361,6 +390,7 @@ def build_model_card(output_dir: str, repo_id: str | None = None) -> ModelCard:
             "## How to use\n\n" + usage_snippet(records, reference),
             _results_section(records),
             _training_section(records),
+            *filter(None, [_layer_selection_section(records)]),
             _data_section(records),
             "## Records\n\nThis card was generated from the run's own files ("
             + ", ".join(f"`{name}`" for name in _record_files(records))

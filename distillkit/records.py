@@ -48,6 +48,9 @@ class RunRecord:
     teacher_base_model: str | None = None  # what that teacher was fine-tuned from
     base_record: dict[str, Any] | None = None  # the adapted model's own record (LoRA on a student: the student's)
     layers: list[int] | None = None
+    # --layers auto: the per-layer scores per criterion, the rule, the layers chosen and the seconds it took
+    # (distillkit/layer_selection.py, LayerSelection.to_dict()); None for layers given by the user.
+    layer_selection: dict[str, Any] | None = None
     teacher_num_layers: int | None = None
     loss: dict[str, float] = field(default_factory=dict)  # alpha_<term> per loss term (see losses.py), temperature
     lora: dict[str, Any] = field(default_factory=dict)  # lora_r, lora_alpha, lora_dropout, target modules

@@ -1,0 +1,157 @@
+"""`--layers auto` (distillkit/layer_selection.py): the scores, the rule, and run_distill.py with it, on tiny models."""
+
+import json
+
+import pytest
+import torch
+from conftest import common_args, tiny_bert_config
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, BertForSequenceClassification, DataCollatorWithPadding
+
+import run_distill
+from distillkit.layer_selection import CRITERIA, LayerSelection, choose_layers, combine
+from distillkit.losses import GOLD_TERM, loss_terms
+from distillkit.records import RunRecord
+from distillkit.students import build_student
+from distillkit.trainer import DistillationTrainingArguments
+from distillkit.training import build_trainer
+
+NOOP = 2  # the teacher layer (1-based) made a no-op
+
+
+def _make_noop(model, layer: int) -> None:
+    """Zero the attention-output and FFN-output projections of `layer`: both residual branches add 0, so the layer
+    returns its input (up to its LayerNorms, which are kept at weight 1, bias 0 and then renormalise a normalised
+    input)."""
+    block = model.bert.encoder.layer[layer - 1]
+    for linear in (block.attention.output.dense, block.output.dense):
+        torch.nn.init.zeros_(linear.weight)
+        torch.nn.init.zeros_(linear.bias)
+        linear.requires_grad_(False)
+
+
+@pytest.fixture()
+def noop_teacher(tiny_task, tmp_path):
+    """A tiny 4-layer teacher, fine-tuned on the synthetic task, whose layer NOOP passes its input through.
+
+    Every LayerNorm is frozen at weight 1, bias 0 so that each layer's input stays a normalised vector, which the
+    no-op layer's LayerNorms then return unchanged (up to their epsilon)."""
+    _, tokenized, tokenizer, _ = tiny_task
+    torch.manual_seed(0)
+    # A wider initialisation than BERT's 0.02: every other layer then changes its input clearly.
+    teacher = BertForSequenceClassification(
+        tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.2)
+    )
+    _make_noop(teacher, NOOP)
+    for name, param in teacher.named_parameters():
+        if "LayerNorm" in name:
+            param.requires_grad_(False)
+    args = DistillationTrainingArguments(
+        output_dir=str(tmp_path / "teacher"),
+        num_train_epochs=3,
+        learning_rate=3e-3,
+        logging_steps=100,
+        per_device_train_batch_size=8,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        **{t.weight_flag: float(t.name == GOLD_TERM) for t in loss_terms()},  # plain fine-tuning
+    )
+    build_trainer(teacher, args, tokenized, tokenizer).train()
+    teacher.eval()
+    return tokenized, tokenizer, teacher
+
+
+def test_the_noop_layer_returns_its_input_and_auto_drops_it(noop_teacher):
+    tokenized, tokenizer, teacher = noop_teacher
+    collator = DataCollatorWithPadding(tokenizer)
+    batch = collator([{k: row[k] for k in ("input_ids", "attention_mask")} for row in tokenized["validation"]])
+    with torch.no_grad():
+        hidden = teacher(**batch, output_hidden_states=True).hidden_states
+    # LayerNorm of an already normalised vector: off by float32 rounding and the 1e-12 epsilon, far below 1e-5.
+    torch.testing.assert_close(hidden[NOOP], hidden[NOOP - 1], atol=1e-5, rtol=0)
+    assert not torch.allclose(hidden[NOOP + 1], hidden[NOOP], atol=1e-2)  # the other layers do change their input
+
+    for k in (1, 2, 3):
+        selection = choose_layers(teacher, tokenized["train"], tokenized["validation"], collator, k=k)
+        assert len(selection.chosen) == k and NOOP not in selection.chosen, (k, selection)
+        assert selection.chosen == sorted(selection.chosen)
+    scores = selection.scores
+    assert set(scores) == set(CRITERIA) and all(len(v) == 4 for v in scores.values())
+    # Block Influence: 1 - cosine of the no-op layer's input and output, which are equal.
+    assert abs(scores["block_influence"][NOOP - 1]) < 1e-5
+    assert min(s for i, s in enumerate(scores["block_influence"]) if i != NOOP - 1) > 0.1
+    # Skipping the no-op layer computes the same logits, so the same predictions and metric.
+    assert selection.skipped_metric[NOOP - 1] == selection.teacher_metric
+    assert scores["skip_metric_drop"][NOOP - 1] == 0.0
+    assert selection.metric == "f1" and selection.teacher_metric > 0.7  # the teacher did learn the task
+    assert selection.train_rows == 96 and selection.validation_rows == 24 and selection.seconds > 0
+    assert LayerSelection.from_dict(json.loads(json.dumps(selection.to_dict()))) == selection
+
+
+def test_combination_rule_is_the_mean_rank_with_block_influence_breaking_ties():
+    scores = {"block_influence": [0.3, 0.1, 0.2, 0.4], "skip_metric_drop": [0.0, 0.5, 0.1, 0.2]}
+    # ranks: BI 3,1,2,4; drop 1,4,2,3 → means 2, 2.5, 2, 3.5
+    combined, chosen = combine(scores, 2)
+    assert combined == [2.0, 2.5, 2.0, 3.5] and chosen == [2, 4]
+    # Layers 1 and 3 tie on 2.0: the higher Block Influence (layer 1) is kept.
+    assert combine(scores, 3)[1] == [1, 2, 4]
+    # Equal scores everywhere: the later layers are kept (deterministic).
+    assert combine({"block_influence": [0.1] * 4, "skip_metric_drop": [0.0] * 4}, 2)[1] == [3, 4]
+
+
+def test_run_distill_auto_copies_exactly_the_chosen_layers(tmp_path, tiny_classifier_dir, tiny_data_dir):
+    out = tmp_path / "EXP" / "auto"
+    # learning rate 0: the saved student is the student as built, so its weights must be the chosen teacher layers'.
+    argv = common_args(
+        tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, layers="auto", learning_rate=0,
+        num_student_layers=3, max_steps=2, do_predict="false",
+    )  # fmt: skip
+    results = run_distill.main(argv)
+    record = RunRecord.load(str(out))
+    selection = record.layer_selection
+    assert record.method == "auto" and record.layers == selection["chosen"] and len(record.layers) == 3
+    assert set(selection["scores"]) == set(CRITERIA) and all(len(v) == 4 for v in selection["scores"].values())
+    assert selection["rule"].startswith("rank_mean") and selection["seconds"] > 0
+    assert results["layer_selection_seconds"] == selection["seconds"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["distillation_layers"] == record.layers and config["num_hidden_layers"] == 3
+
+    teacher = load_file(str(tiny_classifier_dir / "model.safetensors"))
+    student = load_file(str(out / "model.safetensors"))
+    for i, layer in enumerate(record.layers):
+        prefix, source = f"bert.encoder.layer.{i}.", f"bert.encoder.layer.{layer - 1}."
+        names = [k for k in student if k.startswith(prefix)]
+        assert names
+        for name in names:
+            torch.testing.assert_close(student[name], teacher[source + name[len(prefix) :]], atol=0, rtol=0)
+    # ... which is what build_student makes of them.
+    built = build_student(AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir), record.layers)
+    for name, value in built.state_dict().items():
+        if name in student:
+            torch.testing.assert_close(student[name], value, atol=0, rtol=0)
+    card = (out / "README.md").read_text()
+    assert "--layers auto" in card and "block_influence" in card
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("0", "--num_student_layers 0: --layers auto keeps fewer layers than the teacher's 4; give 1..3"),
+        ("4", "--num_student_layers 4: --layers auto keeps fewer layers than the teacher's 4; give 1..3"),
+        ("2.5", "invalid int value: '2.5'"),
+    ],
+)
+def test_bad_num_student_layers_is_a_one_line_usage_error(
+    value, message, tmp_path, tiny_classifier_dir, tiny_data_dir, capsys
+):
+    out = tmp_path / "EXP" / "auto"
+    argv = common_args(tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, layers="auto")
+    with pytest.raises(SystemExit) as exit_info:
+        run_distill.main(argv + ["--num_student_layers", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "EXP").exists()
