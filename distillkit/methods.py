@@ -84,6 +84,13 @@ METHODS: dict[str, Method] = {
             "k layers from first to last, distilled",
         ),
         Method(
+            "auto",
+            "student",
+            "teacher",
+            ("--layers", "auto"),
+            "k layers chosen for the data on the fine-tuned teacher (distillkit/layer_selection.py), distilled",
+        ),
+        Method(
             "odd_ce",
             "student",
             "teacher",

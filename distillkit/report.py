@@ -29,6 +29,7 @@ METHOD_ORDER = (
     "bottom",
     "top",
     "spread",
+    "auto",
     "custom",
     "odd_ce",
     "even_ce",

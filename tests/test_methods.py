@@ -34,6 +34,7 @@ def flag(flags: list[str], name: str) -> str | None:
         ("bottom", "run_distill.py", "EXP/seed7/teacher", "bottom", False),
         ("top", "run_distill.py", "EXP/seed7/teacher", "top", False),
         ("spread", "run_distill.py", "EXP/seed7/teacher", "spread", False),
+        ("auto", "run_distill.py", "EXP/seed7/teacher", "auto", False),
         ("odd_ce", "run_distill.py", "EXP/seed7/teacher", "odd", True),
         ("even_ce", "run_distill.py", "EXP/seed7/teacher", "even", True),
         ("lora", "run_lora.py", "PRE", None, False),
@@ -84,7 +85,7 @@ def test_registry_order_and_dependencies():
     assert dependencies("lora_even") == ["teacher", "even"]
     assert dependencies("lora") == [] and dependencies("lora", "finetuned") == ["teacher"]
     assert dependencies("odd_ce") == ["teacher"]
-    assert set(DEFAULT_METHODS) <= set(METHODS) and len(METHODS) == 11
+    assert set(DEFAULT_METHODS) <= set(METHODS) and len(METHODS) == 12
     with pytest.raises(UsageError, match="unknown method"):
         check_methods(["odd", "middle"])
     with pytest.raises(UsageError, match="appears twice"):
