@@ -13,6 +13,11 @@ For each (method, seed), in the order of PHASES (the core question first, for ev
    folder and renamed, so a stage folder exists only when complete;
 4. docs/results/<data set>/report.md (paired differences, forest plot, quality vs latency) is rebuilt from every
    stage folder, and docs/results/README.md from every data set.
+The bias stage (on by default for the toxicity sets, --bias_datasets): run_eval also scores the stage's model on the
+identity-bias set (--bias_dataset, a stratified sample of --bias_max_per_identity texts per identity × label), the
+stage folder gets bias.csv and bias_summary.csv, and the report docs/results/<data set>/bias.csv, bias_summary.csv,
+bias_vs_teacher.csv and its identity-bias section (each method beside the teacher, paired by seed). A published stage
+without its bias figures is scored again from its weights in --work_dir, or trained again when they are gone.
 A stage whose folder exists is skipped, also on a fresh clone where the weights are gone (a method that starts from
 a teacher or student not on disk trains that base again, same seed). Commit with
 `git add docs/results/<data set> && git commit -m ... -- docs/results/<data set> docs/results/README.md`.
@@ -36,6 +41,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from distillkit.bias_eval import BIAS_FILE, BIAS_SUMMARY_FILE, BiasArguments, BiasScorer, load_bias_set
+from distillkit.bias_report import write_bias_section
 from distillkit.cli import UsageError, exit_on_usage_error, is_finished_run, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.evaluation import SpeedSettings, loss_history, measure_speed_side_by_side
@@ -83,6 +90,8 @@ PHASES = (("teacher", "odd", "even", "odd_ce", "even_ce"), ("lora", "lora_even",
 STUDY_METHODS = tuple(itertools.chain.from_iterable(PHASES))
 STAGES_DIR = "stages"
 LATENCY_FILE = "latency.csv"  # one model per method timed side by side (--time_latency): the report's cost
+BIAS_DATASETS = ("wiki_toxic", "hate_speech18")  # the toxicity sets: binary, p(toxic) is the bias score
+BIAS_PER_IDENTITY = 300  # the plan: 300 texts per identity (150 toxic, 150 not), 15,000 of the 75,700
 TASK_FLAGS = ("--problem_type", "--label_columns", "--label_threshold", "--label_column", "--text_column")
 
 
@@ -111,6 +120,16 @@ class StudyArguments:
         },
     )
     dry_run: bool = field(default=False, metadata={"help": "Say which stages would run, run nothing."})
+    bias_datasets: list[str] = field(
+        default_factory=lambda: list(BIAS_DATASETS),
+        metadata={"help": "Data sets whose stages get the bias stage (identity bias on --bias_dataset); none: off."},
+    )
+    bias_dataset: str = field(
+        default="../shared/data/bias_madlibs", metadata={"help": "The identity-bias set (text, label 1 = toxic, identity)."}
+    )
+    bias_max_per_identity: int = field(
+        default=BIAS_PER_IDENTITY, metadata={"help": "Texts per identity scored (a stratified sample; 0: all)."}
+    )
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -131,7 +150,8 @@ class StudyArguments:
         if len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"--seeds {' '.join(map(str, self.seeds))}: a seed appears twice")
         # Relative paths are the repository's (the stages run there), wherever this is started from.
-        for name in ("work_dir", "results_dir", "data_root", "teacher"):
+        self.bias_datasets = [d for item in self.bias_datasets for d in item.split(",") if d and d != "none"]
+        for name in ("work_dir", "results_dir", "data_root", "teacher", "bias_dataset"):
             setattr(self, name, os.path.normpath(os.path.join(REPO, getattr(self, name))))
 
 
@@ -144,6 +164,18 @@ def portable(value: object) -> object:
 
 def stage_dir(results_dir: str, dataset: str, method: str, seed: int) -> str:
     return os.path.join(results_dir, dataset, STAGES_DIR, method, f"seed{seed}")
+
+
+def wants_bias(args: StudyArguments) -> bool:
+    return bool(args.dataset) and args.dataset in args.bias_datasets
+
+
+def bias_flags(args: StudyArguments) -> list[str]:
+    """run_eval's flags of the bias stage: the set and the sample (the study's data sets are binary: p(toxic))."""
+    if not wants_bias(args):
+        return []
+    sample = ["--bias_max_per_identity", str(args.bias_max_per_identity)] if args.bias_max_per_identity else []
+    return ["--bias_dataset", args.bias_dataset, *sample]
 
 
 def stage_order(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
@@ -192,7 +224,8 @@ def train_and_score(args: StudyArguments, method: str, seed: int) -> str:
         [sys.executable, os.path.join(REPO, "run_eval.py"), "--model_dirs", os.path.join(work, f"seed{seed}", method)]
         + ["--dataset_name", data, "--max_seq_length", "128", "--output_dir", out, "--overwrite_output_dir", "true"]
         + task_flags(budget)
-        + shlex.split(EVAL_FLAGS),
+        + shlex.split(EVAL_FLAGS)
+        + bias_flags(args),
         args.dry_run,
     )
     return out
@@ -238,12 +271,49 @@ def publish(args: StudyArguments, method: str, seed: int, eval_dir: str) -> str:
                 "machine": f"{platform.machine()} {os.cpu_count()} CPU(s)",
                 "torch": torch.__version__,
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                **({"bias": bias_record(args)} if wants_bias(args) else {}),
             },
             f,
             indent=1,
         )
+    if wants_bias(args):
+        rename = {"model": f"seed{seed}-{method}"}
+        for name in (BIAS_FILE, BIAS_SUMMARY_FILE):
+            frame = pd.read_csv(os.path.join(eval_dir, name), keep_default_na=False, na_values=[""])
+            frame = frame.assign(**rename, **({"method": method} if "method" in frame else {}))
+            frame.map(portable).to_csv(os.path.join(tmp, name), index=False)
     results.to_csv(os.path.join(tmp, "results.csv"), index=False)
+    shutil.rmtree(target, ignore_errors=True)  # a stage re-run for its bias figures replaces the old folder
     os.replace(tmp, target)
+    return target
+
+
+def bias_record(args: StudyArguments) -> dict:
+    """What stage.json records about the bias stage."""
+    return {"dataset": portable(args.bias_dataset), "max_per_identity": args.bias_max_per_identity or None}
+
+
+def score_bias_only(args: StudyArguments, method: str, seed: int) -> str:
+    """A published stage without bias figures whose weights are still in --work_dir: score just the bias set."""
+    target = stage_dir(args.results_dir, args.dataset, method, seed)
+    model_dir = os.path.join(args.work_dir, args.dataset, f"seed{seed}", method)
+    bias_args = BiasArguments(bias_dataset=args.bias_dataset, bias_max_per_identity=args.bias_max_per_identity or None)
+    clf = load_classifier_dir(model_dir, name=f"seed{seed}-{method}")
+    table, row, _ = BiasScorer(load_bias_set(bias_args, seed=42), max_length=128).score(clf)
+    row["method"] = method
+    tmp = os.path.join(os.path.dirname(target), f".tmp-bias-{os.path.basename(target)}")
+    os.makedirs(tmp, exist_ok=True)
+    table.map(portable).to_csv(os.path.join(tmp, BIAS_FILE), index=False)
+    pd.DataFrame([row]).map(portable).to_csv(os.path.join(tmp, BIAS_SUMMARY_FILE), index=False)
+    record_path = os.path.join(target, "stage.json")
+    with open(record_path) as f:
+        record = json.load(f)
+    with open(os.path.join(tmp, "stage.json"), "w") as f:
+        json.dump({**record, "bias": bias_record(args)}, f, indent=1)
+    # The summary last: a stage counts as scored once bias_summary.csv is in its folder.
+    for name in ("stage.json", BIAS_FILE, BIAS_SUMMARY_FILE):
+        os.replace(os.path.join(tmp, name), os.path.join(target, name))
+    os.rmdir(tmp)
     return target
 
 
@@ -308,6 +378,19 @@ def load_stages(dataset_dir: str) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]
     return results, predictions, histories, records
 
 
+def load_bias_stages(dataset_dir: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Every stage's bias.csv and bias_summary.csv, in stage order; (None, None) when no stage has them."""
+    tables, summaries = [], []
+    for path in sorted(glob.glob(os.path.join(dataset_dir, STAGES_DIR, "*", "seed*", BIAS_SUMMARY_FILE))):
+        folder = os.path.dirname(path)
+        summaries.append(pd.read_csv(path, keep_default_na=False, na_values=[""]))
+        tables.append(pd.read_csv(os.path.join(folder, BIAS_FILE), keep_default_na=False, na_values=[""]))
+    if not summaries:
+        return None, None
+    summary = sort_results(pd.concat(summaries, ignore_index=True))
+    return pd.concat(tables, ignore_index=True), summary
+
+
 def build_report(results_dir: str, dataset: str, n_resamples: int = 1000) -> pd.DataFrame | None:
     """docs/results/<data set>/: results.csv, summary.csv, paired.csv, plots/, report.md from the stage folders."""
     out = os.path.join(results_dir, dataset)
@@ -368,6 +451,15 @@ def build_report(results_dir: str, dataset: str, n_resamples: int = 1000) -> pd.
         ),
     }
     report = write_report(out, results, summary, plots, context, predictions, n_resamples, per_label)
+    bias_table, bias_summary = load_bias_stages(out)
+    if bias_summary is not None:
+        bias_table.to_csv(os.path.join(out, BIAS_FILE), index=False)
+        bias_summary.to_csv(os.path.join(out, BIAS_SUMMARY_FILE), index=False)
+        setup = next((r["bias"] for r in records if r.get("bias")), {})
+        source = setup.get("dataset", "the bias set") + (
+            f", {setup['max_per_identity']} texts per identity (stratified by label)" if setup.get("max_per_identity") else ""
+        )
+        write_bias_section(report, bias_table, bias_summary, source)
     # Plots of an earlier layout must not linger beside the new report. Removed only now, and only when unlinked:
     # deleting them all first let a commit taken mid-rebuild hold a report whose plots were gone.
     linked = set(linked_images(report))
@@ -408,10 +500,21 @@ def main(argv: list[str] | None = None) -> list[str]:
     if not args.report_only and not args.time_latency:
         for method, seed in stage_order(args.methods, args.seeds):
             target = stage_dir(args.results_dir, args.dataset, method, seed)
-            if os.path.isfile(os.path.join(target, "results.csv")):
+            published = os.path.isfile(os.path.join(target, "results.csv"))
+            if published and (not wants_bias(args) or os.path.isfile(os.path.join(target, BIAS_SUMMARY_FILE))):
                 logger.info(f"[{args.dataset} {method} seed{seed}] skipped: {target} is there")
                 continue
             start = time.time()
+            model_dir = os.path.join(args.work_dir, args.dataset, f"seed{seed}", method)
+            if published and is_finished_run(model_dir):
+                logger.info(f"[{args.dataset} {method} seed{seed}] bias stage: scoring {model_dir}")
+                if not args.dry_run:
+                    written.append(score_bias_only(args, method, seed))
+                    build_report(args.results_dir, args.dataset, args.n_resamples)
+                    build_index(args.results_dir)
+                continue
+            if published:
+                logger.info(f"[{args.dataset} {method} seed{seed}] no bias figures and no weights: training it again")
             eval_dir = train_and_score(args, method, seed)
             if args.dry_run:
                 continue
