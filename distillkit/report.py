@@ -19,7 +19,19 @@ from .losses import loss_components
 from .methods import CONTROLS
 from .metrics import per_label_table
 from .records import MERGED_SUFFIX
-from .stats import METRIC_LABELS, NOT_DISTINGUISHABLE, is_multi_label, metric_names, paired_table, study_pairs
+from .stats import (
+    A_BETTER,
+    B_BETTER,
+    DEFAULT_RESAMPLES,
+    EXPLORATORY,
+    METRIC_LABELS,
+    NOT_DISTINGUISHABLE,
+    SIGN_FLIP,
+    is_multi_label,
+    metric_names,
+    paired_table,
+    study_pairs,
+)
 from .tasks import MULTI_LABEL, label_id_lists, multi_hot
 
 METHOD_ORDER = (
@@ -33,6 +45,9 @@ METHOD_ORDER = (
     "custom",
     "odd_ce",
     "even_ce",
+    "bottom_ce",
+    "top_ce",
+    "spread_ce",
     "lora",
     "lora_even",
     "lora_odd",
@@ -246,20 +261,33 @@ def _interval(low: float, high: float) -> str:
     return "–" if pd.isna(low) else f"{low:+.3f} to {high:+.3f}"
 
 
+def _p_text(row: Any) -> str:
+    """The corrected p-value (and the correction) of a row, or why there is none."""
+    p_adjusted = getattr(row, "p_adjusted", math.nan)
+    if pd.isna(p_adjusted):
+        return "no p-value" if pd.isna(row.p_value) else f"p {row.p_value:.3f}, uncorrected"
+    return f"{getattr(row, 'correction', 'corrected')}-corrected p {p_adjusted:.3f}"
+
+
+def call_words(verdict: str, a: str, b: str, ahead: str = "better") -> str:
+    """A verdict of distillkit.stats in words: which method is better, or why none is called."""
+    return {
+        A_BETTER: f"{a} {ahead}",
+        B_BETTER: f"{b} {ahead}",
+        SIGN_FLIP: "sign flips between metrics: not called",
+        EXPLORATORY: "exploratory: not called",
+    }.get(verdict, verdict)
+
+
 def _pair_sentence(row: pd.Series) -> str:
     metric = METRIC_LABELS.get(row.metric, row.metric)
     seeds = f"{int(row.n_seeds)} seed{'s' if row.n_seeds > 1 else ''}"
+    both = f"95% CI over seeds and texts {_interval(row.hier_low, row.hier_high)}"
     if row.n_seeds < 2:
-        ci = f"one seed, so no interval across seeds; text bootstrap {_interval(row.boot_low, row.boot_high)}"
+        ci = f"one seed, so no interval across seeds and no p-value; {both}"
     else:
-        ci = f"95% CI {_interval(row.ci_low, row.ci_high)} across {seeds}; text bootstrap {_interval(row.boot_low, row.boot_high)}"
-    if row.verdict == "A better":
-        call = f"{row.a} is better"
-    elif row.verdict == "B better":
-        call = f"{row.b} is better"
-    else:
-        call = NOT_DISTINGUISHABLE
-    return f"{row.a} − {row.b}: {metric} {row['diff']:+.3f} ({ci}): **{call}**."
+        ci = f"{both}; {_p_text(row)}; across {seeds} {_interval(row.ci_low, row.ci_high)}"
+    return f"{row.a} − {row.b}: {metric} {row['diff']:+.3f} ({ci}): **{call_words(row.verdict, row.a, row.b, 'is better')}**."
 
 
 def cost_column(summary: pd.DataFrame) -> str:
@@ -340,7 +368,15 @@ def _front_sentence(summary: pd.DataFrame, metric: str, pairs: pd.DataFrame | No
             row = pd.DataFrame() if pairs is None else pairs[(pairs.a == a) & (pairs.b == b) & (pairs.metric == metric)]
             if len(row):
                 r = row.iloc[0]
-                call = {"A better": f"{a} is ahead", "B better": f"{b} is ahead"}.get(r.verdict, r.verdict)
+                if r.verdict == EXPLORATORY:  # the pair was picked from the means: its numbers, no call
+                    how = (
+                        f"95% CI over seeds and texts {_interval(sign * r.hier_low, sign * r.hier_high)}"
+                        if sign > 0
+                        else f"95% CI over seeds and texts {_interval(-r.hier_high, -r.hier_low)}"
+                    )
+                    call = f"{how}; exploratory (the pair was picked after seeing the means), not called"
+                else:
+                    call = call_words(r.verdict, a, b, "is ahead")
                 text += f" At {leader}'s cost, {leader} − {rival} {sign * r['diff']:+.3f}: {call}."
                 break
     return text
@@ -382,19 +418,28 @@ def verdict(results: pd.DataFrame, summary: pd.DataFrame, split: str, pairs: pd.
             "to measure it): no difference below is called."
         )
     if pairs is not None and len(pairs):
-        asked = set(study_pairs(list(summary.method), CONTROLS))
-        extra = [(a, b) not in asked for a, b in zip(pairs.a, pairs.b)]  # same-cost pairs: the front's sentence
-        main = pairs[(pairs.metric == primary) & (pairs.b != "teacher") & ~np.array(extra, dtype=bool)]
+        if "family" in pairs:
+            asked = pairs.family.astype(bool).to_numpy()
+        else:  # an older paired.csv
+            declared = set(study_pairs(list(summary.method), CONTROLS))
+            asked = np.array([(a, b) in declared for a, b in zip(pairs.a, pairs.b)], dtype=bool)
+        main = pairs[(pairs.metric == primary) & (pairs.b != "teacher") & asked]  # same-cost pairs: the front's
         parts += [_pair_sentence(row) for _, row in main.iterrows()]
         vs_teacher = pairs[(pairs.metric == primary) & (pairs.b == "teacher")]
         if len(vs_teacher):
             same = vs_teacher[vs_teacher.verdict == NOT_DISTINGUISHABLE].a.tolist()
-            worse = vs_teacher[vs_teacher.verdict == "B better"].a.tolist()
-            better = vs_teacher[vs_teacher.verdict == "A better"].a.tolist()
+            worse = vs_teacher[vs_teacher.verdict == B_BETTER].a.tolist()
+            better = vs_teacher[vs_teacher.verdict == A_BETTER].a.tolist()
+            flips = vs_teacher[vs_teacher.verdict == SIGN_FLIP].a.tolist()
             text = f"Against the teacher ({METRIC_LABELS.get(primary, primary)}): "
             text += "; ".join(
                 f"{label} {', '.join(names)}"
-                for label, names in (("worse:", worse), ("not distinguishable:", same), ("better:", better))
+                for label, names in (
+                    ("worse:", worse),
+                    ("not distinguishable:", same),
+                    ("better:", better),
+                    ("sign flips between metrics (not called):", flips),
+                )
                 if names
             )
             parts.append(text + " (forest plot below).")
@@ -432,11 +477,15 @@ def read_predictions(output_dir: str, models: list[str]) -> dict[str, pd.DataFra
 def compare_pairs(
     results: pd.DataFrame,
     predictions: dict[str, pd.DataFrame],
-    n_resamples: int = 1000,
+    n_resamples: int = DEFAULT_RESAMPLES,
     summary: pd.DataFrame | None = None,
+    correction: str = "holm",
+    alpha: float = 0.05,
 ) -> pd.DataFrame | None:
-    """The paired-difference table (distillkit.stats) of the pairs the study asks about, keyed by stage_key; with
-    `summary`, also each Pareto-front method against the best other method of its cost (`same_cost_pairs`).
+    """The paired-difference table (distillkit.stats) of the pairs the study asks about, keyed by stage_key: they
+    are the declared family, corrected together over every metric (`correction`). With `summary`, also each
+    Pareto-front method against the best other method of its cost (`same_cost_pairs`): picked from the means, so
+    outside the family, reported and never called.
 
     None when fewer than two methods have predictions on the same seeds. Multi-label predictions are compared by
     macro-F1 and macro ROC-AUC over the labels (`stats.metric_names`).
@@ -449,14 +498,17 @@ def compare_pairs(
     some = next(iter(predictions.values()))
     k = sum(c.startswith("prob_") for c in some.columns)
     metrics = metric_names(k, is_multi_label(some))
-    wanted = study_pairs(ordered, CONTROLS)
+    declared = study_pairs(ordered, CONTROLS)
+    wanted = list(declared)
     if summary is not None:
         asked = set(wanted) | {(b, a) for a, b in wanted}
         wanted += [p for p in same_cost_pairs(summary, metrics[0]) if p not in asked]
     pairs = [(a, b) for a, b in wanted if a in by_method and b in by_method and set(by_method[a]) & set(by_method[b])]
     if not pairs:
         return None
-    return paired_table(by_method, pairs, metrics, n_resamples)
+    return paired_table(
+        by_method, pairs, metrics, n_resamples, family=declared, correction=correction, alpha=alpha
+    )
 
 
 def metric_note(problem_type: str) -> str:
@@ -530,7 +582,8 @@ def per_label_markdown(table: pd.DataFrame, multi_label: bool) -> list[str]:
 
 
 def plot_forest(pairs: pd.DataFrame, path: str, reference: str = "teacher") -> str | None:
-    """Difference vs `reference` per method with its intervals: thick = 95% t across seeds, thin = text bootstrap."""
+    """Difference vs `reference` per method with its intervals: thick = 95% over seeds and texts (the one that
+    decides), thin = 95% t across seeds."""
     rows = pairs[pairs.b == reference]
     if rows.empty:
         return None
@@ -544,15 +597,17 @@ def plot_forest(pairs: pd.DataFrame, path: str, reference: str = "teacher") -> s
             if method not in part.index:
                 continue
             r = part.loc[method]
-            ax.plot([r.boot_low, r.boot_high], [y, y], color="0.6", lw=1)
             if not pd.isna(r.ci_low):
-                ax.plot([r.ci_low, r.ci_high], [y, y], color="tab:blue", lw=4, alpha=0.7)
-            ax.plot([r["diff"]], [y], "o", color="black" if r.verdict == NOT_DISTINGUISHABLE else "tab:red")
+                ax.plot([r.ci_low, r.ci_high], [y, y], color="0.6", lw=1)
+            if "hier_low" in r and not pd.isna(r.hier_low):
+                ax.plot([r.hier_low, r.hier_high], [y, y], color="tab:blue", lw=4, alpha=0.7)
+            called = r.verdict in (A_BETTER, B_BETTER)
+            ax.plot([r["diff"]], [y], "o", color="tab:red" if called else "black")
         ax.axvline(0, color="black", lw=0.8, ls="--")
         ax.set_yticks(ys, methods)
         ax.set_xlabel(f"{METRIC_LABELS.get(metric, metric)} − {reference}")
         ax.grid(alpha=0.3, axis="x")
-    axes[0][0].set_title("blue: 95% CI across seeds; grey: text bootstrap; red dot: called", fontsize=8)
+    axes[0][0].set_title("blue: 95% CI over seeds and texts; grey: t across seeds; red dot: called", fontsize=8)
     return _save_figure(fig, path)
 
 
@@ -589,17 +644,21 @@ def plot_method_means(summary: pd.DataFrame, metric: str, path: str, cost: str |
 
 
 def pairs_markdown(pairs: pd.DataFrame) -> list[str]:
+    correction = str(pairs.correction.iloc[0]) if "correction" in pairs and len(pairs) else "corrected"
     lines = [
-        "| A | B | metric | seeds | A mean | B mean | A − B | 95% CI (seeds, t) | p (paired t) | 95% CI (texts, bootstrap) | call |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| A | B | metric | seeds | A mean | B mean | A − B | 95% CI (seeds and texts) | p (paired t) | "
+        f"p ({correction}) | 95% CI (seeds, t) | 95% CI (texts) | call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in pairs.itertuples():
         p = "–" if pd.isna(row.p_value) else f"{row.p_value:.3f}"
-        call = {"A better": f"{row.a} better", "B better": f"{row.b} better"}.get(row.verdict, row.verdict)
+        p_adjusted = getattr(row, "p_adjusted", math.nan)
         lines.append(
             f"| {row.a} | {row.b} | {METRIC_LABELS.get(row.metric, row.metric)} | {row.n_seeds} | {row.mean_a:.3f} | "
-            f"{row.mean_b:.3f} | {row.diff:+.3f} | {_interval(row.ci_low, row.ci_high)} | {p} | "
-            f"{_interval(row.boot_low, row.boot_high)} | {call} |"
+            f"{row.mean_b:.3f} | {row.diff:+.3f} | "
+            f"{_interval(getattr(row, 'hier_low', math.nan), getattr(row, 'hier_high', math.nan))} | "
+            f"{p} | {'–' if pd.isna(p_adjusted) else f'{p_adjusted:.3f}'} | {_interval(row.ci_low, row.ci_high)} | "
+            f"{_interval(row.boot_low, row.boot_high)} | {call_words(row.verdict, row.a, row.b)} |"
         )
     return lines
 
@@ -619,8 +678,10 @@ def write_report(
     plots: dict[str, Any],
     context: dict[str, Any],
     predictions: dict[str, pd.DataFrame] | None = None,
-    n_resamples: int = 1000,
+    n_resamples: int = DEFAULT_RESAMPLES,
     per_label: pd.DataFrame | None = None,
+    correction: str = "holm",
+    alpha: float = 0.05,
 ) -> str:
     """report.md: setup, verdict, results table, per-method summary, F1 per label (class), paired differences, plots.
 
@@ -635,7 +696,7 @@ def write_report(
     multi_label = context.get("problem_type") == MULTI_LABEL
     if predictions is None:
         predictions = read_predictions(output_dir, list(results.model))
-    pairs = compare_pairs(results, predictions, n_resamples, summary) if predictions else None
+    pairs = compare_pairs(results, predictions, n_resamples, summary, correction, alpha) if predictions else None
     if pairs is not None:
         pairs.to_csv(os.path.join(output_dir, "paired.csv"), index=False)
         os.makedirs(os.path.join(output_dir, "plots"), exist_ok=True)
@@ -722,11 +783,16 @@ def write_report(
             "## Paired differences (`paired.csv`)",
             "",
             (
-                "Per seed, A and B are scored on the same test texts; the table gives the mean difference, a 95% t "
-                "interval across seeds (seed noise) and a 95% paired bootstrap over the test texts pooled across "
-                "seeds (test-set noise). A difference is called only when both intervals exclude 0; otherwise it is "
-                f'"{NOT_DISTINGUISHABLE}". The CE-only controls (odd_ce, even_ce) start from the same teacher layers '
-                "and train on the labels alone."
+                "Per seed, A and B are scored on the same test texts; the table gives the mean difference and its 95% "
+                f"interval over seeds and texts together ({n_resamples:,} bootstrap resamples, each drawing the seeds "
+                "with replacement and one resample of the shared test texts), the paired t-test across seeds and its "
+                "p-value corrected over the family of declared comparisons (every pair the study asks about, on "
+                "every metric; `p_adjusted`), and the single-source intervals (t across seeds; texts resampled with "
+                "the seeds fixed). A difference is called only when its corrected p is below "
+                f"{alpha} and the seeds-and-texts interval excludes 0; a pair whose difference changes sign between "
+                "the metrics is a sign flip, never called; a pair picked after seeing the means (the front's "
+                f'same-cost rival) is exploratory, never called; otherwise "{NOT_DISTINGUISHABLE}". The CE-only '
+                "controls (`<layers>_ce`) start from the same teacher layers and train on the labels alone."
             ),
             "",
             *pairs_markdown(pairs),
@@ -755,7 +821,8 @@ def write_report(
 
 # --- the study across data sets ----------------------------------------------------------------------------------
 
-KEY_PAIRS = (("odd", "even"), ("odd", "odd_ce"), ("even", "even_ce"), ("lora", "even"), ("lora_even", "even"))
+# The questions the index answers per data set: odd vs even, each layer choice vs its CE-only control, where LoRA sits.
+KEY_PAIRS = (("odd", "even"), *CONTROLS.items(), ("lora", "even"), ("lora_even", "even"), ("lora", "teacher"))
 
 
 def _latency_ratio(summaries: dict[str, pd.DataFrame], method: str) -> float:
@@ -786,7 +853,7 @@ def study_verdict(
                 continue
             rows = table[(table.a == a) & (table.b == b) & (table.metric == _primary_metric(num_labels[dataset]))]
             for row in rows.itertuples():
-                call = {"A better": f"{a} better", "B better": f"{b} better"}.get(row.verdict, row.verdict)
+                call = call_words(row.verdict, a, b)
                 seeds = f"{row.n_seeds} seed" + ("s" if row.n_seeds != 1 else "")
                 calls.setdefault(call, []).append(f"{dataset} ({row.diff:+.3f}, {seeds})")
         if calls:
@@ -817,8 +884,9 @@ def study_index_markdown(
         "## Verdict across data sets",
         "",
         (
-            "Made from the paired tables below (primary metric of each data set; a call needs both 95% intervals to "
-            f'exclude 0, else "{NOT_DISTINGUISHABLE}"):'
+            "Made from the paired tables below (primary metric of each data set; a call needs the p-value corrected "
+            "over the data set's declared family below alpha and the 95% interval over seeds and texts to exclude 0, "
+            f'with the same sign on every metric; else "{NOT_DISTINGUISHABLE}"):'
         ),
         "",
         *study_verdict(summaries, pairs, num_labels),
@@ -862,23 +930,29 @@ def study_index_markdown(
         "## The question, per data set (paired differences, 95% intervals)",
         "",
         (
-            "A − B on the same test texts, per seed; CI across seeds (t) and a paired bootstrap over the texts. "
-            f'Called only when both intervals exclude 0, else "{NOT_DISTINGUISHABLE}".'
+            "A − B on the same test texts, per seed; the 95% interval over seeds and texts together (seeds and the "
+            "shared test texts resampled at once), the paired t-test's p corrected over each data set's declared "
+            "family (`p_adjusted`), and the single-source intervals. Called only when the corrected p is below "
+            "alpha and the seeds-and-texts interval excludes 0; a sign that flips between the metrics is never "
+            f'called; else "{NOT_DISTINGUISHABLE}".'
         ),
         "",
-        "| data set | A − B | metric | seeds | mean | 95% CI (seeds) | 95% CI (texts) | call |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data set | A − B | metric | seeds | mean | 95% CI (seeds and texts) | p (corrected) | 95% CI (seeds) | "
+        "95% CI (texts) | call |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset, table in pairs.items():
         if table is None:
             continue
         for a, b in KEY_PAIRS:
             for row in table[(table.a == a) & (table.b == b)].itertuples():
-                call = {"A better": f"{a} better", "B better": f"{b} better"}.get(row.verdict, row.verdict)
+                p_adjusted = getattr(row, "p_adjusted", math.nan)
                 lines.append(
                     f"| {dataset} | {a} − {b} | {METRIC_LABELS.get(row.metric, row.metric)} | {row.n_seeds} | "
-                    f"{row.diff:+.3f} | {_interval(row.ci_low, row.ci_high)} | "
-                    f"{_interval(row.boot_low, row.boot_high)} | {call} |"
+                    f"{row.diff:+.3f} | "
+                    f"{_interval(getattr(row, 'hier_low', math.nan), getattr(row, 'hier_high', math.nan))} | "
+                    f"{'–' if pd.isna(p_adjusted) else f'{p_adjusted:.3f}'} | {_interval(row.ci_low, row.ci_high)} | "
+                    f"{_interval(row.boot_low, row.boot_high)} | {call_words(row.verdict, a, b)} |"
                 )
     lines += ["", "Each data set's report: " + ", ".join(f"[{d}]({d}/report.md)" for d in summaries) + "."]
     return "\n".join(lines)

@@ -49,6 +49,7 @@ from distillkit.evaluation import SpeedSettings, loss_history, measure_speed_sid
 from distillkit.loading import load_classifier_dir
 from distillkit.methods import METHODS, dependencies
 from distillkit.records import RunRecord
+from distillkit.stats import CORRECTIONS, DEFAULT_RESAMPLES
 from distillkit.report import (
     PER_LABEL_FILE,
     SIDE_BY_SIDE_LATENCY,
@@ -110,7 +111,18 @@ class StudyArguments:
     data_root: str = field(default="../shared/data", metadata={"help": "Folder holding one folder per data set."})
     teacher: str = field(default="../shared/models/all-MiniLM-L6-v2", metadata={"help": "Pretrained teacher."})
     budget: str | None = field(default=None, metadata={"help": "Training flags instead of BUDGETS[dataset], quoted."})
-    n_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples of the paired differences."})
+    n_resamples: int = field(
+        default=DEFAULT_RESAMPLES, metadata={"help": "Bootstrap resamples of the paired differences (seeds and texts)."}
+    )
+    correction: str = field(
+        default="holm",
+        metadata={
+            "help": "Multiple-comparison correction over each data set's declared family of pairs × metrics: holm "
+            "(family-wise error), bh (Benjamini–Hochberg false discovery rate) or none. docs/results/ANALYSIS_PLAN.md "
+            "fixes it before the run."
+        },
+    )
+    alpha: float = field(default=0.05, metadata={"help": "A difference is called when its corrected p is below this."})
     report_only: bool = field(default=False, metadata={"help": "Only rebuild the reports from the stage folders."})
     time_latency: bool = field(
         default=False,
@@ -147,6 +159,12 @@ class StudyArguments:
             raise UsageError("--time_latency true times one data set's models: give --dataset NAME")
         if self.dataset and self.budget is None and self.dataset not in BUDGETS:
             raise UsageError(f"--dataset {self.dataset}: no budget in BUDGETS ({', '.join(BUDGETS)}); pass --budget")
+        if self.correction not in CORRECTIONS:
+            raise UsageError(f"--correction {self.correction}: choose from {', '.join(CORRECTIONS)}")
+        if not 0 < self.alpha < 1:
+            raise UsageError(f"--alpha {self.alpha}: give a level between 0 and 1, e.g. 0.05")
+        if self.n_resamples < 1:
+            raise UsageError(f"--n_resamples {self.n_resamples}: give a positive number (the plan uses 10000)")
         if len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"--seeds {' '.join(map(str, self.seeds))}: a seed appears twice")
         # Relative paths are the repository's (the stages run there), wherever this is started from.
@@ -391,7 +409,13 @@ def load_bias_stages(dataset_dir: str) -> tuple[pd.DataFrame | None, pd.DataFram
     return pd.concat(tables, ignore_index=True), summary
 
 
-def build_report(results_dir: str, dataset: str, n_resamples: int = 1000) -> pd.DataFrame | None:
+def build_report(
+    results_dir: str,
+    dataset: str,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    correction: str = "holm",
+    alpha: float = 0.05,
+) -> pd.DataFrame | None:
     """docs/results/<data set>/: results.csv, summary.csv, paired.csv, plots/, report.md from the stage folders."""
     out = os.path.join(results_dir, dataset)
     results, predictions, histories, records = load_stages(out)
@@ -450,7 +474,9 @@ def build_report(results_dir: str, dataset: str, n_resamples: int = 1000) -> pd.
             + "The loss-curve plot shows the first seed."
         ),
     }
-    report = write_report(out, results, summary, plots, context, predictions, n_resamples, per_label)
+    report = write_report(
+        out, results, summary, plots, context, predictions, n_resamples, per_label, correction=correction, alpha=alpha
+    )
     bias_table, bias_summary = load_bias_stages(out)
     if bias_summary is not None:
         bias_table.to_csv(os.path.join(out, BIAS_FILE), index=False)
@@ -510,7 +536,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 logger.info(f"[{args.dataset} {method} seed{seed}] bias stage: scoring {model_dir}")
                 if not args.dry_run:
                     written.append(score_bias_only(args, method, seed))
-                    build_report(args.results_dir, args.dataset, args.n_resamples)
+                    build_report(args.results_dir, args.dataset, args.n_resamples, args.correction, args.alpha)
                     build_index(args.results_dir)
                 continue
             if published:
@@ -520,7 +546,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 continue
             written.append(publish(args, method, seed, eval_dir))
             logger.info(f"[{args.dataset} {method} seed{seed}] done in {time.time() - start:.0f} s -> {target}")
-            build_report(args.results_dir, args.dataset, args.n_resamples)
+            build_report(args.results_dir, args.dataset, args.n_resamples, args.correction, args.alpha)
             build_index(args.results_dir)
     datasets = (
         [args.dataset]
@@ -531,11 +557,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     )
     if args.time_latency and not args.dry_run:
         time_side_by_side(args)
-        build_report(args.results_dir, args.dataset, args.n_resamples)
+        build_report(args.results_dir, args.dataset, args.n_resamples, args.correction, args.alpha)
         build_index(args.results_dir)
     if args.report_only:
         for dataset in datasets:
-            build_report(args.results_dir, dataset, args.n_resamples)
+            build_report(args.results_dir, dataset, args.n_resamples, args.correction, args.alpha)
         build_index(args.results_dir)
     return written
 

@@ -27,6 +27,7 @@ from distillkit.report import (
     summarize,
     write_report,
 )
+from distillkit.stats import EXPLORATORY, SIGN_FLIP
 from distillkit.tasks import MULTI_LABEL
 
 CONTEXT = {
@@ -157,17 +158,20 @@ def test_a_side_by_side_timing_is_the_cost_when_it_covers_every_method():
     assert pareto_front(summary, "f1") == ["odd", "teacher"]  # lora: slower than the teacher and worse
 
 
-def test_the_front_leader_is_tested_against_its_same_cost_rival(tmp_path):
-    """spread vs odd is no question of the study, so the report adds the pair to say whether the front's pick at that
-    cost is ahead or only ranked first by its mean."""
+def test_the_front_leader_against_its_same_cost_rival_is_exploratory(tmp_path):
+    """spread vs odd is no question of the study: the front picks it from the means, so the report gives its numbers
+    outside the corrected family and never calls it, however clear."""
     results, predictions = synthetic_study([1, 2, 3], {"teacher": 0.05, "odd": 0.1, "spread": 0.4})
     results = two_architectures(results, {"teacher": 30.0, "odd": 15.0, "spread": 15.0})
     path = write_report(str(tmp_path), results, summarize(results), {}, CONTEXT, predictions, n_resamples=200)
     text = Path(path).read_text()
     pairs = pd.read_csv(tmp_path / "paired.csv")
-    assert pairs[(pairs.a == "odd") & (pairs.b == "spread") & (pairs.metric == "f1")].verdict.tolist() == ["A better"]
+    rival = pairs[(pairs.a == "odd") & (pairs.b == "spread")]
+    assert set(rival.verdict) == {EXPLORATORY} and not rival.family.any() and rival.p_adjusted.isna().all()
+    assert len(pairs[pairs.family]) == len(pairs) - len(rival)  # the study's own pairs: the corrected family
     assert "the Pareto front is odd (15.0 ms), teacher (30.0 ms)" in text
-    assert re.search(r"At odd's cost, odd − spread \+0\.2\d\d: odd is ahead\.", text)  # 10% vs 40% errors
+    assert re.search(r"At odd's cost, odd − spread \+0\.2\d\d: 95% CI over seeds and texts \+0\.\d+ to \+0\.\d+; "
+                     r"exploratory \(the pair was picked after seeing the means\), not called\.", text)
     assert "odd − spread: positive-class F1" not in text  # not among the study's own questions
 
 
@@ -261,3 +265,20 @@ def test_per_label_f1_is_the_mean_over_each_methods_seeds(tmp_path, multi_label)
     # A binary task has no per-label table: its report already gives the positive class's F1.
     binary, binary_predictions = synthetic_study([1], {"teacher": 0.1})
     assert per_label_over_seeds(binary, binary_predictions, ["no", "yes"]) is None
+
+
+def test_a_sign_flip_is_reported_as_such_in_the_verdicts():
+    table = pd.DataFrame(
+        [
+            ("odd", "even", "macro_f1", 3, 0.018, 0.01, 0.03, 0.02, 0.04, SIGN_FLIP),
+            ("odd", "even", "roc_auc", 3, -0.007, -0.01, -0.004, 0.03, 0.04, SIGN_FLIP),
+        ],
+        columns=["a", "b", "metric", "n_seeds", "diff", "hier_low", "hier_high", "p_value", "p_adjusted", "verdict"],
+    ).assign(ci_low=-1.0, ci_high=1.0, boot_low=-1.0, boot_high=1.0, correction="holm")
+    summary = pd.DataFrame({"method": ["odd", "even"], "macro_f1_mean": [0.4, 0.42], ARCH_LATENCY: [10.0, 10.0]})
+    summary = summary.assign(n_models=[3, 3], macro_f1_std=[0.01, 0.01], train_runtime_s_mean=[60.0, 60.0])
+    index = study_index_markdown({"many": summary}, {"many": table}, {"many": 28})
+    assert "| many | odd − even | macro-F1 | 3 | +0.018 | +0.010 to +0.030 | 0.040 |" in index
+    assert "- **odd − even**: sign flips between metrics: not called on many (+0.018, 3 seeds)." in index
+    assert index.count("sign flips between metrics: not called") == 3  # both rows; neither says "odd better"
+    assert "odd better" not in index

@@ -108,6 +108,8 @@ def test_study_publishes_stages_then_skips_them_on_a_fresh_machine(
         (["--methods", "middle"], "unknown method"),
         (["--seeds", "1", "1"], "a seed appears twice"),
         (["--methods", "odd", "even_onnx"], "an export is scored as two models"),
+        (["--correction", "bonferroni"], "--correction bonferroni: choose from holm, bh, none"),
+        (["--alpha", "5"], "--alpha 5.0: give a level between 0 and 1"),
     ],
 )
 def test_bad_study_flags(tmp_path, capsys, tiny_base_model_dir, tiny_data_dir, extra, message):
