@@ -11,6 +11,8 @@ model's answer is as it always was, plus `threshold`; a multi-label model's adds
 the labels over their saved thresholds.
 Read-only, over the evaluation output (run_eval.py's predictions on the test split): GET /api/evaluation,
 /api/distribution?model=NAME, /api/errors?model=NAME&limit=N&offset=K, /api/disagreements?a=NAME&b=NAME&limit=N.
+With run_eval.py --bias_dataset figures: /api/bias?model=NAME (identities, worst BPSN AUC first) and
+/api/bias/false_positives?model=NAME&identity=TERM&limit=N (its non-toxic texts flagged toxic, worst first).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args, parse_class_names
+from distillkit.bias_explore import BiasExplorer
 from distillkit.explore import DEFAULT_LIMIT, Explorer
 from distillkit.serving import ModelRegistry, RequestError, ServingLimits, parse_json_body, validate_predict_request
 
@@ -296,6 +299,19 @@ def create_app(
             limit=int_query(request, "limit", DEFAULT_LIMIT),
             offset=int_query(request, "offset", 0),
             kind=params.get("kind") or "all",
+        )
+
+    bias = BiasExplorer.load(explorer.report_dir)
+
+    @app.get("/api/bias")
+    async def bias_identities(request: Request) -> dict:
+        return bias.identities(request.query_params.get("model"))
+
+    @app.get("/api/bias/false_positives")
+    async def bias_false_positives(request: Request) -> dict:
+        params = request.query_params
+        return bias.false_positives(
+            params.get("model"), params.get("identity"), limit=int_query(request, "limit", DEFAULT_LIMIT)
         )
 
     return app

@@ -551,7 +551,47 @@ function reloadOn(id, offsetKey, load) {
   });
 }
 
+// The bias view: identities sorted by BPSN AUC for one model; a click lists that identity's worst false positives.
+function biasNumber(x) { return x === null ? "–" : x.toFixed(3); }
+
+async function loadBiasFalsePositives(model, identity) {
+  const data = await api(`/api/bias/false_positives?model=${encodeURIComponent(model)}&identity=${encodeURIComponent(identity)}&limit=${PAGE_SIZE}`);
+  document.getElementById("bias-fp-title").textContent =
+    `${identity}: ${data.total} of ${data.non_toxic} non-toxic texts flagged toxic by ${model}`;
+  const head = el("tr", {}, ["text", "toxic score"].map((h) => el("th", { text: h })));
+  const rows = data.texts.map((t) => el("tr", {}, [textCell(t.text), el("td", { class: "prob", text: percent(t.toxic_score) })]));
+  document.getElementById("bias-fp").replaceChildren(el("thead", {}, head), el("tbody", {}, rows));
+}
+
+async function loadBias() {
+  const model = document.getElementById("bias-model").value;
+  if (!model) return;
+  const data = await api(`/api/bias?model=${encodeURIComponent(model)}`);
+  const columns = ["identity", "n", "subgroup_auc", "bpsn_auc", "bnsp_auc", "fpr", "fnr"];
+  const head = el("tr", {}, ["identity", "n", "subgroup AUC", "BPSN AUC", "BNSP AUC", "FPR", "FNR"].map((h) => el("th", { text: h })));
+  const rows = data.identities.map((r) => {
+    const row = el("tr", { class: "clickable", "data-identity": r.identity }, columns.map((c) =>
+      el("td", { text: c === "identity" ? r.identity : c === "n" ? String(r.n) : biasNumber(r[c]) })));
+    row.addEventListener("click", () => loadBiasFalsePositives(model, r.identity).catch((err) => showError(err.message)));
+    return row;
+  });
+  document.getElementById("bias-table").replaceChildren(el("thead", {}, head), el("tbody", {}, rows));
+  document.getElementById("bias-status").textContent = `${data.identities.length} identities`;
+  document.getElementById("bias-fp-title").textContent = "";
+  document.getElementById("bias-fp").replaceChildren();
+}
+
+function initBias() {
+  document.querySelector('.tab[data-tab="bias"]').addEventListener("click", async () => {
+    const select = document.getElementById("bias-model");
+    if (!select.options.length && state.evaluation) fillSelect("bias-model", state.evaluation.models);
+    try { await loadBias(); } catch (err) { document.getElementById("bias-status").textContent = err.message; }
+  });
+  document.getElementById("bias-model").addEventListener("change", () => loadBias().catch((err) => showError(err.message)));
+}
+
 function initExplore() {
+  initBias();
   pager("errors-prev", "errorsOffset", -1, loadErrors);
   pager("errors-next", "errorsOffset", 1, loadErrors);
   pager("dis-prev", "disOffset", -1, loadDisagreements);
