@@ -37,8 +37,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from distillkit.cli import UsageError, exit_on_usage_error, parse_args, parse_class_names
 from distillkit.bias_explore import BiasExplorer
+from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args, parse_class_names
 from distillkit.explore import DEFAULT_LIMIT, Explorer
 from distillkit.serving import ModelRegistry, RequestError, ServingLimits, parse_json_body, validate_predict_request
 
@@ -335,9 +335,7 @@ def check_port_free(host: str, port: int) -> None:
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_args((ServeArguments,), argv)
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=args.log_level.upper(), force=True
-    )
+    configure_logging(args.log_level, stream="stderr")
     check_port_free(args.host, args.port)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from distill_trainer import DistillationTrainingArguments
-from distillkit.cli import UsageError, exit_on_usage_error, is_finished_run, list_checkpoints
+from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, is_finished_run, list_checkpoints
 from distillkit.data import DataTrainingArguments, load_raw_splits
 from distillkit.loading import find_model_dirs
 from distillkit.methods import DEFAULT_METHODS, EVAL_STEP, METHODS, PRETRAINED, base_stage, check_methods
@@ -248,7 +248,7 @@ def report_is_current(report_dir: str, experiment_dir: str) -> bool:
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> dict[str, str]:
     """Run the stages; returns {"seed42/teacher": "ran" | "skipped" | "missing" | ..., "eval": ...}."""
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    configure_logging(logging.INFO, stream="stderr")
     parser = HfArgumentParser((CompareArguments, DataTrainingArguments))
     try:
         args, data_args, training = parser.parse_args_into_dataclasses(

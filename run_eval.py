@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import sys
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -33,10 +32,11 @@ import torch
 
 from distillkit.bias_eval import BIAS_FILE, BIAS_SUMMARY_FILE, BiasArguments, BiasScorer, load_bias_set
 from distillkit.bias_report import BIAS_VS_TEACHER_FILE, write_bias_section
-from distillkit.cli import UsageError, exit_on_usage_error, parse_args, parse_class_names
+from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args, parse_class_names
 from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.evaluation import SpeedSettings, evaluate_model, loss_history, model_name, unique_names
-from distillkit.loading import expand_onnx_variants, find_model_dirs, is_model_dir, load_classifier_dir
+from distillkit.loading import expand_onnx_variants, find_model_dirs
+from distillkit.runtime import is_model_dir, load_classifier_dir
 from distillkit.records import RunRecord
 from distillkit.report import (
     PER_LABEL_FILE,
@@ -154,11 +154,7 @@ def warn_if_other_data(path: str, record: RunRecord | None, data_source: dict) -
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     eval_args, data_args, bias_args = parse_args((EvalArguments, DataTrainingArguments, BiasArguments), argv)
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        level=logging.INFO,
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
+    configure_logging(logging.INFO)
     # Everything up to the writing below only reads: bad input fails before anything is written.
     check_output_dir(eval_args)
     model_dirs = collect_model_dirs(eval_args)

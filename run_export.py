@@ -22,17 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from distillkit.cli import UsageError, exit_on_usage_error, parse_args
+from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data, trained_label_flags
-from distillkit.export import (
-    EXPORT_RECORD,
-    INT8_FILE,
-    ONNX_FILE,
-    TOLERANCE,
-    ExportCheckError,
-    QuantSettings,
-    export_classifier,
-)
+from distillkit.export import TOLERANCE, ExportCheckError, QuantSettings, export_classifier
+from distillkit.runtime import EXPORT_RECORD, INT8_FILE, ONNX_FILE
 from distillkit.records import RunRecord
 
 logger = logging.getLogger(__name__)
@@ -140,11 +133,7 @@ def validation_texts(args: ExportArguments) -> tuple[list[str] | None, np.ndarra
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((ExportArguments,), argv)
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        level=logging.WARNING,  # onnxruntime.quantization logs every tensor it skips at INFO on the root logger
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
+    configure_logging(logging.WARNING)  # onnxruntime.quantization logs every tensor it skips at INFO on the root
     for name in ("__main__", "distillkit"):
         logging.getLogger(name).setLevel(logging.INFO)
     check_output_dir(args)

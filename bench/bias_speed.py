@@ -42,7 +42,7 @@ from bench.common import (
 from distillkit.bias import bias_summary, identity_table, toxic_decisions, toxic_scores
 from distillkit.bias_eval import BiasArguments, load_bias_set
 from distillkit.cli import exit_on_usage_error, parse_args
-from distillkit.evaluation import encode_batches, predict_batches
+from distillkit.runtime import encode_batches, predict_batches
 from distillkit.students import build_student, count_parameters
 from distillkit.tasks import Task
 

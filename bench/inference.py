@@ -50,7 +50,8 @@ from bench.common import (
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.evaluation import SPEED_BATCH_SIZE, SpeedSettings, measure_speed_side_by_side
-from distillkit.export import OnnxClassifier, QuantSettings, export_fp32, quantize_int8
+from distillkit.export import QuantSettings, export_fp32, quantize_int8
+from distillkit.runtime import OnnxClassifier
 from distillkit.lora import LoraArguments, apply_lora
 from distillkit.students import build_student, count_parameters, select_layers
 

@@ -33,7 +33,7 @@ import run_eval
 from bench import load_test
 from bench.common import REPO, print_table, refuse_to_overwrite, write_csv
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
-from distillkit.export import INT8_FILE, is_onnx_dir
+from distillkit.runtime import INT8_FILE, is_onnx_dir
 
 RESULTS_FILE = "onnx_goals.csv"
 

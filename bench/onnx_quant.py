@@ -30,7 +30,6 @@ from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.evaluation import SpeedSettings, measure_speed
 from distillkit.export import (
-    OnnxClassifier,
     QuantSettings,
     agreement_metrics,
     export_fp32,
@@ -39,6 +38,7 @@ from distillkit.export import (
     onnx_probs,
     quantize_int8,
 )
+from distillkit.runtime import OnnxClassifier
 
 RESULTS_FILE = "onnx_quant.csv"
 # From the plain `quantize_dynamic` call (per-tensor, every op it knows, head included) to each lever and the

@@ -2,7 +2,7 @@
 
 The set is any table with a text, a toxic/non-toxic label and an identity column (Dixon et al.'s bias_madlibs:
 `text`, `label` 1 = toxic, `identity`), from a local CSV/JSONL/Parquet file or directory, or the Hub. It is read as
-it is: no split of it is ever trained on. Each model is run through evaluation.predict_batches on batches tokenised
+it is: no split of it is ever trained on. Each model is run through runtime.predict_batches on batches tokenised
 once per tokenizer and scored by distillkit.bias (its toxic score, its own saved decision rule).
 """
 
@@ -21,8 +21,8 @@ from transformers import PreTrainedTokenizerBase
 from . import bias
 from .cli import UsageError
 from .data import LOCAL_FORMATS, SPLIT_ALIASES
-from .evaluation import encode_batches, model_seed, predict_batches
-from .loading import LoadedClassifier
+from .evaluation import model_seed
+from .runtime import LoadedClassifier, encode_batches, predict_batches
 
 logger = logging.getLogger(__name__)
 

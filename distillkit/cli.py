@@ -132,12 +132,50 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0]
 
 
+LOG_FORMAT = "%(asctime)s - %(levelname)s - %(name)s - %(message)s"
+
+
+class CurrentStreamHandler(logging.StreamHandler):
+    """A StreamHandler that writes to `sys.stdout` (or `sys.stderr`) as it is when each record is emitted.
+
+    A plain StreamHandler keeps the stream object it was given; once that stream is closed (pytest closes the
+    capture stream of each test, a caller may swap sys.stdout back) every later record fails with "Logging error:
+    I/O operation on closed file". Looking the stream up at emit time never holds a closed one.
+    """
+
+    def __init__(self, name: str = "stdout") -> None:
+        if name not in ("stdout", "stderr"):
+            raise ValueError(f"name must be stdout or stderr, not {name!r}")
+        self.stream_name = name
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return getattr(sys, self.stream_name)
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ / setStream: the stream is always the current one
+        pass
+
+
+def configure_logging(level: int | str = logging.INFO, stream: str = "stdout") -> None:
+    """Configure the root logger once per script entry (each script's main calls it; nothing does at import).
+
+    Replaces the handler an earlier call installed (a second main() in one process does not log twice) and leaves
+    every other handler alone (pytest's capture handlers included, which `basicConfig(force=True)` would close).
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, CurrentStreamHandler)]:
+        root.removeHandler(handler)
+    handler = CurrentStreamHandler(stream)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%m/%d/%Y %H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+
+
 def setup_logging(training_args: Any) -> None:
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
+    """The training scripts' logging (transformers' run_glue.py, minus the handlers that keep a stream)."""
+    configure_logging(logging.WARNING)
     if training_args.should_log:
         transformers.utils.logging.set_verbosity_info()
     log_level = training_args.get_process_log_level()
@@ -145,8 +183,9 @@ def setup_logging(training_args: Any) -> None:
     logging.getLogger("distillkit").setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.enable_default_handler()
-    transformers.utils.logging.enable_explicit_format()
+    # transformers' own handler keeps the sys.stderr of its first import: its records go to the root's instead.
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
     check_launch(training_args)
     # Every rank says who it is, so a multi-process run shows its world size in the log.
     logger.warning(

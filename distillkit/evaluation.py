@@ -21,10 +21,9 @@ from transformers import PreTrainedTokenizerBase
 
 from .cli import UsageError
 from .data import TextClassificationData
-from .export import ONNX_FILE, is_onnx_file, variant_suffix
-from .loading import ADAPTER_CONFIG, LoadedClassifier
 from .metrics import per_label_table
-from .records import merged_name
+from .records import ADAPTER_CONFIG, merged_name
+from .runtime import ONNX_FILE, LoadedClassifier, encode_texts, is_onnx_file, predict_logits, variant_suffix
 from .students import count_parameters
 from .tasks import Task
 
@@ -121,63 +120,6 @@ def check_labels(clf: LoadedClassifier, data: TextClassificationData) -> None:
             )
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, device: str) -> dict:
-    batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def encode_batches(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, batch_size: int = 64
-) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-    """The texts tokenised once, sorted by token count and cut into padded batches: [(row indices, inputs), ...].
-
-    Batches of similar length pad least; the same batches serve every model that shares the tokenizer
-    (`predict_batches`)."""
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-    lengths = np.array([len(ids) for ids in encoded["input_ids"]])
-    order = np.argsort(lengths, kind="stable")
-    pad = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": tokenizer.pad_token_type_id}
-    batches = []
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = int(lengths[idx].max())
-        inputs = {}
-        for key, rows in encoded.items():
-            array = np.full((len(idx), width), pad.get(key, 0), dtype=np.int64)
-            for row, i in enumerate(idx):
-                array[row, : len(rows[i])] = rows[i]
-            inputs[key] = torch.from_numpy(array)
-        batches.append((idx, inputs))
-    return batches
-
-
-@torch.inference_mode()
-def predict_batches(
-    model: torch.nn.Module, batches: list[tuple[np.ndarray, dict[str, torch.Tensor]]], device: str = "cpu"
-) -> np.ndarray:
-    """Logits (n, num_labels) of `encode_batches`' batches, back in the order of the texts."""
-    n = sum(len(idx) for idx, _ in batches)
-    out = None
-    for idx, inputs in batches:
-        logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu().numpy()
-        if out is None:
-            out = np.zeros((n, logits.shape[-1]), dtype=np.float64)
-        out[idx] = logits
-    return out
-
-
-def predict_logits(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    max_length: int,
-    batch_size: int = 64,
-    device: str = "cpu",
-) -> np.ndarray:
-    """Logits (n, num_labels) in the order of `texts`; batches of similar length pad least."""
-    return predict_batches(model, encode_batches(tokenizer, texts, max_length, batch_size), device)
-
-
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -196,10 +138,10 @@ def measure_speed(
     """
     device = settings.device
     singles = [texts[i % len(texts)] for i in range(settings.latency_runs)]
-    single_inputs = [_encode(tokenizer, [t], settings.max_length, device) for t in singles]
+    single_inputs = [encode_texts(tokenizer, [t], settings.max_length, device) for t in singles]
     bulk = [texts[i % len(texts)] for i in range(settings.throughput_texts)]
     batches = [
-        _encode(tokenizer, bulk[i : i + SPEED_BATCH_SIZE], settings.max_length, device)
+        encode_texts(tokenizer, bulk[i : i + SPEED_BATCH_SIZE], settings.max_length, device)
         for i in range(0, len(bulk), SPEED_BATCH_SIZE)
     ]
     for inputs in single_inputs[: settings.warmup] + batches[:1]:

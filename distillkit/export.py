@@ -2,9 +2,8 @@
 
 An exported directory holds `model.onnx` (and `model-int8.onnx` with --quantize int8), the tokenizer, `config.json`
 (labels and the run's `training_record`), the run's results (`all_results.json`) and `onnx_export.json`: how it was
-exported, the logit check against PyTorch, and the int8 model's agreement with fp32. `OnnxClassifier` makes an
-ONNX Runtime session look like the PyTorch model to the evaluation loop and the server (`model(**batch).logits`), so
-`load_classifier_dir` serves both.
+exported, the logit check against PyTorch, and the int8 model's agreement with fp32. Running an exported directory
+(`OnnxClassifier`, `load_classifier_dir`) is `distillkit.runtime`'s, as for the PyTorch model.
 
 `optimum`'s exporter needs transformers < 4.58, so export is `torch.onnx.export` (TorchScript, opset 17) and
 quantization `onnxruntime.quantization.quantize_dynamic`.
@@ -18,22 +17,29 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from .cli import UsageError
-from .records import RunRecord, merged_method
+from .records import ADAPTER_CONFIG, RunRecord, is_adapter_dir, merged_method
+from .runtime import (
+    EXPORT_RECORD,
+    INT8_FILE,
+    ONNX_FILE,
+    OnnxClassifier,
+    is_model_dir,
+    is_onnx_dir,
+    load_classifier_dir,
+    predict_logits,
+)
+from .students import count_parameters
 from .tasks import SINGLE_LABEL, Task
 
 logger = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model-int8.onnx"
-EXPORT_RECORD = "onnx_export.json"
 OPSET = 17
 TOLERANCE = 1e-4  # max |ONNX logit - PyTorch logit| an fp32 export may differ by
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -57,128 +63,6 @@ CHECK_TEXTS = [
 
 class ExportCheckError(Exception):
     """The exported model does not compute what the PyTorch model computes: nothing is kept, exit status 1."""
-
-
-# --- what an exported directory is ------------------------------------------------------------------------------
-
-
-def is_onnx_dir(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, ONNX_FILE))
-
-
-def is_onnx_file(path: str) -> bool:
-    """A variant inside an exported directory (DIR/model-int8.onnx): it reads its tokenizer and config from DIR."""
-    return path.endswith(".onnx") and os.path.isfile(path) and is_onnx_dir(os.path.dirname(path) or ".")
-
-
-def onnx_variants(path: str) -> list[str]:
-    """The models an exported directory serves: DIR (fp32) and DIR/model-int8.onnx when it exists; else [path]."""
-    if not is_onnx_dir(path):
-        return [path]
-    int8 = os.path.join(path, INT8_FILE)
-    return [path, int8] if os.path.isfile(int8) else [path]
-
-
-def variant_suffix(path: str) -> str:
-    """`int8` for DIR/model-int8.onnx: what a model name adds for a variant file."""
-    stem = os.path.basename(path)[: -len(".onnx")]
-    return stem.removeprefix("model-").removeprefix("model") or "onnx"
-
-
-def read_export_record(directory: str) -> dict[str, Any]:
-    path = os.path.join(directory, EXPORT_RECORD)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-# --- running an exported model ----------------------------------------------------------------------------------
-
-
-def session_options(num_threads: int | None = None, spinning: bool = True):
-    """ONNX Runtime with as many threads as torch uses, so the two runtimes are timed on equal terms."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = num_threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if not spinning:  # idle threads sleep instead of spinning: fairer to other threads (a server's event loop)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
-class OnnxClassifier:
-    """An ONNX Runtime session called like a PyTorch sequence classifier: `model(**batch).logits`.
-
-    `parameters()` yields one meta tensor sized like the exported PyTorch model, so parameter counts (used by the
-    report and the server) work unchanged; nothing here trains.
-    """
-
-    def __init__(
-        self,
-        onnx_path: str,
-        config: PretrainedConfig,
-        num_parameters: int = 0,
-        num_threads: int | None = None,
-        spinning: bool = True,
-    ) -> None:
-        import onnxruntime as ort
-
-        self.path = onnx_path
-        self.config = config
-        self.num_parameters = int(num_parameters)
-        self.session = ort.InferenceSession(
-            onnx_path, sess_options=session_options(num_threads, spinning), providers=["CPUExecutionProvider"]
-        )
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def __call__(self, **inputs: Any) -> SimpleNamespace:
-        feed = {}
-        for name in self.input_names:
-            value = inputs.get(name)
-            if value is None and name == "token_type_ids":  # a tokenizer that does not make them: segment 0
-                value = torch.zeros_like(inputs["input_ids"])
-            if value is None:
-                raise ValueError(f"the ONNX model needs input {name}")
-            feed[name] = value.detach().cpu().numpy().astype(np.int64) if torch.is_tensor(value) else np.asarray(value)
-        (logits,) = self.session.run(["logits"], feed)
-        return SimpleNamespace(logits=torch.from_numpy(logits))
-
-    def to(self, device: str | torch.device) -> OnnxClassifier:
-        if str(device) != "cpu":
-            raise UsageError(f"--device {device}: exported ONNX models run on the CPU here (onnxruntime CPU build)")
-        return self
-
-    def eval(self) -> OnnxClassifier:
-        return self
-
-    def parameters(self):
-        yield torch.empty(self.num_parameters, device="meta")
-
-
-def load_onnx_classifier(path: str, name: str | None = None, spinning: bool = True):
-    """An exported directory (fp32 model.onnx) or a variant file in one (DIR/model-int8.onnx) as a LoadedClassifier."""
-    from .loading import LoadedClassifier, read_results
-
-    directory = path if os.path.isdir(path) else os.path.dirname(path)
-    onnx_path = os.path.join(path, ONNX_FILE) if os.path.isdir(path) else path
-    config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
-    record = read_export_record(directory)
-    precision = "fp32" if os.path.basename(onnx_path) == ONNX_FILE else variant_suffix(onnx_path)
-    model = OnnxClassifier(onnx_path, config, record.get("params", 0), spinning=spinning)
-    default_name = os.path.basename(os.path.normpath(directory))
-    return LoadedClassifier(
-        name=name or (default_name if precision == "fp32" else f"{default_name}-{precision}"),
-        path=path,
-        model=model,  # type: ignore[arg-type]  # duck-typed: called like a PyTorch classifier
-        tokenizer=AutoTokenizer.from_pretrained(directory, trust_remote_code=False),
-        is_adapter=False,
-        record=RunRecord.load(directory),
-        results=read_results(directory),
-        runtime=f"onnxruntime-{precision}",
-    )
 
 
 # --- exporting --------------------------------------------------------------------------------------------------
@@ -241,8 +125,6 @@ def logits_difference(
 
     `onnx_logits`: the ONNX model's logits of `texts` in batches of 16, when the caller has them already.
     """
-    from .evaluation import predict_logits
-
     torch_logits = predict_logits(model, tokenizer, texts, max_length, batch_size=16)
     if onnx_logits is None:
         onnx_logits = predict_logits(onnx_model, tokenizer, texts, max_length, batch_size=16)  # type: ignore[arg-type]
@@ -360,8 +242,6 @@ def agreement_metrics(
 
 
 def onnx_logits_of(model: OnnxClassifier, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int):
-    from .evaluation import predict_logits
-
     return predict_logits(model, tokenizer, texts, max_length, batch_size=16)  # type: ignore[arg-type]
 
 
@@ -372,8 +252,6 @@ def onnx_probs(
     max_length: int,
     task: Task | None = None,
 ):
-    from .evaluation import predict_logits
-
     logits = predict_logits(model, tokenizer, texts, max_length)  # type: ignore[arg-type]
     return (task or Task(SINGLE_LABEL, logits.shape[1])).probabilities(logits)
 
@@ -386,8 +264,6 @@ def load_trained_classifier(model_dir: str):
 
     Anything else (a base model without a trained head, an ONNX export, a folder without weights) is a UsageError.
     """
-    from .loading import ADAPTER_CONFIG, is_adapter_dir, is_model_dir, load_classifier_dir
-
     if not os.path.isdir(model_dir):
         raise UsageError(f"--model_dir {model_dir}: no such directory")
     if is_onnx_dir(model_dir):
@@ -418,7 +294,7 @@ def load_trained_classifier(model_dir: str):
 
 def write_records(clf, output_dir: str) -> None:
     """Tokenizer, config (labels, training record) and the run's results, as the source directory had them."""
-    results, method = clf.results, clf.method  # a merged LoRA model's results are its adapter's (loading.read_results)
+    results, method = clf.results, clf.method  # a merged LoRA model's results are its adapter's (runtime.read_results)
     clf.tokenizer.save_pretrained(output_dir)
     clf.model.config.save_pretrained(output_dir)
     with open(os.path.join(output_dir, "all_results.json"), "w") as f:
@@ -453,8 +329,6 @@ def export_classifier(
     """
     import onnx
     import onnxruntime
-
-    from .students import count_parameters
 
     clf = load_trained_classifier(model_dir)
     task = clf.task  # how it decides: the int8 check and the card's snippet decide the same way

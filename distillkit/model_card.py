@@ -17,8 +17,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .loading import ADAPTER_CONFIG, read_results
-from .records import RECORD_FILE, RunRecord, loss_keys, merged_name, merged_parent
+from .records import ADAPTER_CONFIG, RECORD_FILE, RunRecord, loss_keys, merged_name, merged_parent
+from .runtime import read_results
 from .tasks import MULTI_LABEL
 
 CARD_NAME = "README.md"

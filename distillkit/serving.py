@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from .cli import UsageError
-from .evaluation import has_generic_label_names, layers_text, model_name, predict_logits, unique_names
-from .loading import LoadedClassifier, expand_onnx_variants, find_model_dirs, load_classifier_dir
+from .evaluation import has_generic_label_names, layers_text, model_name, unique_names
+from .loading import expand_onnx_variants, find_model_dirs
+from .runtime import LoadedClassifier, load_classifier_dir, predict_logits
 from .students import count_parameters
 from .tasks import Task
 

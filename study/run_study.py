@@ -43,10 +43,10 @@ import torch
 
 from distillkit.bias_eval import BIAS_FILE, BIAS_SUMMARY_FILE, BiasArguments, BiasScorer, load_bias_set
 from distillkit.bias_report import write_bias_section
-from distillkit.cli import UsageError, exit_on_usage_error, is_finished_run, parse_args
+from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, is_finished_run, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.evaluation import SpeedSettings, loss_history, measure_speed_side_by_side
-from distillkit.loading import load_classifier_dir
+from distillkit.runtime import load_classifier_dir
 from distillkit.methods import METHODS, dependencies
 from distillkit.records import RunRecord
 from distillkit.stats import CORRECTIONS, DEFAULT_RESAMPLES
@@ -521,7 +521,7 @@ def build_index(results_dir: str) -> str:
 def main(argv: list[str] | None = None) -> list[str]:
     """Run the pending stages; returns the stage folders written."""
     (args,) = parse_args((StudyArguments,), argv)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    configure_logging(logging.INFO, stream="stderr")
     written = []
     if not args.report_only and not args.time_latency:
         for method, seed in stage_order(args.methods, args.seeds):

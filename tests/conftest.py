@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -180,6 +181,20 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _script_logging():
+    """Each test is one script run: the root logger's level and the handler a script's main() installs
+    (`cli.configure_logging`) do not outlive it."""
+    from distillkit.cli import CurrentStreamHandler
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if isinstance(h, CurrentStreamHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 requires_shared = pytest.mark.skipif(

@@ -195,7 +195,7 @@ def test_three_class_model_needs_its_toxic_classes_and_sums_them(tmp_path, bias_
 
 
 def test_texts_are_tokenised_once_per_tokenizer(monkeypatch, tiny_classifier_dir, bias_dir):
-    from distillkit.loading import load_classifier_dir
+    from distillkit.runtime import load_classifier_dir
 
     calls = []
     real = bias_eval.encode_batches

@@ -118,7 +118,7 @@ def test_push_uploads_the_finished_run_once(tmp_path, tiny_classifier_dir, tiny_
     assert test_acc == [results["test_accuracy"]]
 
     # Nothing that reads a run needs the pickle: without it the run still serves, evaluates and gets its card.
-    from distillkit.loading import load_classifier_dir
+    from distillkit.runtime import load_classifier_dir
     from distillkit.model_card import build_model_card
 
     (out / "training_args.bin").unlink()

@@ -116,7 +116,7 @@ def test_every_reader_sees_the_same_run_in_the_legacy_layout(runs, legacy_runs):
     """Loading, evaluation and the model card read a directory through RunRecord.load alone: the old layout
     (config.json training_record, the adapter's all_results.json, no run_record.json) reads as the new one."""
     from distillkit.evaluation import made_from, model_seed
-    from distillkit.loading import load_classifier_dir
+    from distillkit.runtime import load_classifier_dir
     from distillkit.model_card import read_run_records
 
     for name in RUN_DIRS:
@@ -135,7 +135,7 @@ def test_every_reader_sees_the_same_run_in_the_legacy_layout(runs, legacy_runs):
 
 
 def _classifier(record: RunRecord | None, runtime: str = "pytorch", results: dict | None = None, path: str = "x"):
-    from distillkit.loading import LoadedClassifier
+    from distillkit.runtime import LoadedClassifier
 
     return LoadedClassifier("m", path, None, None, False, record=record, results=results or {}, runtime=runtime)
 
@@ -165,7 +165,7 @@ def test_a_hand_made_adapter_and_merge_read_as_lora(tmp_path, runs):
     from transformers import AutoModelForSequenceClassification
 
     from distillkit.evaluation import model_seed
-    from distillkit.loading import load_classifier_dir
+    from distillkit.runtime import load_classifier_dir
 
     torch.manual_seed(0)
     teacher = runs / "teacher"
