@@ -12,13 +12,14 @@ import pandas as pd
 import pytest
 import torch
 from conftest import make_tokenizer, synthetic_rows, tiny_bert_config
+from tolerances import forward_atol
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 import run_eval
 import run_export
 from distillkit import export
-from distillkit.evaluation import predict_logits
-from distillkit.loading import find_model_dirs, load_classifier_dir
+from distillkit.loading import find_model_dirs
+from distillkit.runtime import load_classifier_dir, predict_logits
 from distillkit.metrics import softmax
 from distillkit.serving import ModelRegistry, PredictRequest, ServingLimits
 
@@ -162,11 +163,13 @@ def test_server_loads_and_serves_the_export(exported, tiny_classifier_dir, tmp_p
         runtimes = {m["name"]: m["runtime"] for m in registry.describe()}
         assert runtimes == {"clf": "pytorch", "clf-onnx": "onnxruntime-fp32", "clf-onnx-int8": "onnxruntime-int8"}
         answer = registry.predict(PredictRequest(texts=TEXTS, models=registry.names))
-        expected = softmax(_pytorch_logits(tiny_classifier_dir, TEXTS))
+        logits = _pytorch_logits(tiny_classifier_dir, TEXTS)
+        expected, atol = softmax(logits), forward_atol(logits)
         for i, result in enumerate(answer["results"]):
             by_model = {p["model"]: p for p in result["predictions"]}
             served = by_model["clf-onnx"]["probabilities"]
-            assert [served["non-toxic"], served["toxic"]] == pytest.approx(expected[i].tolist(), abs=1e-5)
+            # ONNX Runtime's float32 kernels vs PyTorch's: rounding apart
+            assert [served["non-toxic"], served["toxic"]] == pytest.approx(expected[i].tolist(), rel=0, abs=atol)
             assert by_model["clf-onnx-int8"]["label"] in ("non-toxic", "toxic")
     finally:
         registry.close()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tolerances import MERGE_ATOL, forward_atol
 from conftest import (
     REPO,
     SHARED,
@@ -185,10 +186,12 @@ def test_outputs_reload_anywhere_and_merge(tmp_path, tiny_base_model_dir, tiny_d
     record = merged.config.training_record
     assert record["method"] == "lora" and record["lora_r"] == 8 and record["seed"] == 0
     merged_logits = _logits(merged, tokenizer, list(test.text))
-    assert torch.allclose(merged_logits, logits, atol=1e-4)
+    assert torch.allclose(merged_logits, logits, rtol=0, atol=MERGE_ATOL)
     classifier = pipeline("text-classification", model=str(merged_dir), top_k=None)
+    atol = forward_atol(merged_logits.numpy())
     for row, p in zip(classifier(list(test.text[:4])), merged_logits.softmax(-1)):
-        assert {r["label"]: r["score"] for r in row}["toxic"] == pytest.approx(p[1].item(), abs=1e-5)
+        # the pipeline runs one text at a time, the reference a padded batch: float32 rounding apart
+        assert {r["label"]: r["score"] for r in row}["toxic"] == pytest.approx(p[1].item(), rel=0, abs=atol)
 
 
 def test_a_multi_class_adapter_records_its_labels_for_reloading(tmp_path, tiny_base_model_dir):
@@ -362,4 +365,5 @@ def test_minilm_on_wiki_toxic_small_beats_the_majority_baseline(tmp_path):
     texts = list(pd.read_csv(SHARED / "data" / "wiki_toxic_small" / "test.csv").text[:8])
     merged = AutoModelForSequenceClassification.from_pretrained(out / "merged").eval()
     adapter = AutoPeftModelForSequenceClassification.from_pretrained(out).eval()
-    assert torch.allclose(_logits(merged, tokenizer, texts), _logits(adapter, tokenizer, texts), atol=1e-4)
+    merged_logits, adapter_logits = _logits(merged, tokenizer, texts), _logits(adapter, tokenizer, texts)
+    assert torch.allclose(merged_logits, adapter_logits, rtol=0, atol=MERGE_ATOL)

@@ -86,6 +86,8 @@ def test_bf16_on_cpu_is_finite_and_close_to_fp32(fp32_and_bf16_runs, tiny_data_d
     for key, value in bf16.items():
         if key.startswith(("train_loss", "eval_", "test_")) and isinstance(value, float):
             assert math.isfinite(value), key
+    # bf16 keeps 8 bits of mantissa (eps 2**-8 = 3.9e-3) in every matmul of training: the two runs are different
+    # trainings that should agree to a few percent, not to rounding.
     assert bf16["train_loss"] == pytest.approx(fp32["train_loss"], rel=0.03)
     for key in ("eval_loss", "test_loss"):
         assert bf16[key] == pytest.approx(fp32[key], abs=0.02)
@@ -101,4 +103,4 @@ def test_bf16_on_cpu_is_finite_and_close_to_fp32(fp32_and_bf16_runs, tiny_data_d
         batch = AutoTokenizer.from_pretrained(out)(texts, padding=True, return_tensors="pt")
         with torch.no_grad():
             probs[name] = model(**batch).logits.softmax(-1)
-    assert torch.allclose(probs["bf16"], probs["fp32"], atol=0.05)
+    assert torch.allclose(probs["bf16"], probs["fp32"], atol=0.05)  # weights trained apart: ~10x bf16's eps

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from conftest import REPO, common_args, kill_at_checkpoint_then_resume
+from tolerances import forward_atol
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 import run_distill
@@ -79,10 +80,12 @@ def test_teacher_stage_then_even_and_odd_students(tmp_path, tiny_base_model_dir,
     model = AutoModelForSequenceClassification.from_pretrained(even).eval()
     tokenizer = AutoTokenizer.from_pretrained(even)
     with torch.no_grad():
-        probs = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.softmax(-1)
+        logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    probs, atol = logits.softmax(-1), forward_atol(logits.numpy())
     for row, p in zip(classifier(texts), probs):
         by_label = {r["label"]: r["score"] for r in row}
-        assert by_label["toxic"] == pytest.approx(p[1].item(), abs=1e-5)
+        # the pipeline runs one text at a time, the reference a padded batch: float32 rounding apart
+        assert by_label["toxic"] == pytest.approx(p[1].item(), rel=0, abs=atol)
 
 
 def test_a_finetuned_teacher_is_used_as_it_is(tmp_path, tiny_classifier_dir, tiny_data_dir):

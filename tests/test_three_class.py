@@ -13,11 +13,12 @@ import pandas as pd
 import pytest
 import torch
 from conftest import common_args, synthetic_rows
+from tolerances import MERGE_ATOL
 
 import run_compare
 import run_eval
 import run_lora
-from distillkit.loading import load_classifier_dir
+from distillkit.runtime import load_classifier_dir
 from distillkit.serving import ModelRegistry, PredictRequest, ServingLimits
 
 CLASSES = ["anger", "joy", "neutral"]
@@ -48,7 +49,7 @@ def test_three_class_lora_on_a_pretrained_base_loads_everywhere(tmp_path, tiny_b
     merged = load_classifier_dir(str(out / "merged"))
     batch = clf.tokenizer(["joy joy the", "anger is anger"], return_tensors="pt", padding=True)
     with torch.no_grad():
-        assert torch.allclose(clf.model(**batch).logits, merged.model(**batch).logits, atol=1e-4)
+        assert torch.allclose(clf.model(**batch).logits, merged.model(**batch).logits, rtol=0, atol=MERGE_ATOL)
 
     # A copy without its results (labels unknown): the head's size still gives the class count.
     bare = tmp_path / "bare"
