@@ -104,6 +104,27 @@ METHODS: dict[str, Method] = {
             ("--layers", "even", *_CE_ONLY),
             "even layers, CE only (control)",
         ),
+        Method(
+            "bottom_ce",
+            "student",
+            "teacher",
+            ("--layers", "bottom", *_CE_ONLY),
+            "the first k layers, CE only (control)",
+        ),
+        Method(
+            "top_ce",
+            "student",
+            "teacher",
+            ("--layers", "top", *_CE_ONLY),
+            "the last k layers, CE only (control)",
+        ),
+        Method(
+            "spread_ce",
+            "student",
+            "teacher",
+            ("--layers", "spread", *_CE_ONLY),
+            "k layers from first to last, CE only (control)",
+        ),
         Method("lora", "lora", PRETRAINED, summary="LoRA on the pretrained model"),
         Method("lora_even", "lora", "even", summary="LoRA on the distilled even student"),
         Method(
@@ -117,8 +138,9 @@ METHODS: dict[str, Method] = {
 }
 DEFAULT_METHODS = ("teacher", "odd", "even", "lora", "lora_even")
 EVAL_STEP = "eval"  # not a method: scores every finished model with run_eval.py
-# The CE-only control of each distilled student: "does distillation itself help?"
-CONTROLS = {"odd": "odd_ce", "even": "even_ce"}
+# The CE-only control of each layer choice: "does distillation itself help, for these layers?" (same teacher layers,
+# labels only), so every layer choice is compared with its own control, not odd/even's.
+CONTROLS = {"odd": "odd_ce", "even": "even_ce", "bottom": "bottom_ce", "top": "top_ce", "spread": "spread_ce"}
 
 
 def check_methods(names: list[str]) -> list[str]:

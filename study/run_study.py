@@ -87,7 +87,12 @@ COMMON = (
 )
 EVAL_FLAGS = "--num_threads 1 --latency_runs 100 --throughput_texts 256 --bootstrap_samples 100"
 # The question first: teacher, odd, even and their CE-only controls for every seed; then LoRA and the other layer sets.
-PHASES = (("teacher", "odd", "even", "odd_ce", "even_ce"), ("lora", "lora_even", "spread", "bottom", "top"))
+# Then the CE-only controls of the other layer choices (the second edition: a control for every layer choice).
+PHASES = (
+    ("teacher", "odd", "even", "odd_ce", "even_ce"),
+    ("lora", "lora_even", "spread", "bottom", "top"),
+    ("spread_ce", "bottom_ce", "top_ce"),
+)
 STUDY_METHODS = tuple(itertools.chain.from_iterable(PHASES))
 STAGES_DIR = "stages"
 LATENCY_FILE = "latency.csv"  # one model per method timed side by side (--time_latency): the report's cost
@@ -104,7 +109,7 @@ class StudyArguments:
     seeds: list[int] = field(default_factory=lambda: [42, 43, 44], metadata={"help": "Seeds, one run per method each."})
     methods: list[str] = field(
         default_factory=lambda: list(STUDY_METHODS),
-        metadata={"help": "Methods of distillkit/methods.py (default: the study's ten, PHASES)."},
+        metadata={"help": "Methods of distillkit/methods.py (default: the study's methods, PHASES)."},
     )
     work_dir: str = field(default="../study", metadata={"help": "Where weights and per-stage evaluations go."})
     results_dir: str = field(default="docs/results", metadata={"help": "Where the small, committed outputs go."})

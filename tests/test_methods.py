@@ -37,6 +37,9 @@ def flag(flags: list[str], name: str) -> str | None:
         ("auto", "run_distill.py", "EXP/seed7/teacher", "auto", False),
         ("odd_ce", "run_distill.py", "EXP/seed7/teacher", "odd", True),
         ("even_ce", "run_distill.py", "EXP/seed7/teacher", "even", True),
+        ("bottom_ce", "run_distill.py", "EXP/seed7/teacher", "bottom", True),
+        ("top_ce", "run_distill.py", "EXP/seed7/teacher", "top", True),
+        ("spread_ce", "run_distill.py", "EXP/seed7/teacher", "spread", True),
         ("lora", "run_lora.py", "PRE", None, False),
         ("lora_even", "run_lora.py", "EXP/seed7/even", None, False),
         ("even_onnx", "run_export.py", "EXP/seed7/even", None, False),
@@ -84,8 +87,8 @@ def test_registry_order_and_dependencies():
     ]
     assert dependencies("lora_even") == ["teacher", "even"]
     assert dependencies("lora") == [] and dependencies("lora", "finetuned") == ["teacher"]
-    assert dependencies("odd_ce") == ["teacher"]
-    assert set(DEFAULT_METHODS) <= set(METHODS) and len(METHODS) == 12
+    assert dependencies("odd_ce") == ["teacher"] and dependencies("spread_ce") == ["teacher"]
+    assert set(DEFAULT_METHODS) <= set(METHODS) and len(METHODS) == 15
     with pytest.raises(UsageError, match="unknown method"):
         check_methods(["odd", "middle"])
     with pytest.raises(UsageError, match="appears twice"):
