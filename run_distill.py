@@ -12,6 +12,7 @@ Any argument may also come from one .json/.yaml file: `python run_distill.py arg
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
@@ -19,6 +20,8 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments
+from distillkit.layer_plot import PLOT_FILE as LAYER_PLOT
+from distillkit.layer_plot import plot_layer_scores
 from distillkit.layer_selection import AUTO, check_num_student_layers, choose_layers
 from distillkit.students import NAMED_LAYER_CHOICES, build_student, layer_stack, select_layers
 from distillkit.teacher import (
@@ -117,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
             seed=training_args.seed,
         )
         layers = selection.chosen
+        if training_args.should_save:  # the card links it; written beside the weights
+            plot_layer_scores(selection.to_dict(), os.path.join(training_args.output_dir, LAYER_PLOT))
         logger.info(f"student: teacher layers {layers} of {teacher_depth}, chosen in {selection.seconds:.1f} s")
 
     # Stage 2: the student.

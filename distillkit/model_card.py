@@ -272,6 +272,7 @@ def _layer_selection_section(records: RunRecords) -> str | None:
         cells = [f"{scores[c][i]:.4f}" for c in criteria]
         rank = f"{combined[i]:.2f}" if combined[i] is not None else ""
         lines.append(f"| {i + 1} | " + " | ".join(cells) + f" | {rank} | {'yes' if i + 1 in chosen else ''} |")
+    lines += ["", "![score per layer per criterion, kept layers filled](layer_scores.png)"]
     return "\n".join(lines)
 
 

@@ -133,7 +133,8 @@ def test_run_distill_auto_copies_exactly_the_chosen_layers(tmp_path, tiny_classi
         if name in student:
             torch.testing.assert_close(student[name], value, atol=0, rtol=0)
     card = (out / "README.md").read_text()
-    assert "--layers auto" in card and "block_influence" in card
+    assert "--layers auto" in card and "block_influence" in card and "(layer_scores.png)" in card
+    assert (out / "layer_scores.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(
