@@ -30,7 +30,8 @@ from transformers import HfArgumentParser
 
 from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, is_finished_run, list_checkpoints
-from distillkit.data import DataTrainingArguments, load_raw_splits
+from distillkit.data import DataTrainingArguments
+from distillkit.data_files import load_raw_splits
 from distillkit.loading import find_model_dirs
 from distillkit.methods import DEFAULT_METHODS, EVAL_STEP, METHODS, PRETRAINED, base_stage, check_methods
 

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from . import bias
 from .cli import UsageError
-from .data import LOCAL_FORMATS, SPLIT_ALIASES
+from .data_files import LOCAL_FORMATS, SPLIT_ALIASES
 from .evaluation import model_seed
 from .runtime import LoadedClassifier, encode_batches, predict_batches
 

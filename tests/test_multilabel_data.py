@@ -8,7 +8,8 @@ import pytest
 from conftest import SHARED, requires_shared
 
 from distillkit.cli import UsageError
-from distillkit.data import GO_EMOTIONS_LABELS, DataTrainingArguments, load_text_classification_data
+from distillkit.data import DataTrainingArguments, load_text_classification_data
+from distillkit.data_presets import GO_EMOTIONS_LABELS
 from distillkit.tasks import MULTI_LABEL, SINGLE_LABEL
 
 WORDS = ["calm", "angry", "funny", "sad", "kind", "rude", "odd", "nice"]
