@@ -261,9 +261,17 @@ def mean_gold_loss(logits: np.ndarray, labels: np.ndarray, task: Task) -> float:
     return float(-log_probs[np.arange(len(labels)), labels].mean())
 
 
+def label_names(clf: LoadedClassifier, data: TextClassificationData) -> list[str]:
+    """The data set's class names; the model's own when the data has only placeholders (LABEL_0, ...)."""
+    id2label = clf.id2label if has_generic_label_names(data.id2label) else data.id2label
+    return [str(id2label[i]) for i in range(data.num_labels)]
+
+
 def thresholds_text(task: Task) -> str | None:
-    """The saved decision thresholds a model is scored at (`results.csv` column `thresholds`); None: argmax / 0.5."""
-    return None if task.thresholds is None else ",".join(f"{t:.4g}" for t in task.thresholds)
+    """The saved decision thresholds (or a multi-class model's logit offsets) a model is scored at (`results.csv`
+    column `thresholds`; `decision_rule` says which); None: argmax / 0.5."""
+    values = task.thresholds if task.thresholds is not None else task.offsets
+    return None if values is None else ",".join(f"{t:.4g}" for t in values)
 
 
 def _ids_text(row: np.ndarray) -> str:
@@ -357,6 +365,7 @@ def evaluate_model(
         "serving_size_mb": serving_mb,
         "problem_type": task.problem_type,
         "thresholds": thresholds_text(task),
+        "decision_rule": task.rule.describe(label_names(clf, data)),
         **metrics,
         **intervals,
         "eval_loss": mean_gold_loss(logits, labels, task),
@@ -370,9 +379,7 @@ def evaluate_model(
         "num_threads": torch.get_num_threads(),
         "path": os.path.abspath(clf.path),
     }
-    # The data set's names; the model's own when the data has only placeholders (LABEL_0, ...).
-    id2label = clf.id2label if has_generic_label_names(data.id2label) else data.id2label
-    names = [str(id2label[i]) for i in range(data.num_labels)]
+    names = label_names(clf, data)
     frame = predictions_frame(texts, labels, probs, preds, dict(enumerate(names)), task)
     return row, frame, label_table(clf.name, probs, labels, preds, names, task)
 

@@ -387,7 +387,8 @@ def export_classifier(
 
 def write_card(output_dir: str, record: dict[str, Any], labels: list[str], task: Task | None = None) -> None:
     """README.md: what the export is, how it was checked, and a snippet that runs it with onnxruntime alone and
-    decides as the model does (argmax, a binary model's tuned threshold, a multi-label model's per-label ones)."""
+    decides as the model does (argmax, a binary model's tuned threshold, a multi-class model's logit offsets, a
+    multi-label model's per-label thresholds: distillkit/decision.py)."""
     task = task or Task(SINGLE_LABEL, len(labels))
     int8 = record.get("int8_vs_fp32")
     lines = [
@@ -453,5 +454,10 @@ def _decision_lines(task: Task) -> list[str]:
             "probs = np.exp(logits - logits.max(-1, keepdims=True))",
             "probs /= probs.sum(-1, keepdims=True)",
             "print([labels[int(p[1] >= config.decision_thresholds[0])] for p in probs])  # the tuned threshold",
+        ]
+    if task.offsets is not None:
+        return [
+            "offsets = np.asarray(config.decision_logit_offsets)  # per-class, tuned on the validation split",
+            "print([labels[int(i)] for i in (logits + offsets).argmax(-1)])",
         ]
     return ["print([labels[int(i)] for i in logits.argmax(-1)])"]

@@ -313,12 +313,14 @@ def _results_section(records: RunRecords) -> str:
 
 def usage_snippet(records: RunRecords, reference: str) -> str:
     """How to load this directory (or its Hub copy) and classify a comment, by the model's decision rule: argmax, a
-    binary model's tuned threshold, or a multi-label model's labels over their thresholds."""
+    binary model's tuned threshold, a multi-class model's tuned logit offsets, or a multi-label model's labels over their
+    thresholds (the rules of distillkit/decision.py)."""
     problem_type = records.config.get("problem_type") or records.record.problem_type
     thresholds = records.config.get("decision_thresholds") or records.results.get("decision_thresholds")
+    offsets = records.config.get("decision_logit_offsets") or records.results.get("decision_logit_offsets")
     multi_label = problem_type == MULTI_LABEL
     adapter = records.adapter is not None and not records.merged
-    top_k = ", top_k=None" if multi_label or thresholds else ""  # every label's score, for a threshold to decide
+    top_k = ", top_k=None" if multi_label or thresholds or offsets else ""  # every label's score, for a threshold to decide
     text = '"thanks for fixing the citation"'
     if adapter:
         # A headless base (a pretrained encoder) knows no class names, nor the count, nor the task: the run recorded them.
@@ -333,6 +335,7 @@ def usage_snippet(records: RunRecords, reference: str) -> str:
             f'classifier = pipeline("text-classification", model=model, tokenizer=tokenizer{top_k})\n'
         )
         saved = f"thresholds = {thresholds!r}  # tuned on the validation split (all_results.json)\n"
+        saved_offsets = f"offsets = {offsets!r}  # per-class logit offsets, tuned on the validation split\n"
         note = (
             "\n\nThe adapter loads on top of its base model (`base_model_name_or_path` in `adapter_config.json`), "
             "which must be reachable from where you load it."
@@ -343,6 +346,7 @@ def usage_snippet(records: RunRecords, reference: str) -> str:
             f'classifier = pipeline("text-classification", model="{reference}"{top_k})\n'
         )
         saved = "thresholds = classifier.model.config.decision_thresholds  # tuned on the validation split\n"
+        saved_offsets = "offsets = classifier.model.config.decision_logit_offsets  # per class, tuned on validation\n"
         note = ""
     if multi_label:
         decide = (
@@ -358,6 +362,16 @@ def usage_snippet(records: RunRecords, reference: str) -> str:
             + f'scores = {{s["label"]: s["score"] for s in classifier([{text}])[0]}}\n'
             "negative, positive = classifier.model.config.id2label[0], classifier.model.config.id2label[1]\n"
             "print(positive if scores[positive] >= thresholds[0] else negative)  # the tuned threshold decides\n"
+        )
+    elif offsets:
+        # argmax(log p + offset) = argmax(logits + offset): the softmax shifts a text's logits by one constant.
+        decide = (
+            "import math\n\n"
+            + saved_offsets
+            + f"scores = classifier([{text}])[0]  # every class's probability\n"
+            "label2id = {name: i for i, name in classifier.model.config.id2label.items()}\n"
+            'best = max(scores, key=lambda s: math.log(max(s["score"], 1e-300)) + offsets[label2id[s["label"]]])\n'
+            'print(best["label"])  # the tuned per-class offsets decide\n'
         )
     else:
         decide = f"print(classifier({text}))\n"

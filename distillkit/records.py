@@ -62,6 +62,7 @@ class RunRecord:
     seed: int | None = None
     is_adapter: bool = False
     merged: bool = False
+    decision: dict[str, Any] = field(default_factory=dict)  # the decision rule (decision.DecisionRule.to_dict())
     library_versions: dict[str, str] = field(default_factory=library_versions)
     extra: dict[str, Any] = field(default_factory=dict)  # anything an older record held that has no field here
 
@@ -132,6 +133,7 @@ class RunRecord:
         if merged:
             record.merged, record.method = True, merged_method(record.method)
         record.library_versions = library_versions()
+        record.decision = decision_record(config)
         return record
 
     @classmethod
@@ -181,6 +183,16 @@ class RunRecord:
             record.base_record = base_record.to_dict() if base_record else None
         record.method = current_method(record.method, record.base_record)
         return record
+
+
+def decision_record(config: Any) -> dict[str, Any]:
+    """The decision rule a model's config carries (decision.DecisionRule.to_dict()); {} when it does not fit."""
+    from .tasks import Task
+
+    try:
+        return Task.from_config(config).rule.to_dict()
+    except ValueError:
+        return {}
 
 
 def loss_keys() -> tuple[str, ...]:

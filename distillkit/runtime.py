@@ -157,11 +157,11 @@ def load_classifier_dir(path: str, name: str | None = None, device: str | torch.
         model = AutoPeftModelForSequenceClassification.from_pretrained(
             path, use_safetensors=True, **adapter_head_kwargs(path, record)
         )
-        # The thresholds tuned at training time: set on the config, as transformers does not know the attribute
+        # The decision rule tuned at training time: set on the config, as transformers does not know the attribute
         # (a from_pretrained kwarg would reach the model's __init__).
-        thresholds = results.get("decision_thresholds")
-        if thresholds is not None:
-            model.config.decision_thresholds = thresholds
+        for key in ("decision_thresholds", "decision_logit_offsets"):
+            if results.get(key) is not None:
+                setattr(model.config, key, results[key])
     else:
         model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
     model.to(device).eval()

@@ -185,13 +185,17 @@ def task_fields(task: Task, labels: list[str]) -> dict[str, Any]:
     """How a model decides, as the API shows it beside its predictions and in /api/models.
 
     Multi-label: `thresholds`, each label's probability threshold (0.5 where none was saved). Single-label:
-    `threshold`, the binary positive class's saved threshold, or null when the label is the argmax.
+    `threshold`, the binary positive class's saved threshold, or null when the label is the argmax; a multi-class
+    model with tuned offsets also has `logit_offsets` (its label is argmax(logits + offsets), distillkit/decision.py).
     """
     if task.multi_label:
         cuts = task.thresholds if task.thresholds is not None else [0.5] * len(labels)
         return {"problem_type": task.problem_type, "thresholds": dict(zip(labels, map(float, cuts)))}
     threshold = float(task.thresholds[0]) if task.thresholds is not None else None
-    return {"problem_type": task.problem_type, "threshold": threshold}
+    fields = {"problem_type": task.problem_type, "threshold": threshold}
+    if task.offsets is not None:  # a multi-class model decides by argmax(logits + offsets)
+        fields["logit_offsets"] = dict(zip(labels, map(float, task.offsets)))
+    return fields
 
 
 @dataclass

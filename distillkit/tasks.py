@@ -1,8 +1,8 @@
 """The task type: single-label (softmax, argmax) or multi-label (per-label sigmoid, thresholds) classification.
 
 One home for what depends on it: which gold and KD loss terms apply, how probabilities are made from logits, the
-decision rule (argmax, a tuned positive-class threshold for binary tasks, a tuned threshold per label for
-multi-label ones), class weights for imbalanced data, and which metrics are reported. The names are the ones
+decision rule (a facade over distillkit/decision.py, which owns it: a tuned positive-class threshold for binary
+tasks, per-class logit offsets for multi-class ones, a tuned threshold per label for multi-label ones), class weights for imbalanced data, and which metrics are reported. The names are the ones
 transformers uses in `config.problem_type`, so a saved model says what it is.
 """
 
@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve
-
+from .decision import DecisionRule, best_f1_threshold, fit_decision_rule  # noqa: F401 (best_f1_threshold: re-exported)
 from .metrics import classification_metrics, multilabel_metrics, softmax
 
 SINGLE_LABEL = "single_label_classification"
@@ -66,18 +65,6 @@ def parse_class_weights(spec: str | None, labels: np.ndarray, num_labels: int, m
     return weights
 
 
-def best_f1_threshold(scores: np.ndarray, positives: np.ndarray) -> float:
-    """The score threshold that maximises F1 of `scores >= t` on these examples (0.5 when there is no positive)."""
-    positives = np.asarray(positives).astype(int)
-    if positives.sum() == 0 or positives.sum() == len(positives):
-        return 0.5
-    precision, recall, thresholds = precision_recall_curve(positives, scores)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    # The last precision/recall point has no threshold (recall 0); ties go to the highest threshold.
-    best = int(np.argmax(f1[:-1][::-1]))
-    return float(thresholds[::-1][best])
-
-
 @dataclass
 class Task:
     """What a classifier's outputs mean and how they are decided and scored."""
@@ -86,57 +73,58 @@ class Task:
     num_labels: int = 2
     # Multi-label: one per label. Binary: one, for the positive class. None: the default rule (argmax / 0.5).
     thresholds: list[float] | None = None
+    # Single-label with 3+ classes: one logit offset per class (argmax(logits + offsets)). None: argmax.
+    offsets: list[float] | None = None
 
     def __post_init__(self) -> None:
         self.problem_type = normalize_problem_type(self.problem_type)
-        if self.thresholds is not None:
-            expected = self.num_labels if self.multi_label else 1
-            if len(self.thresholds) != expected or self.num_labels != 2 and not self.multi_label:
-                raise ValueError(
-                    f"decision thresholds: {len(self.thresholds)} given; a {self.problem_type} task with "
-                    f"{self.num_labels} labels takes {'one per label' if self.multi_label else 'one, for a binary task'}"
-                )
+        # A rule that does not fit the task is a ValueError now, not at the first prediction.
+        DecisionRule.from_saved(self.problem_type, self.num_labels, self.thresholds, self.offsets)
 
     @property
     def multi_label(self) -> bool:
         return self.problem_type == MULTI_LABEL
 
+    @property
+    def rule(self) -> DecisionRule:
+        """The decision rule (distillkit/decision.py owns it: fitting, applying, saving, checking)."""
+        return DecisionRule.from_saved(self.problem_type, self.num_labels, self.thresholds, self.offsets)
+
+    @rule.setter
+    def rule(self, rule: DecisionRule) -> None:
+        self.thresholds, self.offsets = rule.thresholds, rule.offsets
+
     @classmethod
     def from_config(cls, config: Any) -> Task:
-        """The task a saved model was trained for: `config.problem_type` and `config.decision_thresholds`."""
+        """The task a saved model was trained for: `config.problem_type` and its saved decision rule
+        (`decision_thresholds` or `decision_logit_offsets`)."""
         get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
         num_labels = len(get("id2label") or {}) or int(get("num_labels", 2) or 2)
-        return cls(get("problem_type") or SINGLE_LABEL, num_labels, get("decision_thresholds"))
+        return cls(get("problem_type") or SINGLE_LABEL, num_labels, get("decision_thresholds"), get("decision_logit_offsets"))
 
     def save_to_config(self, config: Any) -> None:
         """Write the task onto a transformers config, so every reader of the saved directory finds it."""
         config.problem_type = self.problem_type
-        config.decision_thresholds = self.thresholds
+        self.rule.save_to_config(config)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         logits = np.asarray(logits, dtype=np.float64)
         return sigmoid(logits) if self.multi_label else softmax(logits)
 
     def predict(self, probs: np.ndarray) -> np.ndarray:
-        """The decision rule: 0/1 per label (multi-label), else class ids (a tuned threshold on a binary task)."""
-        if self.multi_label:
-            cut = np.asarray(self.thresholds if self.thresholds is not None else [0.5] * self.num_labels)
-            return (probs >= cut).astype(np.int64)
-        if self.thresholds is not None:
-            return (probs[:, 1] >= self.thresholds[0]).astype(np.int64)
-        return probs.argmax(axis=-1)
+        """The decision rule: 0/1 per label (multi-label), else class ids (`DecisionRule.decide`)."""
+        return self.rule.decide(probs)
+
+    def tune(self, probs: np.ndarray, labels: np.ndarray) -> DecisionRule:
+        """Fit this task's decision rule on these (validation) examples and adopt it (`fit_decision_rule`)."""
+        self.rule = fit_decision_rule(self.problem_type, probs, labels)
+        return self.rule
 
     def tune_thresholds(self, probs: np.ndarray, labels: np.ndarray) -> list[float] | None:
-        """Thresholds that maximise F1 on these (validation) examples: one per label, or the positive class's.
-
-        Multi-class single-label tasks keep argmax (None): a threshold has no one meaning there.
-        """
-        labels = np.asarray(labels)
-        if self.multi_label:
-            return [best_f1_threshold(probs[:, j], labels[:, j]) for j in range(self.num_labels)]
-        if self.num_labels == 2:
-            return [best_f1_threshold(probs[:, 1], labels == 1)]
-        return None
+        """Thresholds that maximise F1 on these examples: one per label, or the positive class's; None for a
+        multi-class task, which is decided by logit offsets instead (`tune`)."""
+        rule = fit_decision_rule(self.problem_type, probs, labels)
+        return rule.thresholds
 
     def metrics(self, probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """The task's metrics at its decision rule (see `metrics.py` for what each key means)."""
@@ -172,7 +160,7 @@ def label_id_lists(cells: Sequence[Any]) -> list[list[int]]:
 
 def trainer_metrics(model: Any) -> Callable[[Any], dict[str, float]]:
     """`Trainer(compute_metrics=...)` for this model's task. The task is read from the config at every call, so
-    thresholds tuned after training (`decide_thresholds`) are the ones the validation and test scores use."""
+    decision rule tuned after training (`decide_thresholds`) are the ones the validation and test scores use."""
 
     def compute(eval_pred: Any) -> dict[str, float]:
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
@@ -182,14 +170,12 @@ def trainer_metrics(model: Any) -> Callable[[Any], dict[str, float]]:
     return compute
 
 
-def should_tune_thresholds(requested: bool | None, task: Task) -> bool:
-    """--tune_thresholds: on by default for multi-label (0.5 is rarely right for a rare label), off otherwise;
-    asked for on a multi-class single-label task it is an error (argmax has no threshold)."""
+def should_tune_decision(requested: bool | None, task: Task, has_validation: bool = True) -> bool:
+    """--tune_decision: on by default whenever there is a validation split to tune on (every task type has a
+    rule: a binary threshold, multi-class logit offsets, per-label thresholds); `false` keeps argmax / 0.5."""
     if requested is None:
-        return task.multi_label
-    if requested and not task.multi_label and task.num_labels != 2:
-        raise ValueError(
-            f"--tune_thresholds: a {task.num_labels}-class single-label task is decided by argmax; thresholds apply "
-            "to binary and multi-label tasks"
-        )
-    return requested
+        return has_validation
+    return bool(requested) and has_validation
+
+
+should_tune_thresholds = should_tune_decision  # the flag's former name

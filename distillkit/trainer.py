@@ -86,14 +86,19 @@ class DistillationTrainingArguments(TrainingArguments):
             "number per class or label (1,3.5). Evaluation losses stay unweighted."
         },
     )
-    tune_thresholds: bool | None = field(
+    tune_decision: bool | None = field(
         default=None,
         metadata={
-            "help": "After training, tune the decision thresholds on the validation split to maximise F1 (one per "
-            "label for multi-label data; the positive class's for a binary task) and save them in config.json "
-            "(decision_thresholds), where evaluation, the web app and pipeline users find them. Default: on for "
-            "multi-label data, off otherwise."
+            "help": "After training, choose the decision rule on the validation split (distillkit/decision.py): a "
+            "binary task's threshold on p(positive) maximising its F1, a multi-class task's per-class logit offsets "
+            "maximising macro-F1, a multi-label task's per-label thresholds maximising each label's F1. Saved in "
+            "config.json (decision_thresholds / decision_logit_offsets) and run_record.json, where evaluation, the "
+            "web app, ONNX exports and the model card find it. Default: on (there is always a validation split); "
+            "false: plain argmax / 0.5."
         },
+    )
+    tune_thresholds: bool | None = field(
+        default=None, metadata={"help": "Former name of --tune_decision (kept so old commands still run)."}
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished run in --output_dir (otherwise it is refused)."}
@@ -144,6 +149,8 @@ class DistillationTrainingArguments(TrainingArguments):
                 raise ValueError(
                     f"--class_weights {self.class_weights}: expected none, balanced, or one positive number per class"
                 )
+        if self.tune_decision is None and self.tune_thresholds is not None:
+            self.tune_decision = self.tune_thresholds  # the former flag name
         if self.temperature <= 0:
             raise ValueError(f"--temperature {self.temperature}: must be > 0")
         if self.cache_teacher_logits and not self.loss_weights.needs_teacher_logits:

@@ -13,13 +13,14 @@ from datasets import DatasetDict
 from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, set_seed
 from transformers.trainer_utils import PredictionOutput
 
-from .cli import FINISHED_MARKER, UsageError, apply_output_dir_policy, clear_stale_checkpoints, setup_logging
+from .cli import FINISHED_MARKER, apply_output_dir_policy, clear_stale_checkpoints, setup_logging
 from .data import DataTrainingArguments, TextClassificationData, load_text_classification_data, tokenize_splits
 from .hub import defer_push_to_hub, push_run, wants_push
 from .model_card import write_model_card
 from .records import RunRecord
 from .students import count_parameters
-from .tasks import Task, should_tune_thresholds, trainer_metrics
+from .decision import RULE_KEY
+from .tasks import Task, should_tune_decision, trainer_metrics
 from .trainer import DistillationTrainer, DistillationTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ def start_run(
         data = load_text_classification_data(
             data_args, seed=training_args.seed, cache_dir=cache_dir, class_names=training_args.class_names
         )
-    try:  # a flag this task cannot honour fails now, not after training
-        should_tune_thresholds(training_args.tune_thresholds, Task(data.problem_type, data.num_labels))
-    except ValueError as err:
-        raise UsageError(str(err)) from None
     return resume_from, data
 
 
@@ -93,8 +90,12 @@ def train_evaluate_save(
             logger.warning(f"Resuming training from {resume_from_checkpoint}")
         train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
         tuning = decide_thresholds(trainer, tokenized["validation"])
-        if tuning is not None:
-            results["decision_thresholds"] = trainer.model.config.decision_thresholds
+        # The rule the model decides by, tuned or not: the run record and the report show it.
+        task = Task.from_config(trainer.model.config)
+        results[RULE_KEY] = task.rule.to_dict()
+        if tuning is not None:  # an adapter has no config.json of its own: its loader reads these
+            results["decision_thresholds"] = task.thresholds
+            results["decision_logit_offsets"] = task.offsets
         trainer.save_model()  # model (safetensors), config (with the task and its thresholds) and tokenizer
         metrics = dict(train_result.metrics, train_samples=len(tokenized["train"]))
         trainer.log_metrics("train", metrics)
@@ -131,18 +132,22 @@ def train_evaluate_save(
 
 
 def decide_thresholds(trainer: Trainer, validation) -> PredictionOutput | None:
-    """--tune_thresholds: the thresholds that maximise F1 on the validation split, written onto the model's config
-    (`decision_thresholds`, read back by `Task.from_config`) before it is saved; returns the validation predictions
-    they were tuned on (None when not tuning). The validation scores that follow are then optimistic for the tuned
-    decision; the test split is the unbiased one."""
+    """--tune_decision (on by default): the decision rule that maximises the task's primary metric on the
+    validation split (distillkit/decision.py), written onto the model's config (`decision_thresholds` or
+    `decision_logit_offsets`, read back by `Task.from_config`) before it is saved; returns the validation
+    predictions it was tuned on (None when not tuning). The validation scores that follow are then optimistic for
+    the tuned decision; the test split is the unbiased one."""
     task = Task.from_config(trainer.model.config)
-    if not should_tune_thresholds(getattr(trainer.args, "tune_thresholds", None), task):
+    requested = getattr(trainer.args, "tune_decision", getattr(trainer.args, "tune_thresholds", None))
+    if not should_tune_decision(requested, task, has_validation=len(validation) > 0):
+        task.rule = type(task.rule).default(task.problem_type, task.num_labels)
+        task.save_to_config(trainer.model.config)  # a base's saved rule does not outlive retraining
         return None
     output = trainer.predict(validation, metric_key_prefix="eval")
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    task.thresholds = task.tune_thresholds(task.probabilities(logits), np.asarray(output.label_ids))
+    rule = task.tune(task.probabilities(logits), np.asarray(output.label_ids))
     task.save_to_config(trainer.model.config)
-    logger.info(f"decision thresholds tuned on the validation split ({len(validation)} rows): {task.thresholds}")
+    logger.info(f"decision rule tuned on the validation split ({len(validation)} rows): {rule.describe()}")
     return output
 
 

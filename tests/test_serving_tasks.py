@@ -242,11 +242,11 @@ def test_a_model_whose_thresholds_do_not_fit_its_labels_is_refused_at_start(tmp_
     config = json.loads((directory / "config.json").read_text())
     config["decision_thresholds"] = [0.3]  # a threshold means nothing for a 3-class single-label model
     (directory / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UsageError, match="config.json: decision thresholds: 1 given"):
+    with pytest.raises(UsageError, match="config.json: decision_thresholds: 1 given"):
         ModelRegistry.from_dirs([str(directory)], ServingLimits())
     with pytest.raises(SystemExit) as exit_info:
         app_module.main(["--model_dirs", str(directory), "--port", "0"])
-    assert exit_info.value.code == 2 and "decision thresholds" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "decision_thresholds" in capsys.readouterr().err
 
 
 def test_an_onnx_export_of_a_multilabel_model_is_served_by_its_task(task_exp, tmp_path):
