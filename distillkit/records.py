@@ -118,6 +118,7 @@ class RunRecord:
                 "label_names": _label_names(config),
                 "problem_type": config.get("problem_type") or "single_label_classification",
                 "library_versions": {},  # unknown for an old run
+                "decision": results.get("decision_rule") or decision_record(config),
             }
         )
 

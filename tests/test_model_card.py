@@ -122,7 +122,8 @@ def test_distilled_student_card(student_dir, capsys):
     # The usage snippet runs as written against the saved directory.
     exec(python_block(body), {})  # noqa: S102 -- the card's own snippet, run as a reader would
     printed = capsys.readouterr().out
-    assert any(f"'label': '{name}'" in printed for name in id2label.values()), printed
+    # Decided by the threshold tuned on validation (the default rule): the snippet prints the class name.
+    assert printed.strip().splitlines()[-1] in id2label.values(), printed
 
 
 @pytest.mark.parametrize("layout", ["run_record", "legacy"])
@@ -149,7 +150,7 @@ def test_hub_ids_become_metadata(student_dir, tmp_path, layout):
     assert card.data.datasets == ["OxAISH-AL-LLM/wiki_toxic"]
     assert card.data.model_name == "someone/bert-even-wiki-toxic"
     assert {r.dataset_type for r in card.data.eval_results} == {"OxAISH-AL-LLM/wiki_toxic"}
-    assert 'pipeline("text-classification", model="someone/bert-even-wiki-toxic")' in card.text
+    assert 'pipeline("text-classification", model="someone/bert-even-wiki-toxic"' in card.text
     assert "labels | 0 = `non-toxic`, 1 = `toxic` |" in card.text
 
 
@@ -168,7 +169,7 @@ def test_adapter_card(adapter_dir, capsys):
     assert f"trainable parameters | {results['trainable_params']:,}" in card.text
     exec(python_block(card.text), {})  # noqa: S102 -- the card's snippet: AutoPeftModel… on its local base
     printed = capsys.readouterr().out
-    assert any(f"'label': '{name}'" in printed for name in results["id2label"].values()), printed
+    assert printed.strip().splitlines()[-1] in results["id2label"].values(), printed
 
 
 def test_lora_on_a_student_card(experiment):
@@ -202,7 +203,8 @@ def test_merged_card_reads_its_adapter_records(adapter_dir, capsys):
     assert card.data.model_name == f"{adapter_dir.name}-merged" and "peft" not in meta["tags"]
     assert_model_index_equals_results(card, json.loads((adapter_dir / "all_results.json").read_text()))
     exec(python_block(card.text), {})  # noqa: S102 -- the card's snippet: a plain pipeline
-    assert "'label':" in capsys.readouterr().out
+    labels = json.loads((adapter_dir / "all_results.json").read_text())["id2label"].values()
+    assert capsys.readouterr().out.strip().splitlines()[-1] in labels
 
 
 def test_a_directory_without_a_model_is_refused(tmp_path):
