@@ -22,6 +22,7 @@ from sklearn.metrics import (
 
 import run_distill
 import run_eval
+from distillkit.records import RunRecord
 import run_finetune
 
 FAST = ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_texts", "32"]
@@ -82,10 +83,10 @@ def evaluated(experiment, tiny_data_dir, tmp_path_factory):
     return out, results
 
 
-def _sklearn_metrics(frame: pd.DataFrame, num_labels: int) -> dict[str, float]:
+def _sklearn_metrics(frame: pd.DataFrame, num_labels: int, threshold: float | None = None) -> dict[str, float]:
     labels = frame.label.to_numpy()
     probs = frame[[f"prob_{i}" for i in range(num_labels)]].to_numpy()
-    preds = probs.argmax(axis=1)
+    preds = probs.argmax(axis=1) if threshold is None else (probs[:, 1] >= threshold).astype(int)
     binary = num_labels == 2
     p, r, f, _ = precision_recall_fscore_support(
         labels, preds, average="binary" if binary else "macro", labels=list(range(num_labels)), zero_division=0
@@ -118,8 +119,12 @@ def test_results_equal_sklearn_recomputation_from_predictions(evaluated, tiny_da
         assert frame.text.tolist() == test.text.tolist() and frame.label.tolist() == test.label.tolist()
         probs = frame[["prob_0", "prob_1"]].to_numpy()
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=SOFTMAX_SUM_ATOL)
-        assert (frame.pred.to_numpy() == probs.argmax(axis=1)).all()
-        for name, expected in _sklearn_metrics(frame, 2).items():  # the CSV's probabilities (written in full)
+        # Each model decides by the threshold its training tuned on validation (recorded in run_record.json).
+        decision = RunRecord.load(row.path).decision
+        threshold = decision["values"][0] if decision.get("rule") == "threshold" else None
+        preds = probs.argmax(axis=1) if threshold is None else (probs[:, 1] >= threshold).astype(int)
+        assert (frame.pred.to_numpy() == preds).all()
+        for name, expected in _sklearn_metrics(frame, 2, threshold).items():  # the CSV's probabilities (written in full)
             assert math.isclose(getattr(row, name), expected, rel_tol=1e-6, abs_tol=1e-6), (row.model, name)
 
 

@@ -176,7 +176,9 @@ def test_outputs_reload_anywhere_and_merge(tmp_path, tiny_base_model_dir, tiny_d
     tokenizer = AutoTokenizer.from_pretrained(out)
     test = __import__("pandas").read_csv(tiny_data_dir / "test.csv")
     logits = _logits(adapter, tokenizer, list(test.text))
-    metrics = classification_metrics(logits.softmax(-1).numpy().astype(np.float64), test.label.to_numpy())
+    probs = logits.softmax(-1).numpy().astype(np.float64)
+    preds = (probs[:, 1] >= saved["decision_thresholds"][0]).astype(int)  # the threshold tuned on validation
+    metrics = classification_metrics(probs, test.label.to_numpy(), preds)
     assert metrics["accuracy"] == saved["test_accuracy"]
     assert metrics["roc_auc"] == pytest.approx(saved["test_roc_auc"], abs=1e-9)
 
