@@ -171,7 +171,7 @@ def _data(texts: list[str], labels: np.ndarray) -> TextClassificationData:
 
 def test_evaluation_decides_by_the_saved_offsets(tuned_three_class):
     from distillkit.evaluation import SpeedSettings, evaluate_model
-    from distillkit.loading import load_classifier_dir
+    from distillkit.runtime import load_classifier_dir
 
     directory, texts, labels, expected = tuned_three_class
     settings = SpeedSettings(latency_runs=5, throughput_texts=8, max_length=32)
@@ -197,7 +197,7 @@ def test_serving_decides_by_the_saved_offsets(tuned_three_class):
 def test_onnx_export_and_its_card_decide_by_the_saved_offsets(tuned_three_class, tmp_path):
     from distillkit.evaluation import SpeedSettings, evaluate_model
     from distillkit.export import export_classifier
-    from distillkit.loading import load_classifier_dir
+    from distillkit.runtime import load_classifier_dir
 
     directory, texts, labels, expected = tuned_three_class
     out = tmp_path / "onnx"
