@@ -31,6 +31,7 @@ from distillkit.lora import (
     loadable_name_or_path,
     merge_and_save,
     parameter_counts,
+    trained_in_full,
 )
 from distillkit.losses import flag_list, teacher_terms
 from distillkit.records import lora_method
@@ -113,13 +114,19 @@ def main(argv: list[str] | None = None) -> dict:
     # A classifier already trained for these labels (a distilled student) keeps its head and id2label;
     # a pretrained encoder gets a fresh head with the data set's labels.
     if has_trained_head(config, data.num_labels, data.problem_type) and not training_args.class_names:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base, cache_dir=model_args.cache_dir, revision=model_args.model_revision
+        model, loading = AutoModelForSequenceClassification.from_pretrained(
+            base, cache_dir=model_args.cache_dir, revision=model_args.model_revision, output_loading_info=True
         )
     else:
-        model = load_classifier(base, data, model_args.cache_dir, model_args.model_revision)
+        model, loading = load_classifier(
+            base, data, model_args.cache_dir, model_args.model_revision, output_loading_info=True
+        )
     base_record = getattr(model.config, "training_record", None)
-    model = apply_lora(model, lora_args)
+    # What loading initialised fresh is trained in full (--modules_to_save auto): a frozen random module is noise.
+    new_parameters = list(loading.get("missing_keys") or []) + [
+        key[0] if isinstance(key, tuple) else key for key in loading.get("mismatched_keys") or []
+    ]
+    model = apply_lora(model, lora_args, new_parameters)
 
     method = lora_method(base_record or {}) if student else lora_method()
     lora_record = {
@@ -130,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
         "lora_alpha": lora_args.lora_alpha,
         "lora_dropout": lora_args.lora_dropout,
         "lora_target_modules": lora_args.target_modules,
-        "modules_to_save": lora_args.extra_modules_to_save,
+        # Resolved: the head PEFT adds, the pooler and what loading initialised (so the record lists what trained).
+        "modules_to_save": trained_in_full(model),
     }
     if teacher is not None:
         lora_record.update(

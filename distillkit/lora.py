@@ -1,8 +1,10 @@
 """LoRA adapters on any sequence classifier: config building, target-module validation, counting, merging.
 
-The adapter is PEFT's (`TaskType.SEQ_CLS`): LoRA matrices on the chosen linear modules plus a fully trained
-classification head (`modules_to_save`), so a base without a head (a pretrained encoder) gets a fresh one that is
-trained and saved with the adapter.
+The adapter is PEFT's (`TaskType.SEQ_CLS`): LoRA matrices on the chosen linear modules plus, trained in full and saved
+with the adapter (`modules_to_save`), the whole classification path: the head, what the head reads (BERT's pooler,
+DistilBERT's pre_classifier) and every module that loading newly initialised. A frozen pooler is a random projection
+when the base never trained it (sentence-transformers encoders such as all-MiniLM-L6-v2 were trained with mean
+pooling: their pooler has init statistics), and LoRA on the encoder cannot undo it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from .records import MERGED_SUBDIR, RunRecord
 logger = logging.getLogger(__name__)
 
 ALL_LINEAR = "all-linear"
+AUTO = "auto"
+# Modules between the encoder and the head that the head reads (BERT/ELECTRA-style pooler, DistilBERT).
+CLASSIFICATION_PATH = ("pooler", "pre_classifier")
 
 
 @dataclass
@@ -39,9 +44,11 @@ class LoraArguments:
         },
     )
     modules_to_save: str | None = field(
-        default=None,
+        default=AUTO,
         metadata={
-            "help": "Comma-separated modules trained in full and saved with the adapter, besides the classification head (always trained)."
+            "help": "Modules trained in full and saved with the adapter besides the classification head (always "
+            "trained): 'auto' (default) = the rest of the classification path (the pooler the head reads) plus every "
+            "module loading newly initialised; 'none' = the head only; or comma-separated module names."
         },
     )
     merge: bool = field(
@@ -68,7 +75,45 @@ class LoraArguments:
 
     @property
     def extra_modules_to_save(self) -> list[str] | None:
+        """The names given, or None for `auto` / `none` (resolved against the model by `modules_to_save_for`)."""
+        if (self.modules_to_save or "none").strip() in (AUTO, "none"):
+            return None
         return split_names(self.modules_to_save) or None
+
+
+def classification_path_modules(model: torch.nn.Module) -> list[str]:
+    """Full names of the modules with weights that sit between the encoder and the head (BERT's `bert.pooler`)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if name.split(".")[-1] in CLASSIFICATION_PATH and any(True for _ in module.parameters())
+    ]
+
+
+def newly_initialised_modules(model: torch.nn.Module, new_parameter_names: list[str]) -> list[str]:
+    """The modules owning parameters that loading initialised fresh (its missing or resized keys), head excluded."""
+    heads = set(head_module_names(model))
+    owners = []
+    for key in new_parameter_names:
+        owner = key.rsplit(".", 1)[0]
+        if owner in heads or any(owner.startswith(h + ".") for h in heads) or owner in owners:
+            continue
+        owners.append(owner)
+    return owners
+
+
+def modules_to_save_for(
+    model: torch.nn.Module, args: "LoraArguments", new_parameter_names: list[str] | None = None
+) -> list[str] | None:
+    """What is trained in full besides the head: `--modules_to_save` resolved against this model."""
+    spec = (args.modules_to_save or "none").strip()
+    if spec == "none":
+        return None
+    if spec != AUTO:
+        return args.extra_modules_to_save
+    modules = classification_path_modules(model)
+    modules += [m for m in newly_initialised_modules(model, new_parameter_names or []) if m not in modules]
+    return modules or None
 
 
 def split_names(spec: str | None) -> list[str]:
@@ -126,12 +171,15 @@ def _example_suffix(linear: list[str]) -> str:
     return ".".join(deep[0].split(".")[-3:]) if deep else (linear[0] if linear else "query")
 
 
-def build_lora_config(model: torch.nn.Module, args: LoraArguments) -> LoraConfig:
-    """A validated SEQ_CLS `LoraConfig` for `model`: its head is added to `modules_to_save` by PEFT."""
+def build_lora_config(
+    model: torch.nn.Module, args: LoraArguments, new_parameter_names: list[str] | None = None
+) -> LoraConfig:
+    """A validated SEQ_CLS `LoraConfig` for `model`: its head is added to `modules_to_save` by PEFT, the rest of
+    the classification path and the newly initialised modules by us (`--modules_to_save auto`)."""
     targets = args.target_modules
     validate_target_modules(model, targets)
-    extra = args.extra_modules_to_save
-    if extra:
+    extra = modules_to_save_for(model, args, new_parameter_names)
+    if args.extra_modules_to_save:
         names = [name for name, _ in model.named_modules()]
         for module in extra:
             if not any(_matches(name, module) for name in names):
@@ -154,16 +202,31 @@ def loadable_name_or_path(name_or_path: str) -> str:
     return os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else name_or_path
 
 
-def apply_lora(model: PreTrainedModel, args: LoraArguments) -> PeftModel:
-    """Wrap `model` with a LoRA adapter. The base records where it came from (its `name_or_path`) for reloading."""
-    config = build_lora_config(model, args)
+def apply_lora(
+    model: PreTrainedModel, args: LoraArguments, new_parameter_names: list[str] | None = None
+) -> PeftModel:
+    """Wrap `model` with a LoRA adapter. The base records where it came from (its `name_or_path`) for reloading.
+
+    `new_parameter_names`: the keys loading initialised fresh (`output_loading_info`'s missing and mismatched keys);
+    their modules are trained in full under `--modules_to_save auto`.
+    """
+    config = build_lora_config(model, args, new_parameter_names)
     peft_model = get_peft_model(model, config)
     counts = parameter_counts(peft_model)
+    saved = trained_in_full(peft_model)
     logger.info(
-        f"LoRA r={args.lora_r} alpha={args.lora_alpha} on {config.target_modules}: trainable params "
+        f"LoRA r={args.lora_r} alpha={args.lora_alpha} on {config.target_modules}, trained in full: "
+        f"{', '.join(saved)}: trainable params "
         f"{counts['trainable_params']:,} || all params {counts['total_params']:,} || trainable% {counts['trainable_pct']:.4f}"
     )
     return peft_model
+
+
+def trained_in_full(peft_model: PeftModel) -> list[str]:
+    """The `modules_to_save` entries that name a module of this model (PEFT lists both `classifier` and `score`)."""
+    names = [name for name, _ in peft_model.base_model.model.named_modules()]
+    listed = peft_model.peft_config[peft_model.active_adapter].modules_to_save or []
+    return sorted({m for m in listed if any(_matches(name, m) for name in names)})
 
 
 def parameter_counts(peft_model: PeftModel) -> dict[str, Any]:

@@ -238,9 +238,16 @@ def _try_load_config(args: TeacherArguments) -> PretrainedConfig | None:
 
 
 def load_classifier(
-    name_or_path: str, data: TextClassificationData, cache_dir: str | None = None, revision: str = "main"
-) -> PreTrainedModel:
-    """A sequence classifier with this data set's labels; a missing or differently-sized head starts fresh."""
+    name_or_path: str,
+    data: TextClassificationData,
+    cache_dir: str | None = None,
+    revision: str = "main",
+    output_loading_info: bool = False,
+):
+    """A sequence classifier with this data set's labels; a missing or differently-sized head starts fresh.
+
+    `output_loading_info`: also return transformers' loading info (which keys were initialised fresh).
+    """
     return AutoModelForSequenceClassification.from_pretrained(
         name_or_path,
         num_labels=data.num_labels,
@@ -250,6 +257,7 @@ def load_classifier(
         ignore_mismatched_sizes=True,
         cache_dir=cache_dir,
         revision=revision,
+        output_loading_info=output_loading_info,
     )
 
 

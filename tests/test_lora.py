@@ -32,7 +32,14 @@ from transformers import (
 
 import run_lora
 from distillkit.cli import UsageError
-from distillkit.lora import LoraArguments, apply_lora, linear_module_names, parameter_counts
+from distillkit.lora import (
+    LoraArguments,
+    apply_lora,
+    linear_module_names,
+    newly_initialised_modules,
+    parameter_counts,
+    trained_in_full,
+)
 from distillkit.metrics import classification_metrics
 from distillkit.students import build_student
 
@@ -51,7 +58,7 @@ def test_bert_base_counts_match_the_known_figures():
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_labels=2))
     assert sum(p.numel() for p in model.parameters()) == 109_483_778
-    peft_model = apply_lora(model, LoraArguments(lora_r=8, lora_target_modules="query,value"))
+    peft_model = apply_lora(model, LoraArguments(lora_r=8, lora_target_modules="query,value", modules_to_save="none"))
     counts = parameter_counts(peft_model)
     # 12 layers × (query, value) × (768·8 + 8·768) LoRA weights, plus the 768·2 + 2 of the trained head.
     assert lora_params(peft_model) == 294_912
@@ -61,12 +68,21 @@ def test_bert_base_counts_match_the_known_figures():
     assert counts["trainable_pct"] == pytest.approx(100 * 296_450 / 109_780_228)
 
 
-def test_head_and_lora_train_while_the_base_stays_frozen():
+def test_bert_base_auto_also_trains_the_pooler_the_head_reads():
+    torch.manual_seed(0)
+    peft_model = apply_lora(BertForSequenceClassification(BertConfig(num_labels=2)), LoraArguments(lora_r=8))
+    # The pooler (768·768 + 768) joins the head: its output is all the head sees.
+    assert parameter_counts(peft_model)["trainable_params"] == 294_912 + 1_538 + 590_592
+    assert set(trained_in_full(peft_model)) == {"bert.pooler", "classifier"}
+
+
+def test_head_pooler_and_lora_train_while_the_base_stays_frozen():
     torch.manual_seed(0)
     model = apply_lora(BertForSequenceClassification(tiny_bert_config()), LoraArguments(lora_dropout=0.0))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("classifier.modules_to_save" in n for n in trainable)
-    assert all("lora_" in n or "classifier.modules_to_save" in n for n in trainable), trainable
+    assert any("pooler.modules_to_save" in n for n in trainable)
+    assert all("lora_" in n or ".modules_to_save." in n for n in trainable), trainable
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     batch = {"input_ids": torch.randint(5, 30, (4, 10)), "labels": torch.tensor([0, 1, 0, 1])}
@@ -78,14 +94,39 @@ def test_head_and_lora_train_while_the_base_stays_frozen():
     assert changed == trainable
 
 
+def test_modules_to_save_none_keeps_only_the_head_and_names_add_to_it():
+    torch.manual_seed(0)
+    head_only = apply_lora(BertForSequenceClassification(tiny_bert_config()), LoraArguments(modules_to_save="none"))
+    assert not any("pooler.modules_to_save" in n for n, p in head_only.named_parameters() if p.requires_grad)
+    named = apply_lora(
+        BertForSequenceClassification(tiny_bert_config()), LoraArguments(modules_to_save="bert.embeddings.LayerNorm")
+    )
+    trained = {n for n, p in named.named_parameters() if p.requires_grad and ".modules_to_save." in n}
+    assert any("LayerNorm.modules_to_save" in n for n in trained) and not any("pooler" in n for n in trained)
+
+
+def test_auto_trains_what_loading_initialised_fresh():
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config())
+    new = ["bert.encoder.layer.1.output.dense.weight", "classifier.weight", "classifier.bias"]
+    assert newly_initialised_modules(model, new) == ["bert.encoder.layer.1.output.dense"]  # the head is PEFT's
+    peft_model = apply_lora(model, LoraArguments(), new)
+    assert set(trained_in_full(peft_model)) == {
+        "bert.pooler",
+        "bert.encoder.layer.1.output.dense",
+        "classifier",
+    }
+
+
 def test_target_module_choices():
     torch.manual_seed(0)
     model = apply_lora(
         BertForSequenceClassification(tiny_bert_config()), LoraArguments(lora_target_modules="all-linear")
     )
     adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_modules() if n.endswith("lora_A")}
-    # Every linear layer (4 per attention block + 2 feed-forward, 4 layers, and the pooler) except the head.
-    assert len(adapted) == 4 * 6 + 1 and not any("classifier" in n for n in adapted)
+    # Every linear layer (4 per attention block + 2 feed-forward, 4 layers) but the head and the pooler,
+    # which are trained in full (--modules_to_save auto).
+    assert len(adapted) == 4 * 6 and not any("classifier" in n or "pooler" in n for n in adapted)
     model = apply_lora(
         BertForSequenceClassification(tiny_bert_config()), LoraArguments(lora_target_modules="attention.output.dense")
     )
@@ -169,6 +210,14 @@ def test_outputs_reload_anywhere_and_merge(tmp_path, tiny_base_model_dir, tiny_d
     adapter_config = json.loads((out / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(tiny_base_model_dir)
     assert "classifier" in adapter_config["modules_to_save"]
+    # The base's pooler is trained in full, recorded, and saved with the adapter.
+    assert saved["modules_to_save"] == ["bert.pooler", "classifier"]
+    from safetensors.torch import load_file
+
+    adapter_weights = load_file(out / "adapter_model.safetensors")
+    pooler_key = next(k for k in adapter_weights if "pooler" in k and k.endswith("dense.weight"))
+    base_pooler = AutoModelForSequenceClassification.from_pretrained(tiny_base_model_dir).bert.pooler.dense.weight
+    assert not torch.equal(adapter_weights[pooler_key], base_pooler.detach())
 
     # From another working directory: the adapter finds its base, and reproduces the recorded test metrics.
     monkeypatch.chdir(tmp_path)
@@ -187,6 +236,7 @@ def test_outputs_reload_anywhere_and_merge(tmp_path, tiny_base_model_dir, tiny_d
     assert merged.config.id2label == LABELS
     record = merged.config.training_record
     assert record["method"] == "lora" and record["lora_r"] == 8 and record["seed"] == 0
+    assert torch.equal(merged.bert.pooler.dense.weight.detach(), adapter_weights[pooler_key])  # the trained one
     merged_logits = _logits(merged, tokenizer, list(test.text))
     assert torch.allclose(merged_logits, logits, rtol=0, atol=MERGE_ATOL)
     classifier = pipeline("text-classification", model=str(merged_dir), top_k=None)
