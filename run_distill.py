@@ -138,7 +138,6 @@ def main(argv: list[str] | None = None) -> dict:
         "teacher_num_layers": plan.config.num_hidden_layers,
         **training_args.loss_record(),
         **({"cache_teacher_logits": True} if training_args.cache_teacher_logits else {}),
-        **({"class_weights": training_args.class_weights} if training_args.class_weights != "none" else {}),
         "max_seq_length": data_args.max_seq_length,
         "dataset": data.source,
         "seed": training_args.seed,

@@ -207,6 +207,17 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def class_weights_text(record: dict[str, Any]) -> str:
+    """`auto → balanced (rarest class 6.0% of train, under 16.7%): 0.53, 5.6, 1.9` and the like."""
+    policy, resolved = record.get("policy", "none"), record.get("resolved")
+    text = f"`{policy}`" + (f" → `{resolved}`" if resolved else "")
+    if "rarest_share" in record:
+        text += f" (rarest class {record['rarest_share']:.1%} of train; rare below {record['rare_below']:.1%})"
+    if record.get("weights"):
+        text += ": " + ", ".join(f"{w:.3g}" for w in record["weights"])
+    return text
+
+
 def _training_section(records: RunRecords) -> str:
     rec, res = records.record, records.results
     rows: list[tuple[str, Any]] = [("method", f"`{records.method}`")]
@@ -229,6 +240,8 @@ def _training_section(records: RunRecords) -> str:
             ("target modules", ", ".join(sorted(lora.get("target_modules") or [])) or None),
             ("also trained and saved", ", ".join(lora.get("modules_to_save") or []) or None),
         ]
+    if rec.class_weights:
+        rows.append(("class weights of the CE term", class_weights_text(rec.class_weights)))
     if "trainable_params" in res:
         total = res.get("total_params") or 0
         share = f" ({100 * res['trainable_params'] / total:.2f}% of {_fmt(total)})" if total else ""

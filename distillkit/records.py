@@ -63,6 +63,8 @@ class RunRecord:
     is_adapter: bool = False
     merged: bool = False
     decision: dict[str, Any] = field(default_factory=dict)  # the decision rule (decision.DecisionRule.to_dict())
+    # --class_weights: the policy asked for, what `auto` resolved to on the train split, and the weights used.
+    class_weights: dict[str, Any] = field(default_factory=dict)
     library_versions: dict[str, str] = field(default_factory=library_versions)
     extra: dict[str, Any] = field(default_factory=dict)  # anything an older record held that has no field here
 
@@ -88,6 +90,8 @@ class RunRecord:
         extra = {**known.pop("extra", {}), **{k: v for k, v in data.items() if k not in names}}
         if "method" in known:
             known["method"] = current_method(known["method"], known.get("base_record"))
+        if isinstance(known.get("class_weights"), str):  # older records kept only the flag's value
+            known["class_weights"] = {"policy": known["class_weights"]}
         return cls(**known, extra=extra)
 
     @classmethod

@@ -35,13 +35,41 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
+# `--class_weights auto`: a class is rare when its share of the training rows is under this fraction of the share it
+# would have if the classes were even (1/k); a multi-label label is rare when its positive share is under this
+# fraction of 1/2. Binary: under 25% positive; 3 classes: under 16.7%.
+RARE_SHARE_OF_EVEN = 0.5
+
+
+def rarest_share(labels: np.ndarray, num_labels: int, multi_label: bool) -> tuple[float, float]:
+    """(the rarest class's or label's share of the training rows, the share under which it counts as rare)."""
+    labels = np.asarray(labels)
+    if multi_label:
+        shares = labels.mean(axis=0) if len(labels) else np.zeros(num_labels)
+        return float(np.min(shares)), RARE_SHARE_OF_EVEN / 2
+    counts = np.bincount(labels.astype(int), minlength=num_labels)
+    return float(counts.min() / max(len(labels), 1)), RARE_SHARE_OF_EVEN / num_labels
+
+
+def resolve_class_weight_policy(spec: str | None, labels: np.ndarray, num_labels: int, multi_label: bool) -> str:
+    """`auto` (the default) → `balanced` when the training split has a rare class (see RARE_SHARE_OF_EVEN), else
+    `none`; any other spec is returned as given. Every stage of a comparison resolves it on the same training
+    split, so the teacher, the students, the CE-only controls and LoRA all follow one policy."""
+    if spec != "auto":
+        return spec or "none"
+    share, limit = rarest_share(labels, num_labels, multi_label)
+    return "balanced" if share < limit else "none"
+
+
 def parse_class_weights(spec: str | None, labels: np.ndarray, num_labels: int, multi_label: bool) -> list[float] | None:
-    """`none` → None; `balanced` → weights from the training labels; `w1,w2,...` → those, one per class/label.
+    """`none` → None; `balanced` → weights from the training labels; `w1,w2,...` → those, one per class/label;
+    `auto` → `balanced` or `none` by `resolve_class_weight_policy`.
 
     Single-label `balanced` is scikit-learn's n / (k · count_c). Multi-label `balanced` is BCE's `pos_weight`,
     negatives / positives per label, so each label's positives weigh as much as its negatives.
     """
-    if spec is None or spec == "none":
+    spec = resolve_class_weight_policy(spec, labels, num_labels, multi_label)
+    if spec == "none":
         return None
     labels = np.asarray(labels)
     if spec == "balanced":

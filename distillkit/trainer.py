@@ -19,7 +19,7 @@ from transformers.trainer_utils import TrainOutput
 
 from .cli import UsageError, parse_class_names
 from .losses import GOLD_TERM, LossWeights, distillation_loss, flag_list, join_and, loss_terms, teacher_terms
-from .tasks import MULTI_LABEL, SINGLE_LABEL, parse_class_weights
+from .tasks import MULTI_LABEL, SINGLE_LABEL, parse_class_weights, rarest_share, resolve_class_weight_policy
 from .teacher_logits import TEACHER_LOGITS_COLUMN, add_teacher_logits, default_cache_dir, precision_name
 
 logger = logging.getLogger(__name__)
@@ -79,11 +79,13 @@ class DistillationTrainingArguments(TrainingArguments):
         metadata={"help": "Class names in label-id order, space- or comma-separated (become id2label/label2id)."},
     )
     class_weights: str = field(
-        default="none",
+        default="auto",
         metadata={
-            "help": "Weights of the gold-label CE term for imbalanced data: none, balanced (n / (k · count of the "
-            "class) on the train split; multi-label: BCE's pos_weight, negatives / positives per label), or one "
-            "number per class or label (1,3.5). Evaluation losses stay unweighted."
+            "help": "Weights of the gold-label CE term for imbalanced data: auto (default: balanced when the train "
+            "split's rarest class has under half the share it would have if classes were even, i.e. < 25% positive "
+            "for binary data, < 16.7% for 3 classes; a multi-label label under 25% positive; else none), none, "
+            "balanced (n / (k · count of the class) on the train split; multi-label: BCE's pos_weight, negatives / "
+            "positives per label), or one number per class or label (1,3.5). Evaluation losses stay unweighted."
         },
     )
     tune_decision: bool | None = field(
@@ -140,14 +142,14 @@ class DistillationTrainingArguments(TrainingArguments):
                 raise ValueError(f"--{term.weight_flag} {getattr(self, term.weight_flag)}: loss weights must be >= 0")
         if not self.loss_weights.active():
             raise ValueError(f"{flag_list(loss_terms())} are all 0: at least one loss term must be on")
-        if self.class_weights not in ("none", "balanced"):
+        if self.class_weights not in ("none", "balanced", "auto"):
             try:
                 weights = [float(w) for w in self.class_weights.split(",")]
             except ValueError:
                 weights = []
             if len(weights) < 2 or any(not w > 0 for w in weights):
                 raise ValueError(
-                    f"--class_weights {self.class_weights}: expected none, balanced, or one positive number per class"
+                    f"--class_weights {self.class_weights}: expected auto, none, balanced, or one positive number per class"
                 )
         if self.tune_decision is None and self.tune_thresholds is not None:
             self.tune_decision = self.tune_thresholds  # the former flag name
@@ -432,12 +434,27 @@ class DistillationTrainer(Trainer):
             raise ValueError(f"student is a {s_type} model, teacher a {t_type} one: they must match")
 
     def _resolve_class_weights(self, spec: str) -> torch.Tensor | None:
-        """--class_weights as a tensor (balanced: from the train split's labels); None for plain CE."""
-        if spec == "none":
+        """--class_weights as a tensor (balanced and auto: from the train split's labels); None for plain CE.
+
+        `self.class_weight_record` says what was asked, what it resolved to and the weights, for the run record.
+        """
+        self.class_weight_record: dict[str, Any] = {"policy": spec}
+        if spec == "none" or self.train_dataset is None:
             return None
         num_labels = self.model.config.num_labels
-        labels = np.asarray(self.train_dataset["label"]) if spec == "balanced" else np.zeros(0)
+        labels = np.asarray(self.train_dataset["label"]) if spec in ("balanced", "auto") else np.zeros(0)
+        if spec == "auto":
+            share, limit = rarest_share(labels, num_labels, self.multi_label)
+            resolved = resolve_class_weight_policy(spec, labels, num_labels, self.multi_label)
+            self.class_weight_record.update(resolved=resolved, rarest_share=round(share, 6), rare_below=round(limit, 6))
+            logger.info(
+                f"--class_weights auto: the rarest {'label' if self.multi_label else 'class'} is {share:.1%} of train "
+                f"({'under' if resolved == 'balanced' else 'not under'} {limit:.1%}): {resolved}"
+            )
         weights = parse_class_weights(spec, labels, num_labels, multi_label=self.multi_label)
+        if weights is None:
+            return None
+        self.class_weight_record["weights"] = [round(w, 6) for w in weights]
         logger.info(f"class weights of the CE term: {weights}")
         return torch.tensor(weights, dtype=torch.float32)
 

@@ -119,10 +119,15 @@ def train_evaluate_save(
         results.update(metrics)
     trainable, total = count_parameters(trainer.model)
     results.update({"trainable_params": trainable, "total_params": total})
+    class_weights = getattr(trainer, "class_weight_record", None) if args.do_train else None
+    if class_weights:
+        results["class_weights"] = class_weights
     results.update(extra_results or {})
     if args.should_save:
         adapter = hasattr(trainer.model, "peft_config")  # a PEFT adapter: its results say what it is
-        RunRecord.from_model(trainer.model, results if adapter else None).save(args.output_dir)
+        record = RunRecord.from_model(trainer.model, results if adapter else None)
+        record.class_weights = class_weights or record.class_weights
+        record.save(args.output_dir)
         with open(os.path.join(args.output_dir, FINISHED_MARKER), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True, default=str)
         write_model_card(args.output_dir)  # README.md from the records just written

@@ -1,5 +1,6 @@
 """DistillationTrainer: what runs when, what is logged, and that the loss scale is right."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_bert_config
@@ -156,6 +157,23 @@ def test_class_weights_weigh_the_training_ce_only(tiny_task, tmp_path, spec):
         torch.nn.functional.cross_entropy(logits, batch["labels"], weight=expected).item(), rel=1e-5
     )
     assert plain.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, batch["labels"]).item(), rel=1e-5)
+
+
+def test_class_weights_auto_resolves_on_train_and_says_so(tiny_task, tmp_path):
+    data, tokenized, tokenizer, teacher = tiny_task
+    labels = np.asarray(tokenized["train"]["label"])
+    trainer = build_trainer(teacher, make_args(tmp_path, alpha_kl=0.0, alpha_cos=0.0), tokenized, tokenizer)
+    record = trainer.class_weight_record  # auto is the default
+    share = np.bincount(labels, minlength=2).min() / len(labels)
+    assert record["policy"] == "auto" and record["rarest_share"] == pytest.approx(share, abs=1e-6)
+    assert record["resolved"] == ("balanced" if share < 0.25 else "none")
+    assert (trainer.class_weights is None) == (record["resolved"] == "none")
+    # Rebalanced to 1 positive in 8: auto must weigh the CE term.
+    keep = np.concatenate([np.flatnonzero(labels == 0)[:7], np.flatnonzero(labels == 1)[:1]])
+    skewed = {**tokenized, "train": tokenized["train"].select(keep)}
+    trainer = build_trainer(teacher, make_args(tmp_path, alpha_kl=0.0, alpha_cos=0.0), skewed, tokenizer)
+    assert trainer.class_weight_record["resolved"] == "balanced"
+    assert torch.allclose(trainer.class_weights, torch.tensor([8 / (2 * 7), 8 / (2 * 1)]))
 
 
 @pytest.mark.parametrize("spec", ["heavy", "1,-2", "3"])

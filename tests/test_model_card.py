@@ -111,6 +111,8 @@ def test_distilled_student_card(student_dir, capsys):
     for name in ("alpha_ce", "alpha_kl", "alpha_cos"):
         assert f"loss weight `{name}` | {record[name]} |" in body
     assert f"trainable parameters | {results['trainable_params']:,}" in body
+    weights = json.loads((student_dir / "run_record.json").read_text())["class_weights"]
+    assert weights["policy"] == "auto" and f"class weights of the CE term | `auto` → `{weights['resolved']}`" in body
     assert (
         f"train rows | {results['train_samples']:,} |" in body and f"test rows | {results['test_samples']:,} |" in body
     )

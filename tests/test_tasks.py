@@ -17,6 +17,8 @@ from distillkit.tasks import (
     multi_hot,
     normalize_problem_type,
     parse_class_weights,
+    rarest_share,
+    resolve_class_weight_policy,
 )
 
 
@@ -84,6 +86,25 @@ def test_class_weights():
             parse_class_weights(bad, single, 2, False)
     with pytest.raises(ValueError, match="no example"):
         parse_class_weights("balanced", np.array([0, 0]), 2, False)
+
+
+def test_class_weights_auto_balances_only_a_rare_class():
+    # Binary: rare under 25% positive. 1 of 5 (20%) is rare; 2 of 6 (33%) is not.
+    rare, even = np.array([0, 0, 0, 0, 1]), np.array([0, 0, 0, 0, 1, 1])
+    assert resolve_class_weight_policy("auto", rare, 2, False) == "balanced"
+    assert parse_class_weights("auto", rare, 2, False) == parse_class_weights("balanced", rare, 2, False)
+    assert resolve_class_weight_policy("auto", even, 2, False) == "none"
+    assert parse_class_weights("auto", even, 2, False) is None
+    # Three classes: rare under 1/6 of train. The tweet data's shape (6% hate) is balanced.
+    tweets = np.array([0] * 6 + [1] * 77 + [2] * 17)
+    assert rarest_share(tweets, 3, False) == pytest.approx((0.06, 0.5 / 3))
+    assert resolve_class_weight_policy("auto", tweets, 3, False) == "balanced"
+    assert resolve_class_weight_policy("auto", np.array([0, 1, 2] * 5 + [0]), 3, False) == "none"
+    # Multi-label: a label under 25% positive.
+    multi = np.array([[1, 0], [0, 0], [1, 0], [0, 0], [1, 1]])  # label 1 is 20% positive
+    assert resolve_class_weight_policy("auto", multi, 2, True) == "balanced"
+    assert resolve_class_weight_policy("auto", np.array([[1, 1], [0, 0]]), 2, True) == "none"
+    assert resolve_class_weight_policy("1,2", rare, 2, False) == "1,2"  # an explicit spec is kept
 
 
 def test_best_f1_threshold_is_the_f1_maximiser():
