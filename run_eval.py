@@ -34,7 +34,14 @@ from distillkit.bias_eval import BIAS_FILE, BIAS_SUMMARY_FILE, BiasArguments, Bi
 from distillkit.bias_report import BIAS_VS_TEACHER_FILE, write_bias_section
 from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args, parse_class_names
 from distillkit.data import DataTrainingArguments, load_text_classification_data
-from distillkit.evaluation import SpeedSettings, evaluate_model, loss_history, model_name, unique_names
+from distillkit.evaluation import (
+    SpeedSettings,
+    evaluate_model,
+    has_generic_label_names,
+    loss_history,
+    model_name,
+    unique_names,
+)
 from distillkit.loading import expand_onnx_variants, find_model_dirs
 from distillkit.runtime import is_model_dir, load_classifier_dir
 from distillkit.records import RunRecord
@@ -223,6 +230,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for name, frame in predictions.items():
         frame.to_csv(os.path.join(out, "predictions", f"{name}.csv"), index=False)
     label_names = [data.id2label[i] for i in range(data.num_labels)]
+    if has_generic_label_names(data.id2label):  # the data has no names: the models' own (as evaluation uses)
+        label_names = per_label[per_label.model == per_label.model.iloc[0]].label.astype(str).tolist()
     plots = {
         "per_label": plot_per_label(per_label, data.multi_label, os.path.join(out, "plots", "per_label_f1.png")),
         "confusion": {} if data.multi_label else {  # a label-set task has no single confusion matrix

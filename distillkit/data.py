@@ -184,9 +184,15 @@ def load_text_classification_data(
         "problem_type": source.problem_type,
         **({"label_columns": source.columns} if source.form == "columns" else {}),
         "rows": {split: len(ds) for split, ds in data.items()},
+        "class_counts": {split: class_counts(ds, num_labels, source.multi_label) for split, ds in data.items()},
         **({"encoding": args.encoding} if codecs.lookup(args.encoding).name != "utf-8" else {}),
     }
     logger.info(f"data: {record}")
+    names = source.names or [f"LABEL_{i}" for i in range(num_labels)]
+    for split, counts in record["class_counts"].items():  # imbalance is the first thing to know about toxic data
+        n = record["rows"][split]
+        shares = ", ".join(f"{names[i] if i < len(names) else i} {c:,} ({c / n:.1%})" for i, c in enumerate(counts))
+        logger.info(f"{split}: {n:,} rows; {'texts per label' if source.multi_label else 'classes'}: {shares}")
     return TextClassificationData(
         splits=data, num_labels=num_labels, label_names=source.names, source=record, problem_type=source.problem_type
     )
@@ -204,6 +210,14 @@ def _split_off(ds: Dataset, size: int, percentage: float, seed: int, what: str) 
         logger.warning(f"cannot stratify the {what} split ({first_line(err)}); splitting at random")
         parts = ds.train_test_split(test_size=size, seed=seed)
     return parts["train"], parts["test"]
+
+
+def class_counts(ds: Dataset, num_labels: int, multi_label: bool) -> list[int]:
+    """Rows per class (multi-label: rows carrying each label), in label-id order."""
+    labels = np.asarray(ds["label"])
+    if multi_label:
+        return [int(c) for c in labels.sum(axis=0)] if len(labels) else [0] * num_labels
+    return [int(c) for c in np.bincount(labels.astype(int), minlength=num_labels)]
 
 
 def _add_missing_splits(data: DatasetDict, args: DataTrainingArguments, seed: int) -> DatasetDict:

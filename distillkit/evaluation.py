@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .cli import UsageError
 from .data import TextClassificationData
-from .metrics import per_label_table
+from .metrics import never_predicted_warning, per_label_table
 from .records import ADAPTER_CONFIG, merged_name
 from .runtime import ONNX_FILE, LoadedClassifier, encode_texts, is_onnx_file, predict_logits, variant_suffix
 from .students import count_parameters
@@ -381,7 +381,12 @@ def evaluate_model(
     }
     names = label_names(clf, data)
     frame = predictions_frame(texts, labels, probs, preds, dict(enumerate(names)), task)
-    return row, frame, label_table(clf.name, probs, labels, preds, names, task)
+    table = label_table(clf.name, probs, labels, preds, names, task)
+    missing = list(table.label[(table.support > 0) & (table.predicted == 0)])
+    row["never_predicted"] = ";".join(missing)
+    if missing:
+        logger.warning(never_predicted_warning(clf.name, missing, split, "label" if task.multi_label else "class"))
+    return row, frame, table
 
 
 def rank_auc(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:

@@ -94,6 +94,7 @@ def per_label_table(probs: np.ndarray, labels: np.ndarray, preds: np.ndarray, na
             {
                 "label": name,
                 "support": int(y.sum()),
+                "predicted": int(p.sum()),
                 "f1": float(f1_score(y, p, zero_division=0)),
                 "roc_auc": float(roc_auc_score(y, probs[:, j])) if both else math.nan,
                 "pr_auc": float(average_precision_score(y, probs[:, j])) if both else math.nan,
@@ -119,3 +120,23 @@ def _roc_auc(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def _pr_auc(probs: np.ndarray, labels: np.ndarray) -> float:
     return _ranking_score(average_precision_score, probs, labels)
+
+
+def never_predicted(labels: np.ndarray, preds: np.ndarray, names: list[str]) -> list[str]:
+    """Names of the labels (classes) that occur in `labels` but that the decision rule never predicts.
+
+    Both arrays are 0/1 with one column per label (one-hot for single-label data). Such a class has F1 0 whatever
+    the model's ranking: a majority-only default, or a threshold the class never reaches.
+    """
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    return [name for j, name in enumerate(names) if labels[:, j].sum() > 0 and preds[:, j].sum() == 0]
+
+
+def never_predicted_warning(model: str, missing: list[str], split: str, what: str = "class") -> str:
+    """The one line logged (and shown in the report) for a model that never predicts some occurring classes."""
+    names = ", ".join(missing)
+    return (
+        f"{what} {names} {'is' if len(missing) == 1 else 'are'} never predicted by {model} on {split} "
+        f"(F1 0.00 for {'it' if len(missing) == 1 else 'them'}): check the decision rule (--tune_decision) and "
+        "--class_weights"
+    )

@@ -412,6 +412,14 @@ def verdict(results: pd.DataFrame, summary: pd.DataFrame, split: str, pairs: pd.
             f"On the {split} split ({n} texts; {per}), **{best_f1}** is best on {f1} ({quality[best_f1]:.3f}) "
             f"and **{best_auc}** on ROC-AUC ({s.roc_auc_mean[best_auc]:.3f})."
         )
+    blind = {m: names for m, names in never_predicted_of(results).items() if m in set(results[results.method == best_f1].model)}
+    if blind:
+        what = "labels" if is_multi_label(results) else "classes"
+        parts.append(
+            f"But {best_f1} never predicts some {what} ("
+            + "; ".join(f"{m}: {', '.join(n)}" for m, n in blind.items())
+            + "): its lead does not cover them."
+        )
     if not multi_seed:
         parts.append(
             "Each method was trained with one seed, so the seed-to-seed spread is unknown (train with several `--seeds` "
@@ -446,6 +454,41 @@ def verdict(results: pd.DataFrame, summary: pd.DataFrame, split: str, pairs: pd.
     if f"{primary}_mean" in summary and cost_column(summary) in summary:
         parts.append(_front_sentence(summary, primary, pairs))
     return " ".join(p for p in parts if p)
+
+
+def never_predicted_of(results: pd.DataFrame) -> dict[str, list[str]]:
+    """model → the classes (labels) of the split it never predicts (results.csv's `never_predicted`, `;`-joined)."""
+    if "never_predicted" not in results:
+        return {}
+    cells = results.set_index("model").never_predicted
+    return {m: str(c).split(";") for m, c in cells.items() if isinstance(c, str) and c}
+
+
+def never_predicted_lines(results: pd.DataFrame, split: str, multi_label: bool) -> list[str]:
+    """A flagged block naming every model that never predicts a class present in the split (its F1 there is 0)."""
+    missing = never_predicted_of(results)
+    if not missing:
+        return []
+    what = "label" if multi_label else "class"
+    lines = [f"**Never predicted** (a {what} present in `{split}` that the model's decision rule never outputs; its F1 is 0):", ""]
+    for model, names in missing.items():
+        verb = "is" if len(names) == 1 else "are"
+        lines.append(f"- {what} {', '.join(names)} {verb} never predicted by **{model}**")
+    return [*lines, ""]
+
+
+def class_distribution_lines(per_label: pd.DataFrame | None, split: str, multi_label: bool) -> list[str]:
+    """The split's class counts and shares (multi-label: texts carrying each label), from per_label.csv's support."""
+    if per_label is None or not len(per_label) or "support" not in per_label:
+        return []
+    first = per_label[per_label.model == per_label.model.iloc[0]]
+    total = int(first.support.sum()) if not multi_label else None
+    cells = []
+    for row in first.itertuples():
+        share = f" ({row.support / total:.1%})" if total else ""
+        cells.append(f"{row.label} {int(row.support):,}{share}")
+    what = "texts per label" if multi_label else "class counts"
+    return [f"`{split}` {what}: " + ", ".join(cells) + ".", ""]
 
 
 def load_warning(results: pd.DataFrame, context: dict[str, Any]) -> list[str]:
@@ -715,7 +758,9 @@ def write_report(
             + (f" {context['setup_note']}" if context.get("setup_note") else "")
         ),
         "",
+        *class_distribution_lines(per_label, split, multi_label),
         *load_warning(results, context),
+        *never_predicted_lines(results, split, multi_label),
         "## Verdict",
         "",
         verdict(results, summary, split, pairs),
@@ -741,6 +786,7 @@ def write_report(
                 ("roc_auc", "ROC-AUC", 3),
                 *([("pr_auc", "PR-AUC", 3)] if "pr_auc" in results else []),
                 ("eval_loss", "loss", 3),
+                *([("decision_rule", "decision rule", 0)] if "decision_rule" in results else []),
                 ("latency_ms_b1", "latency ms", 2),
                 ("latency_ms_b1_cpu", "CPU ms", 2),
                 ("throughput_b32", "texts/s b32", 1),

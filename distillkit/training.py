@@ -16,6 +16,7 @@ from transformers.trainer_utils import PredictionOutput
 from .cli import FINISHED_MARKER, apply_output_dir_policy, clear_stale_checkpoints, setup_logging
 from .data import DataTrainingArguments, TextClassificationData, load_text_classification_data, tokenize_splits
 from .hub import defer_push_to_hub, push_run, wants_push
+from .metrics import never_predicted, never_predicted_warning
 from .model_card import write_model_card
 from .records import RunRecord
 from .students import count_parameters
@@ -111,12 +112,21 @@ def train_evaluate_save(
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics, combined=False)
         results.update(metrics)
+    checked = {"validation": tuning} if tuning is not None else {}
     if args.do_predict:
-        metrics = trainer.predict(tokenized["test"], metric_key_prefix="test").metrics
+        output = trainer.predict(tokenized["test"], metric_key_prefix="test")
+        checked["test"] = output
+        metrics = output.metrics
         metrics["test_samples"] = len(tokenized["test"])
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics, combined=False)
         results.update(metrics)
+    for split, output in checked.items():  # a class the rule never picks has F1 0: say so at the end of the run
+        missing = never_predicted_classes(trainer.model.config, output)
+        if missing:
+            results[f"never_predicted_{split}"] = missing
+            what = "label" if Task.from_config(trainer.model.config).multi_label else "class"
+            logger.warning(never_predicted_warning(os.path.basename(os.path.normpath(args.output_dir)), missing, split, what))
     trainable, total = count_parameters(trainer.model)
     results.update({"trainable_params": trainable, "total_params": total})
     class_weights = getattr(trainer, "class_weight_record", None) if args.do_train else None
@@ -154,6 +164,19 @@ def decide_thresholds(trainer: Trainer, validation) -> PredictionOutput | None:
     task.save_to_config(trainer.model.config)
     logger.info(f"decision rule tuned on the validation split ({len(validation)} rows): {rule.describe()}")
     return output
+
+
+def never_predicted_classes(config: Any, output: PredictionOutput) -> list[str]:
+    """The classes (labels) present in `output`'s gold labels that the model's saved decision rule never predicts."""
+    task = Task.from_config(config)
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    preds = task.predict(task.probabilities(np.asarray(logits)))
+    labels = np.asarray(output.label_ids)
+    names = [str(config.id2label.get(i, i)) for i in range(task.num_labels)]
+    if not task.multi_label:
+        eye = np.eye(task.num_labels, dtype=np.int64)
+        labels, preds = eye[labels.astype(int)], eye[preds.astype(int)]
+    return never_predicted(labels, preds, names)
 
 
 def score_at_tuned_thresholds(trainer: Trainer, tuning: PredictionOutput) -> dict[str, float]:

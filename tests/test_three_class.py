@@ -129,3 +129,35 @@ def test_run_compare_on_a_three_class_data_set(tmp_path, tiny_base_model_dir, th
     assert results.macro_f1.notna().all() and results.roc_auc.notna().all()
     for name in ("seed0-teacher", "seed0-even", "seed0-lora"):
         assert set(pd.read_csv(exp / "report" / "predictions" / f"{name}.csv").label) == {0, 1, 2}
+
+
+def test_a_class_never_predicted_is_flagged_in_the_log_results_and_report(tmp_path, three_class_data, caplog):
+    """A 3-class model whose head always says `anger`: evaluation names joy and neutral as never predicted."""
+    from conftest import make_tokenizer, tiny_bert_config
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    id2label = dict(enumerate(CLASSES))
+    model = BertForSequenceClassification(
+        tiny_bert_config(num_labels=3, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    )
+    with torch.no_grad():  # the head ignores its input and favours class 0
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    majority = tmp_path / "majority"
+    model.save_pretrained(majority)
+    make_tokenizer(majority)
+    out = tmp_path / "eval"
+    argv = ["--model_dirs", str(majority), "--dataset_name", str(three_class_data), "--output_dir", str(out)]
+    argv += ["--text_column", "comment", "--label_column", "emotion"] + EVAL_FAST
+    with caplog.at_level("WARNING"):
+        run_eval.main(argv)
+    assert "class joy, neutral are never predicted by majority on test" in caplog.text
+    results = pd.read_csv(out / "results.csv")
+    assert results.never_predicted.tolist() == ["joy;neutral"]
+    per_label = pd.read_csv(out / "per_label.csv").set_index("label")
+    assert per_label.predicted.to_dict() == {"anger": 24, "joy": 0, "neutral": 0}
+    report = (out / "report.md").read_text()
+    assert "class joy, neutral are never predicted by **majority**" in report
+    assert "never predicts some classes (majority: joy, neutral)" in report  # the verdict's best model
+    assert "`test` class counts: anger 8 (33.3%), joy 8 (33.3%), neutral 8 (33.3%)." in report
