@@ -227,7 +227,7 @@ def test_run_eval_on_a_multilabel_csv_folder(tmp_path):
     assert old_columns | {"micro_f1", "hamming_accuracy", "pr_auc", "thresholds", "problem_type"} <= set(csv.columns)
     assert len(results) == 2 and (csv.problem_type == MULTI_LABEL).all()
     table = pd.read_csv(out / "per_label.csv")
-    assert list(table.columns) == ["model", "label", "support", "f1", "roc_auc", "pr_auc"]
+    assert list(table.columns) == ["model", "label", "support", "predicted", "f1", "roc_auc", "pr_auc"]
     for name, path in models.items():
         frame = pd.read_csv(out / "predictions" / f"{name}.csv", keep_default_na=False)
         probs = frame[[f"prob_{j}" for j in range(len(LABELS))]].to_numpy()
