@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -42,8 +43,9 @@ from distillkit.evaluation import (
     model_name,
     unique_names,
 )
+from distillkit.integrity import BrokenModelError
 from distillkit.loading import expand_onnx_variants, find_model_dirs
-from distillkit.runtime import is_model_dir, load_classifier_dir
+from distillkit.runtime import is_model_dir, load_model_checked
 from distillkit.records import RunRecord
 from distillkit.report import (
     PER_LABEL_FILE,
@@ -59,6 +61,7 @@ from distillkit.report import (
 logger = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("results.csv", "summary.csv", "report.md", BIAS_FILE)
+BROKEN_FILE = "broken_models.csv"  # model, path, error: the models that could not be scored
 
 
 @dataclass
@@ -190,17 +193,32 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     logger.info(f"scoring {len(model_dirs)} models on {eval_args.split} with {torch.get_num_threads()} thread(s)")
 
     names = unique_names([model_name(d, eval_args.experiment_dir) for d in model_dirs])
-    rows, predictions, histories, tables = [], {}, {}, []
+    rows, predictions, histories, tables, broken = [], {}, {}, [], []
     bias_tables, bias_rows, bias_texts = [], [], {}
     for path, name in zip(model_dirs, names):
         logger.info(f"evaluating {name} ({path})")
-        clf = load_classifier_dir(path, name=name, device=eval_args.device)
-        if bias_scorer is not None:
-            bias_scorer.toxic_ids(clf)  # a model with no toxic class named fails before it is scored
-        warn_if_other_data(path, clf.record, data.source)
-        row, frame, labels_table = evaluate_model(
-            clf, data, eval_args.split, settings, eval_args.per_device_eval_batch_size, eval_args.bootstrap_samples
-        )
+        failure: Exception | None = None
+        # A model that cannot be trusted (bad files at load, non-finite outputs) is reported broken and the healthy
+        # ones are still scored and written; asking for the wrong data set stays a usage error for the whole run.
+        try:
+            clf = load_model_checked(path, name, device=eval_args.device)
+        except UsageError as err:
+            clf, failure = None, err
+        if clf is not None:
+            if bias_scorer is not None:
+                bias_scorer.toxic_ids(clf)  # a model with no toxic class named fails before it is scored
+            warn_if_other_data(path, clf.record, data.source)
+            try:
+                row, frame, labels_table = evaluate_model(
+                    clf, data, eval_args.split, settings, eval_args.per_device_eval_batch_size,
+                    eval_args.bootstrap_samples,
+                )
+            except BrokenModelError as err:
+                failure = err
+        if failure is not None:
+            logger.error(f"{name}: broken, not scored: {failure}")
+            broken.append({"model": name, "path": path, "error": str(failure)})
+            continue
         rows.append(row)
         predictions[name] = frame
         tables.append(labels_table)
@@ -219,6 +237,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         )
         del clf
 
+    if not rows:
+        report_broken(broken)
+        sys.exit(1)
     results = sort_results(pd.DataFrame(rows))
     summary = summarize(results)
     per_label = pd.concat(tables, ignore_index=True)  # support, F1, ROC-AUC, PR-AUC per label (class) per model
@@ -294,7 +315,20 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         bias_summary.to_csv(os.path.join(out, BIAS_SUMMARY_FILE), index=False)
         write_bias_section(report, bias_table, bias_summary, bias_scorer.bias_set.source)
     logger.info(f"wrote results.csv, summary.csv, {PER_LABEL_FILE}, predictions/ and plots/ in {out}; {report}")
+    broken_file = os.path.join(out, BROKEN_FILE)
+    if broken:
+        pd.DataFrame(broken).to_csv(broken_file, index=False)
+        report_broken(broken)
+        sys.exit(1)
+    if os.path.isfile(broken_file):  # a stale list from an earlier run
+        os.remove(broken_file)
     return results
+
+
+def report_broken(broken: list[dict]) -> None:
+    """One `error:` line per model that could not be scored (the healthy ones' results are written first)."""
+    for item in broken:
+        print(f"error: {item['error']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -84,10 +84,8 @@ class DecisionRule:
                 )
             expected = num_labels if rule.multi_label else 1
             _check_numbers(THRESHOLDS_KEY, thresholds, expected, "one per label" if rule.multi_label else "one, for a binary task")
-            if any(not 0.0 <= t <= 1.0 for t in thresholds):
-                raise ValueError(f"{THRESHOLDS_KEY} {list(thresholds)}: a probability threshold lies in [0, 1]")
             rule.kind = LABEL_THRESHOLDS if rule.multi_label else THRESHOLD
-            rule.values = [float(t) for t in thresholds]
+            rule.values = check_threshold_values(thresholds)
         elif offsets is not None:
             if rule.multi_label or num_labels == 2:
                 raise ValueError(
@@ -175,6 +173,19 @@ class DecisionRule:
                 return "each label at 0.5"
             return "per-label thresholds [" + ", ".join(f"{t:.3g}" for t in self.values) + "] (tuned)"
         return ARGMAX
+
+
+def check_threshold_values(values: Any) -> list[float]:
+    """Probability thresholds as saved: a non-empty list of finite numbers in [0, 1] (any count), else ValueError.
+    What every reader checks before deciding with them (`from_saved`; `integrity.check_thresholds` names the file)."""
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"{THRESHOLDS_KEY} {values!r}: expected a list of numbers in [0, 1]")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
+            raise ValueError(
+                f"{THRESHOLDS_KEY} {list(values)!r}: {v!r}: a probability threshold is a number that lies in [0, 1]"
+            )
+    return [float(v) for v in values]
 
 
 def _check_numbers(key: str, values: Any, expected: int, what: str) -> None:

@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .cli import UsageError
 from .data import TextClassificationData
+from .integrity import BrokenModelError
 from .metrics import never_predicted_warning, per_label_table
 from .records import ADAPTER_CONFIG, merged_name
 from .runtime import ONNX_FILE, LoadedClassifier, encode_texts, is_onnx_file, predict_logits, variant_suffix
@@ -336,6 +337,9 @@ def evaluate_model(
     texts, labels = list(data.splits[split]["text"]), gold_labels(data, split)
 
     logits = predict_logits(clf.model, clf.tokenizer, texts, settings.max_length, batch_size, settings.device)
+    if not np.isfinite(logits).all():  # scored, NaN would read as a class; the model is reported broken instead
+        bad = int((~np.isfinite(logits).all(axis=1)).sum())
+        raise BrokenModelError(f"{clf.name} ({clf.path}): non-finite logits on {bad} of {len(texts)} {split} texts")
     probs = task.probabilities(logits)
     preds = task.predict(probs)
     metrics = task.metrics(probs, labels)

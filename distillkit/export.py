@@ -24,6 +24,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from .cli import UsageError
+from .integrity import ONNX_METADATA_KEY, checksums, tokenizer_file_names, tokenizer_fingerprint
 from .records import ADAPTER_CONFIG, RunRecord, is_adapter_dir, merged_method
 from .runtime import (
     EXPORT_RECORD,
@@ -32,7 +33,7 @@ from .runtime import (
     OnnxClassifier,
     is_model_dir,
     is_onnx_dir,
-    load_classifier_dir,
+    load_model_checked,
     predict_logits,
 )
 from .students import count_parameters
@@ -107,6 +108,19 @@ def export_fp32(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path
             opset_version=opset,
             dynamo=False,
         )
+
+
+def add_metadata(onnx_path: str, values: dict[str, str]) -> None:
+    """Set `metadata_props` of an ONNX file (what onnxruntime's `get_modelmeta().custom_metadata_map` reads)."""
+    import onnx
+
+    model = onnx.load(onnx_path)
+    kept = [p for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, onnx_path)
 
 
 def check_texts(texts: list[str] | None) -> list[str]:
@@ -284,9 +298,9 @@ def load_trained_classifier(model_dir: str):
                 "expected *ForSequenceClassification); train it first with run_finetune.py or run_distill.py"
             )
     try:
-        clf = load_classifier_dir(model_dir)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--model_dir {model_dir}: cannot be loaded ({str(err).splitlines()[0]})") from err
+        clf = load_model_checked(model_dir)  # the tokenizer, labels and warm-up outputs checked (distillkit.integrity)
+    except UsageError as err:
+        raise UsageError(f"--model_dir {err}") from None
     if clf.is_adapter:  # PEFT's answer to ONNX export of LoRA: merge, then export
         clf.model = clf.model.merge_and_unload().eval()
     return clf
@@ -305,6 +319,7 @@ def write_records(clf, output_dir: str) -> None:
             shutil.copyfile(source, os.path.join(output_dir, name))
     run_record = RunRecord.load(clf.path)  # run_record.json, or what an older directory's records say
     if run_record is not None:
+        run_record.tokenizer = tokenizer_fingerprint(clf.tokenizer)
         if clf.is_adapter:  # the export holds the merged model, not the adapter
             run_record.is_adapter, run_record.merged = False, True
             run_record.method = merged_method(run_record.method)
@@ -338,6 +353,8 @@ def export_classifier(
     fp32_path = os.path.join(output_dir, ONNX_FILE)
     _, params = count_parameters(clf.model)
     export_fp32(clf.model, clf.tokenizer, fp32_path)
+    fingerprint = tokenizer_fingerprint(clf.tokenizer)
+    add_metadata(fp32_path, {ONNX_METADATA_KEY: json.dumps(fingerprint, sort_keys=True)})
     fp32 = OnnxClassifier(fp32_path, clf.model.config, params)
     # One fp32 pass over the texts serves both the check against PyTorch and the int8 comparison.
     fp32_logits = onnx_logits_of(fp32, clf.tokenizer, texts, max_length)
@@ -362,10 +379,12 @@ def export_classifier(
         "files": {"fp32": ONNX_FILE},
         "size_mb": {"fp32": os.path.getsize(fp32_path) / 2**20},
         "check": {"texts": len(texts), "max_abs_logit_diff": diff, "tolerance": tolerance},
+        "tokenizer": fingerprint,
     }
     if quantize == "int8":
         int8_path = os.path.join(output_dir, INT8_FILE)
         quantize_int8(fp32_path, int8_path, clf.model.config, settings)
+        add_metadata(int8_path, {ONNX_METADATA_KEY: json.dumps(fingerprint, sort_keys=True)})
         int8 = OnnxClassifier(int8_path, clf.model.config, params)
         probs8 = onnx_probs(int8, clf.tokenizer, texts, max_length, task)
         quality = agreement_metrics(task.probabilities(fp32_logits), probs8, labels, task)
@@ -379,6 +398,10 @@ def export_classifier(
         )
     elif quantize is not None:
         raise UsageError(f"--quantize {quantize}: only int8 is supported")
+    # Every file a loader reads, as checked here: loaders refuse a file changed or truncated since.
+    record["sha256"] = checksums(
+        output_dir, [*record["files"].values(), "config.json", *tokenizer_file_names(output_dir)]
+    )
     with open(os.path.join(output_dir, EXPORT_RECORD), "w") as f:
         json.dump(record, f, indent=2, default=str)
     write_card(output_dir, record, [str(clf.id2label[i]) for i in range(len(clf.id2label))], task)

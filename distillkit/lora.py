@@ -19,6 +19,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .cli import UsageError
+from .integrity import tokenizer_fingerprint
 from .model_card import write_model_card
 from .records import MERGED_SUBDIR, RunRecord
 
@@ -251,7 +252,9 @@ def merge_and_save(
     merged = peft_model.merge_and_unload()
     merged.config.training_record = record
     merged.save_pretrained(output_dir)
-    RunRecord.from_model(merged, merged=True).save(output_dir)
+    record = RunRecord.from_model(merged, merged=True)
+    record.tokenizer = tokenizer_fingerprint(tokenizer)
+    record.save(output_dir)
     tokenizer.save_pretrained(output_dir)
     write_model_card(output_dir)
     logger.info(f"merged model written to {output_dir}")

@@ -17,6 +17,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .integrity import check_thresholds, require_tokenizer_files
 from .records import ADAPTER_CONFIG, RECORD_FILE, RunRecord, loss_keys, merged_name, merged_parent
 from .runtime import read_results
 from .tasks import MULTI_LABEL
@@ -330,6 +331,7 @@ def usage_snippet(records: RunRecords, reference: str) -> str:
     thresholds (the rules of distillkit/decision.py)."""
     problem_type = records.config.get("problem_type") or records.record.problem_type
     thresholds = records.config.get("decision_thresholds") or records.results.get("decision_thresholds")
+    check_thresholds(thresholds, f"{reference}: decision_thresholds")  # the snippet would decide with them
     offsets = records.config.get("decision_logit_offsets") or records.results.get("decision_logit_offsets")
     multi_label = problem_type == MULTI_LABEL
     adapter = records.adapter is not None and not records.merged
@@ -433,6 +435,8 @@ def write_model_card(output_dir: str, repo_id: str | None = None) -> str:
 
     Call it after the model and `all_results.json` are saved (the card copies the metrics from there).
     """
+    # The card's snippet loads the tokenizer from this directory: without its files transformers would invent one.
+    require_tokenizer_files(output_dir)
     card = build_model_card(output_dir, repo_id)
     path = os.path.join(output_dir, CARD_NAME)
     card.save(path)

@@ -60,6 +60,7 @@ class RunRecord:
     dataset: dict[str, Any] = field(default_factory=dict)  # name, config, columns, threshold, rows per split
     max_seq_length: int | None = None
     seed: int | None = None
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # integrity.tokenizer_fingerprint of the saved tokenizer
     is_adapter: bool = False
     merged: bool = False
     decision: dict[str, Any] = field(default_factory=dict)  # the decision rule (decision.DecisionRule.to_dict())

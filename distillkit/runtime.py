@@ -26,9 +26,21 @@ from transformers import (
 )
 
 from .cli import UsageError
+from .integrity import (
+    ONNX_METADATA_KEY,
+    WARMUP_TEXTS,
+    BrokenModelError,
+    check_labels,
+    check_outputs,
+    check_thresholds,
+    check_tokenizer,
+    require_tokenizer_files,
+    tokenizer_file_names,
+    verify_checksums,
+)
 from .losses import teacher_terms
 from .records import ADAPTER_CONFIG, RunRecord, is_adapter_dir, merged_parent
-from .tasks import Task
+from .tasks import MULTI_LABEL, Task
 
 logger = logging.getLogger(__name__)
 
@@ -138,17 +150,20 @@ def adapter_head_kwargs(path: str, record: RunRecord | None) -> dict[str, Any]:
 
 
 def load_classifier_dir(path: str, name: str | None = None, device: str | torch.device = "cpu") -> LoadedClassifier:
-    """Load a saved full model or PEFT adapter in eval mode (safetensors only, never remote code).
+    """Load a saved full model or PEFT adapter in eval mode (safetensors only, never remote code), checked.
 
     An ONNX export (run_export.py: a directory with model.onnx, or DIR/model-int8.onnx) loads as an ONNX Runtime
-    session that is called like the PyTorch model.
+    session that is called like the PyTorch model. Whatever the runtime, the directory must prove itself first
+    (`verify_loaded`): a UsageError or `integrity.BrokenModelError` says which file is wrong.
     """
     if is_onnx_dir(path) or is_onnx_file(path):
         clf = load_onnx_classifier(path, name)
         clf.model.to(device)  # refuses anything but the CPU
+        verify_loaded(clf, clf.model.tokenizer_fingerprint, device)
         return clf
     if not os.path.isdir(path) or not is_model_dir(path):
         raise UsageError(f"{path}: not a model directory (expected config.json or {ADAPTER_CONFIG})")
+    require_tokenizer_files(path)  # before AutoTokenizer can invent a 5-token vocabulary
     adapter = is_adapter_dir(path)
     record, results = RunRecord.load(path), read_results(path)
     if adapter:
@@ -159,14 +174,20 @@ def load_classifier_dir(path: str, name: str | None = None, device: str | torch.
         )
         # The decision rule tuned at training time: set on the config, as transformers does not know the attribute
         # (a from_pretrained kwarg would reach the model's __init__).
+        check_thresholds(results.get("decision_thresholds"), f"{path}: all_results.json")
         for key in ("decision_thresholds", "decision_logit_offsets"):
             if results.get(key) is not None:
                 setattr(model.config, key, results[key])
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        # Before the weights: a label count that does not fit the head would fail deep inside from_pretrained.
+        check_labels(path, config.id2label, record.label_names if record else None, config.problem_type == MULTI_LABEL)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, use_safetensors=True, trust_remote_code=False
+        )
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    return LoadedClassifier(
+    clf = LoadedClassifier(
         name=name or os.path.basename(os.path.normpath(path)),
         path=path,
         model=model,
@@ -175,6 +196,33 @@ def load_classifier_dir(path: str, name: str | None = None, device: str | torch.
         record=record,
         results=results,
     )
+    verify_loaded(clf, record.tokenizer if record is not None else None, device)
+    return clf
+
+
+def load_model_checked(path: str, name: str | None = None, device: str | torch.device = "cpu") -> LoadedClassifier:
+    """`load_classifier_dir`, with every way a directory can be unusable as one UsageError naming the file: what
+    app.py prints as its `error:` line and run_eval.py reports as a broken model."""
+    try:
+        return load_classifier_dir(path, name=name, device=device)
+    except BrokenModelError as err:
+        raise UsageError(str(err)) from None
+    except (OSError, ValueError, RuntimeError) as err:  # a truncated safetensors file, an unreadable config.json
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"{path}: cannot be loaded ({first[:200]})") from None
+
+
+def verify_loaded(clf: LoadedClassifier, fingerprint: dict[str, Any] | None, device: str | torch.device = "cpu") -> None:
+    """The checks every reader relies on (distillkit.integrity): the tokenizer is the trained one, config.json's
+    labels agree with run_record.json's and are distinct, the decision rule is valid, and a warm-up forward pass
+    gives finite logits, one per label, that depend on the text."""
+    directory = clf.path if os.path.isdir(clf.path) else os.path.dirname(clf.path)
+    config = clf.model.config
+    check_tokenizer(directory, clf.tokenizer, fingerprint, getattr(config, "vocab_size", None))
+    task = clf.task  # validates the decision rule (decision.py)
+    check_labels(directory, config.id2label, clf.record.label_names if clf.record else None, task.multi_label)
+    logits = predict_logits(clf.model, clf.tokenizer, WARMUP_TEXTS, 32, device=str(device))
+    check_outputs(f"{clf.name} ({clf.path})", logits, len(config.id2label))
 
 
 # --- what an exported directory is ------------------------------------------------------------------------------
@@ -247,10 +295,17 @@ class OnnxClassifier:
         self.path = onnx_path
         self.config = config
         self.num_parameters = int(num_parameters)
-        self.session = ort.InferenceSession(
-            onnx_path, sess_options=session_options(num_threads, spinning), providers=["CPUExecutionProvider"]
-        )
+        try:
+            self.session = ort.InferenceSession(
+                onnx_path, sess_options=session_options(num_threads, spinning), providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf types: any of them is a bad file
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UsageError(f"{onnx_path}: not a loadable ONNX model ({first[:200]})") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        # The tokenizer the model was exported with (integrity.tokenizer_fingerprint), when the export recorded it.
+        self.tokenizer_fingerprint = json.loads(metadata[ONNX_METADATA_KEY]) if ONNX_METADATA_KEY in metadata else None
 
     def __call__(self, **inputs: Any) -> SimpleNamespace:
         feed = {}
@@ -280,10 +335,19 @@ def load_onnx_classifier(path: str, name: str | None = None, spinning: bool = Tr
     """An exported directory (fp32 model.onnx) or a variant file in one (DIR/model-int8.onnx) as a LoadedClassifier."""
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     onnx_path = os.path.join(path, ONNX_FILE) if os.path.isdir(path) else path
-    config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     record = read_export_record(directory)
+    # The files the export checked, byte for byte: this model file, its config and its tokenizer.
+    shared = ["config.json", *tokenizer_file_names(directory)]
+    verify_checksums(directory, record.get("sha256") or {}, [os.path.basename(onnx_path), *shared])
+    require_tokenizer_files(directory)
+    try:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{directory}/config.json: cannot be read ({str(err).splitlines()[0][:200]})") from None
     precision = "fp32" if os.path.basename(onnx_path) == ONNX_FILE else variant_suffix(onnx_path)
     model = OnnxClassifier(onnx_path, config, record.get("params", 0), spinning=spinning)
+    if model.tokenizer_fingerprint is None:  # an export from before the metadata: onnx_export.json may have it
+        model.tokenizer_fingerprint = record.get("tokenizer")
     default_name = os.path.basename(os.path.normpath(directory))
     return LoadedClassifier(
         name=name or (default_name if precision == "fp32" else f"{default_name}-{precision}"),

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -26,7 +27,7 @@ import numpy as np
 from .cli import UsageError
 from .evaluation import has_generic_label_names, layers_text, model_name, unique_names
 from .loading import expand_onnx_variants, find_model_dirs
-from .runtime import LoadedClassifier, load_classifier_dir, predict_logits
+from .runtime import LoadedClassifier, load_model_checked, predict_logits
 from .students import count_parameters
 from .tasks import Task
 
@@ -468,10 +469,19 @@ class ModelRegistry:
         if not paths:
             raise UsageError("nothing to serve: pass --experiment_dir EXP or --model_dirs DIR [DIR ...]")
         names = unique_names([model_name(p, experiment_dir) for p in paths])
+        required = {os.path.abspath(p) for p in model_dirs}  # asked for by name: must load
         classifiers = []
         for path, name in zip(paths, names):
             logger.info(f"loading {name} from {path}")
-            classifiers.append(load_classifier_dir(path, name=name))
+            try:
+                classifiers.append(load_model_checked(path, name))
+            except UsageError as err:
+                if path in required:
+                    raise
+                # A model found in --experiment_dir, or the int8 twin of an export: the others are still served.
+                print(f"error: {err} (left out; serving the other models)", file=sys.stderr)
+        if not classifiers:
+            raise UsageError("no model could be loaded: see the error lines above")
         return cls(classifiers, limits, label_names)
 
     @property
@@ -505,6 +515,10 @@ class ModelRegistry:
 
     def answer(self, request: PredictRequest, outputs: dict[str, BatchOutput]) -> dict[str, Any]:
         """For each text, each model's decision, label probabilities and latency (its batch's time per text)."""
+        for name, out in outputs.items():
+            if not np.isfinite(out.probs).all():  # never turn NaN into a label: this request fails, the server stays
+                bad = int(np.flatnonzero(~np.isfinite(out.probs).all(axis=1))[0])
+                raise RequestError(500, f"model {name} gave non-finite outputs for texts[{bad}]: no prediction")
         per_model = {
             name: self.models[name].predictions(out.probs, out.forward_ms / out.batch_texts)
             for name, out in outputs.items()

@@ -17,6 +17,7 @@ from .cli import FINISHED_MARKER, apply_output_dir_policy, clear_stale_checkpoin
 from .data import DataTrainingArguments, TextClassificationData, load_text_classification_data, tokenize_splits
 from .hub import defer_push_to_hub, push_run, wants_push
 from .metrics import never_predicted, never_predicted_warning
+from .integrity import tokenizer_fingerprint
 from .model_card import write_model_card
 from .records import RunRecord
 from .students import count_parameters
@@ -137,6 +138,8 @@ def train_evaluate_save(
         adapter = hasattr(trainer.model, "peft_config")  # a PEFT adapter: its results say what it is
         record = RunRecord.from_model(trainer.model, results if adapter else None)
         record.class_weights = class_weights or record.class_weights
+        if trainer.processing_class is not None:  # the tokenizer saved beside the model: loaders check it is the one
+            record.tokenizer = tokenizer_fingerprint(trainer.processing_class)
         record.save(args.output_dir)
         with open(os.path.join(args.output_dir, FINISHED_MARKER), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True, default=str)

@@ -4,11 +4,27 @@ loaders as an attacker and a careless user would; docs/security.md maps each thr
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
-from conftest import REPO
+import onnx
+import pandas as pd
+import pytest
+import torch
+from conftest import FILLER, NEUTRAL_WORDS, REPO, SPECIAL, TOXIC_WORDS, make_tokenizer
+from fastapi.testclient import TestClient
+from transformers import AutoTokenizer, BertForSequenceClassification, BertTokenizer
+
+import app as app_module
+import run_eval
+import run_export
+from distillkit.cli import UsageError
+from distillkit.runtime import load_classifier_dir
+from distillkit.records import RunRecord
+from distillkit.serving import ModelRegistry, ServingLimits
 
 # An unterminated string of \" pairs: the old regex that stripped strings was quadratic on it (32 KB took 9.8 s).
 ADVERSARIAL_BODY_SCRIPT = textwrap.dedent(
@@ -39,3 +55,250 @@ def test_a_1mb_adversarial_body_is_refused_in_well_under_a_second():
     assert status == "400"
     # Linear: ~0.02 s here; the bound leaves room for a loaded machine and still fails the quadratic scan by hours.
     assert float(cpu_s) < 1.0, cpu_s
+
+
+def tokenizer_fingerprint(tokenizer):
+    from distillkit.integrity import tokenizer_fingerprint as fingerprint  # not on old main: fails that test alone
+
+    return fingerprint(tokenizer)
+
+
+def check_thresholds(value, source):
+    from distillkit.integrity import check_thresholds as check
+
+    return check(value, source)
+
+
+# --- model directories that must not load -------------------------------------------------------------------------
+
+FAST_EVAL = ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_texts", "32", "--num_threads", "1"]
+FAST_EVAL += ["--bootstrap_samples", "20"]
+
+
+def copy_model(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def edit_config(directory: Path, **values) -> None:
+    config = json.loads((directory / "config.json").read_text())
+    config.update(values)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def nan_model(source: Path, target: Path) -> Path:
+    """A copy whose classifier has one NaN weight: every probability it gives is NaN."""
+    model = BertForSequenceClassification.from_pretrained(source)
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    model.save_pretrained(target)
+    make_tokenizer(target)
+    return target
+
+
+@pytest.fixture()
+def no_serving(monkeypatch):
+    """app.main must refuse before it serves: reaching uvicorn.run is a failure (instead of a server that blocks)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("app.py started serving a model it should have refused")
+
+    monkeypatch.setattr(app_module.uvicorn, "run", refuse)
+
+
+def app_error(capsys, *argv: str) -> str:
+    """app.main's one `error:` line (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        app_module.main(["--port", "0", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    return errors[0]
+
+
+def test_a_model_dir_without_tokenizer_files_is_refused_by_app_eval_and_export(
+    tmp_path, capsys, no_serving, tiny_classifier_dir, tiny_data_dir
+):
+    """Defect: AutoTokenizer built a 5-token vocabulary (every word [UNK]) and every reader used it silently."""
+    model = copy_model(tiny_classifier_dir, tmp_path / "model")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (model / name).unlink(missing_ok=True)
+
+    assert "no tokenizer files" in app_error(capsys, "--model_dirs", str(model))
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_eval.main(
+            ["--model_dirs", str(model), "--dataset_name", str(tiny_data_dir), "--output_dir", str(tmp_path / "r")]
+            + FAST_EVAL
+        )
+    assert exit_info.value.code != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no tokenizer files" in errors[0] and str(model) in errors[0]
+    assert not (tmp_path / "r" / "results.csv").exists()
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_export.main(["--model_dir", str(model), "--output_dir", str(tmp_path / "onnx")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no tokenizer files" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "onnx" / "model.onnx").exists()
+
+
+def test_a_tokenizer_other_than_the_trained_one_is_refused(tmp_path, tiny_classifier_dir):
+    """The fingerprint in run_record.json (vocab size, special ids, vocabulary hash) must match the files."""
+    model = copy_model(tiny_classifier_dir, tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    record = RunRecord(method="teacher", label_names=["non-toxic", "toxic"])
+    record.tokenizer = tokenizer_fingerprint(tokenizer)
+    record.save(model)
+    assert load_classifier_dir(str(model)).name == "model"  # the trained tokenizer loads
+    # Same size, same special ids, two words swapped: every id of those words now means the other one.
+    vocab = SPECIAL + TOXIC_WORDS + NEUTRAL_WORDS + FILLER
+    i, j = vocab.index("idiot"), vocab.index("thanks")
+    vocab[i], vocab[j] = vocab[j], vocab[i]
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (model / name).unlink()
+    BertTokenizer(vocab={w: k for k, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(model)
+    with pytest.raises(UsageError, match="not the one the model was trained with: vocab_sha256"):
+        load_classifier_dir(str(model))
+
+
+# --- integrity: checksums, labels, outputs --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_classifier_dir) -> Path:
+    base = tmp_path_factory.mktemp("export")
+    source = copy_model(tiny_classifier_dir, base / "teacher")
+    RunRecord(method="teacher", label_names=["non-toxic", "toxic"]).save(source)  # from before fingerprints
+    out = base / "onnx"
+    run_export.main(["--model_dir", str(source), "--output_dir", str(out), "--quantize", "int8"])
+    return out
+
+
+def test_the_export_records_checksums_and_the_tokenizer_and_loaders_verify_them(tmp_path, exported, capsys, no_serving):
+    record = json.loads((exported / "onnx_export.json").read_text())
+    assert {"model.onnx", "model-int8.onnx", "config.json", "tokenizer.json"} <= set(record["sha256"])
+    assert record["tokenizer"]["vocab_size"] == len(SPECIAL + TOXIC_WORDS + NEUTRAL_WORDS + FILLER)
+    meta = onnx.load(str(exported / "model.onnx"), load_external_data=False).metadata_props
+    assert json.loads({p.key: p.value for p in meta}["distillkit.tokenizer"]) == record["tokenizer"]
+    assert json.loads((exported / "run_record.json").read_text())["tokenizer"] == record["tokenizer"]
+
+    changed = copy_model(exported, tmp_path / "changed")
+    data = bytearray((changed / "model.onnx").read_bytes())
+    data[-100] ^= 1  # one bit of one weight
+    (changed / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="model.onnx: SHA-256 differs"):
+        load_classifier_dir(str(changed))
+
+
+def test_a_truncated_model_onnx_is_one_error_line_and_a_broken_int8_does_not_stop_fp32(
+    tmp_path, exported, capsys, no_serving
+):
+    """Defect: a truncated model.onnx raised a traceback; a broken int8 twin also stopped the healthy fp32 model."""
+    old = copy_model(exported, tmp_path / "old")  # an export from before checksums: only onnxruntime can tell
+    record = json.loads((old / "onnx_export.json").read_text())
+    record.pop("sha256")
+    (old / "onnx_export.json").write_text(json.dumps(record))
+    (old / "model-int8.onnx").write_bytes((old / "model-int8.onnx").read_bytes()[:5000])
+    registry = ModelRegistry.from_dirs([str(old)], ServingLimits())
+    try:
+        assert registry.names == ["old"]  # fp32 served, int8 left out
+    finally:
+        registry.close()
+    err = capsys.readouterr().err
+    assert "error: " in err and "model-int8.onnx: not a loadable ONNX model" in err
+
+    (old / "model.onnx").write_bytes((old / "model.onnx").read_bytes()[:5000])
+    line = app_error(capsys, "--model_dirs", str(old))
+    assert "model.onnx: not a loadable ONNX model" in line
+
+
+def test_labels_that_disagree_across_files_are_refused(tmp_path, tiny_classifier_dir, exported, capsys, no_serving):
+    """Defects: id2label swapped in config.json flipped every answer; a 3-label config on a 2-logit model was served;
+    duplicate names collapsed `probabilities` to one key; a 1-label config crashed start-up with a traceback."""
+    swapped = copy_model(tiny_classifier_dir, tmp_path / "swapped")
+    RunRecord(method="teacher", label_names=["non-toxic", "toxic"]).save(swapped)
+    edit_config(swapped, id2label={"0": "toxic", "1": "non-toxic"}, label2id={"toxic": 0, "non-toxic": 1})
+    assert "disagrees with run_record.json's label_names" in app_error(capsys, "--model_dirs", str(swapped))
+
+    duplicate = copy_model(tiny_classifier_dir, tmp_path / "duplicate")
+    edit_config(duplicate, id2label={"0": "toxic", "1": "toxic"}, label2id={"toxic": 1})
+    assert "label name(s) toxic used for more than one id" in app_error(capsys, "--model_dirs", str(duplicate))
+
+    three = copy_model(exported, tmp_path / "three")
+    record = json.loads((three / "onnx_export.json").read_text())
+    record.pop("sha256")  # else the changed config.json is refused by its checksum before its labels are read
+    (three / "onnx_export.json").write_text(json.dumps(record))
+    (three / "model-int8.onnx").unlink()
+    (three / "run_record.json").unlink(missing_ok=True)
+    edit_config(three, id2label={"0": "a", "1": "b", "2": "c"}, label2id={"a": 0, "b": 1, "c": 2})
+    assert "lists 3 labels but the model outputs 2 logits" in app_error(capsys, "--model_dirs", str(three))
+
+    one = copy_model(tiny_classifier_dir, tmp_path / "one")
+    edit_config(one, id2label={"0": "toxic"}, label2id={"toxic": 0})
+    line = app_error(capsys, "--model_dirs", str(one))
+    assert "config.json" in line and "at least 2 classes" in line
+
+
+def test_a_model_with_non_finite_outputs_is_refused_at_warm_up(tmp_path, tiny_classifier_dir, capsys, no_serving):
+    """Defect: an export with a NaN weight answered "non-toxic" with probability null for every text."""
+    broken = nan_model(tiny_classifier_dir, tmp_path / "nan")
+    assert "non-finite logits" in app_error(capsys, "--model_dirs", str(broken))
+    zeroed = copy_model(tiny_classifier_dir, tmp_path / "zeroed")
+    model = BertForSequenceClassification.from_pretrained(zeroed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+    model.save_pretrained(zeroed)
+    assert "the same for every text" in app_error(capsys, "--model_dirs", str(zeroed))
+
+
+def test_a_non_finite_output_at_request_time_is_an_error_for_that_request(tmp_path, tiny_classifier_dir):
+    registry = ModelRegistry.from_dirs([str(tiny_classifier_dir)], ServingLimits())
+    try:
+        with TestClient(app_module.create_app(registry)) as client:
+            assert client.post("/api/predict", json={"texts": ["you idiot"]}).status_code == 200
+            with torch.no_grad():  # the weights go bad after start-up (memory corruption, a bad hot swap)
+                registry.models[registry.names[0]].clf.model.classifier.bias.fill_(float("nan"))
+            response = client.post("/api/predict", json={"texts": ["you idiot"]})
+            assert response.status_code == 500, response.text
+            assert "non-finite outputs" in response.json()["error"] and "label" not in response.json()
+    finally:
+        registry.close()
+
+
+def test_run_eval_reports_a_broken_model_and_still_writes_the_healthy_ones(
+    tmp_path, capsys, tiny_classifier_dir, tiny_data_dir
+):
+    """Defect: run_eval.py crashed with a traceback on a NaN model and wrote nothing for the healthy ones."""
+    exp = tmp_path / "exp"
+    copy_model(tiny_classifier_dir, exp / "healthy")
+    nan_model(tiny_classifier_dir, exp / "broken")
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as exit_info:
+        run_eval.main(
+            ["--experiment_dir", str(exp), "--dataset_name", str(tiny_data_dir), "--output_dir", str(out)] + FAST_EVAL
+        )
+    assert exit_info.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken" in errors[0] and "non-finite" in errors[0]
+    results = pd.read_csv(out / "results.csv")
+    assert list(results["model"]) == ["healthy"]
+    assert list(pd.read_csv(out / "broken_models.csv")["model"]) == ["broken"]
+
+
+# --- decision thresholds --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("thresholds", [[2.0], [-1.0], [float("nan")], ["0.5"], [None], 0.5])
+def test_decision_thresholds_outside_0_1_are_one_error_line(tmp_path, tiny_classifier_dir, capsys, no_serving, thresholds):
+    """Defect: 2.0, -1.0 and NaN were accepted (NaN shown as argmax); "0.5" or null crashed start-up."""
+    model = copy_model(tiny_classifier_dir, tmp_path / "model")
+    edit_config(model, decision_thresholds=thresholds)
+    line = app_error(capsys, "--model_dirs", str(model))
+    assert "decision_thresholds" in line and "config.json" in line
+    with pytest.raises(UsageError, match="decision_thresholds"):
+        check_thresholds(thresholds, "config.json")
+    assert check_thresholds([0.0, 0.25, 1], "config.json") == [0.0, 0.25, 1.0]
