@@ -476,7 +476,7 @@ class ModelRegistry:
             try:
                 classifiers.append(load_model_checked(path, name))
             except UsageError as err:
-                if path in required:
+                if os.path.abspath(path) in required:
                     raise
                 # A model found in --experiment_dir, or the int8 twin of an export: the others are still served.
                 print(f"error: {err} (left out; serving the other models)", file=sys.stderr)
