@@ -435,9 +435,9 @@ def write_model_card(output_dir: str, repo_id: str | None = None) -> str:
 
     Call it after the model and `all_results.json` are saved (the card copies the metrics from there).
     """
+    card = build_model_card(output_dir, repo_id)  # first: a directory without a model is refused as such
     # The card's snippet loads the tokenizer from this directory: without its files transformers would invent one.
     require_tokenizer_files(output_dir)
-    card = build_model_card(output_dir, repo_id)
     path = os.path.join(output_dir, CARD_NAME)
     card.save(path)
     return path
