@@ -41,6 +41,7 @@ RUN_FILES = {
     "trainer_state.json",
     "training_args.bin",
 }
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json"}
 # The Trainer's pickled TrainingArguments stays on disk but is never uploaded (unpickling runs code).
 UPLOADED_FILES = RUN_FILES - {"training_args.bin"}
 
@@ -111,7 +112,8 @@ def test_push_uploads_the_finished_run_once(tmp_path, tiny_classifier_dir, tiny_
     card = ModelCard(upload["card"])
     results = json.loads((out / "all_results.json").read_text())
     assert card.data.model_name == "someone/tiny-even"
-    assert 'pipeline("text-classification", model="someone/tiny-even")' in card.text
+    # The snippet loads the Hub repo (top_k=None follows when a tuned decision rule needs every score).
+    assert 'pipeline("text-classification", model="someone/tiny-even"' in card.text
     test_acc = [
         r.metric_value for r in card.data.eval_results if r.dataset_split == "test" and r.metric_type == "accuracy"
     ]
@@ -175,7 +177,7 @@ def test_defer_push_keeps_the_request_off_the_trainer(tmp_path):
 def test_push_run_sends_a_merged_copy_to_its_own_repo(tmp_path, tiny_classifier_dir, monkeypatch):
     """An adapter dir's merged/ copy is not part of the adapter repo; it goes to `<hub_model_id>-merged`."""
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from distillkit.hub import MERGED_REPO_SUFFIX
 
@@ -186,6 +188,10 @@ def test_push_run_sends_a_merged_copy_to_its_own_repo(tmp_path, tiny_classifier_
     )
     model.save_pretrained(out)
     model.merge_and_unload().save_pretrained(out / "merged")
+    # As run_lora.py saves them: each directory with its tokenizer (a card is refused without one).
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier_dir)
+    tokenizer.save_pretrained(out)
+    tokenizer.save_pretrained(out / "merged")
     (out / "all_results.json").write_text(json.dumps({"method": "lora"}))
     hub = HubCalls(monkeypatch)
     args = DistillationTrainingArguments(
@@ -200,8 +206,9 @@ def test_push_run_sends_a_merged_copy_to_its_own_repo(tmp_path, tiny_classifier_
         "adapter_config.json",
         "adapter_model.safetensors",
         "all_results.json",
+        *TOKENIZER_FILES,
     }
-    assert uploads[1][2]["files"] == {"README.md", "config.json", "model.safetensors"}
+    assert uploads[1][2]["files"] == {"README.md", "config.json", "model.safetensors", *TOKENIZER_FILES}
     assert ModelCard(uploads[0][2]["card"]).data.library_name == "peft"
     assert ModelCard(uploads[1][2]["card"]).data.library_name == "transformers"
 
@@ -240,7 +247,8 @@ def test_run_lora_merge_pushes_adapter_and_merged_model(tmp_path, tiny_base_mode
     adapter_card, merged_card = ModelCard(adapter["card"]), ModelCard(merged["card"])
     assert adapter_card.data.library_name == "peft" and adapter_card.data.model_name == "someone/lora"
     assert merged_card.data.library_name == "transformers" and merged_card.data.model_name == "someone/lora-merged"
-    assert 'pipeline("text-classification", model="someone/lora-merged")' in merged_card.text
+    # The snippet loads the Hub repo (top_k=None follows when a tuned decision rule needs every score).
+    assert 'pipeline("text-classification", model="someone/lora-merged"' in merged_card.text
     _card_numbers_are(adapter_card, results)
     _card_numbers_are(merged_card, results)
 
