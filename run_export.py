@@ -22,11 +22,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args
+from distillkit.cli import (
+    UsageError,
+    configure_logging,
+    discard_staging_dir,
+    exit_on_usage_error,
+    parse_args,
+    replace_directory,
+    staging_dir_for,
+)
 from distillkit.data import DataTrainingArguments, load_text_classification_data, trained_label_flags
 from distillkit.export import TOLERANCE, ExportCheckError, QuantSettings, export_classifier
-from distillkit.runtime import EXPORT_RECORD, INT8_FILE, ONNX_FILE
-from distillkit.records import RunRecord
+from distillkit.runtime import ONNX_FILE, is_model_dir, is_onnx_dir
+from distillkit.records import ADAPTER_CONFIG, RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +100,21 @@ class ExportArguments:
 
 
 def check_output_dir(args: ExportArguments) -> None:
-    """An existing non-empty output directory is kept unless --overwrite_output_dir."""
-    if os.path.isdir(args.output_dir) and os.listdir(args.output_dir) and not args.overwrite_output_dir:
+    """An existing non-empty output directory is kept unless --overwrite_output_dir, which replaces a model
+    directory (an export or a trained model) as a whole; a folder that holds no model is never replaced."""
+    if not (os.path.isdir(args.output_dir) and os.listdir(args.output_dir)):
+        if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+            raise UsageError(f"--output_dir {args.output_dir}: a file, not a directory")
+        return
+    if not args.overwrite_output_dir:
         raise UsageError(
             f"--output_dir {args.output_dir} is not empty; pass --overwrite_output_dir to replace it, "
             "or choose another --output_dir"
+        )
+    if not (is_model_dir(args.output_dir) or is_onnx_dir(args.output_dir)):
+        raise UsageError(
+            f"--output_dir {args.output_dir}: holds files but no model (no config.json, {ADAPTER_CONFIG} or "
+            f"{ONNX_FILE}); --overwrite_output_dir replaces a model directory only: choose another --output_dir"
         )
 
 
@@ -145,13 +163,13 @@ def main(argv: list[str] | None = None) -> dict:
         keep_head_fp32=args.keep_head_fp32,
         preprocess=args.preprocess,
     )
-    for name in (ONNX_FILE, INT8_FILE, EXPORT_RECORD):  # a stale int8 twin must not outlive a new fp32 export
-        if args.overwrite_output_dir and os.path.isfile(os.path.join(args.output_dir, name)):
-            os.remove(os.path.join(args.output_dir, name))
+    # The export is written whole beside --output_dir, then takes its place: an old directory's files (another
+    # model's weights, a stale int8 twin) never stay beside the new export, and a failed export changes nothing.
+    staging = staging_dir_for(args.output_dir)
     try:
         record = export_classifier(
             args.model_dir,
-            args.output_dir,
+            staging,
             quantize=args.quantize,
             texts=texts,
             labels=labels,
@@ -160,8 +178,13 @@ def main(argv: list[str] | None = None) -> dict:
             tolerance=args.tolerance,
         )
     except ExportCheckError as err:
+        discard_staging_dir(staging)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except BaseException:
+        discard_staging_dir(staging)
+        raise
+    replace_directory(staging, args.output_dir)
     quality = record.get("int8_vs_fp32")
     logger.info(
         f"exported {args.model_dir} to {args.output_dir}: max logit difference {record['check']['max_abs_logit_diff']:.1e}"

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -254,6 +255,33 @@ def apply_output_dir_policy(
         f"--output_dir {output_dir} is not empty and holds no checkpoint to resume from; "
         "pass --overwrite_output_dir to write into it anyway"
     )
+
+
+def staging_dir_for(output_dir: str) -> str:
+    """A new empty directory named like `output_dir`, inside a hidden folder beside it (same file system, so
+    `replace_directory` is a rename): a script writes its whole output there before it replaces anything."""
+    target = os.path.abspath(output_dir)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    holder = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.staging-", dir=parent)
+    staging = os.path.join(holder, os.path.basename(target))
+    os.mkdir(staging)
+    return staging
+
+
+def discard_staging_dir(staging: str) -> None:
+    shutil.rmtree(os.path.dirname(staging), ignore_errors=True)
+
+
+def replace_directory(staging: str, output_dir: str) -> None:
+    """--overwrite_output_dir: `output_dir` becomes exactly the complete new output in `staging` (`staging_dir_for`),
+    never a merge of the old files and the new; the old directory is removed only once the new one is in place."""
+    target = os.path.abspath(output_dir)
+    holder = os.path.dirname(staging)
+    if os.path.exists(target):
+        os.rename(target, os.path.join(holder, "replaced"))
+    os.rename(staging, target)
+    shutil.rmtree(holder, ignore_errors=True)  # the replaced directory, if any, with it
 
 
 def clear_stale_checkpoints(output_dir: str) -> None:

@@ -4,6 +4,7 @@ loaders as an attacker and a careless user would; docs/security.md maps each thr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -302,3 +303,47 @@ def test_decision_thresholds_outside_0_1_are_one_error_line(tmp_path, tiny_class
     with pytest.raises(UsageError, match="decision_thresholds"):
         check_thresholds(thresholds, "config.json")
     assert check_thresholds([0.0, 0.25, 1], "config.json") == [0.0, 0.25, 1.0]
+
+
+# --- --overwrite_output_dir -----------------------------------------------------------------------------------------
+
+
+def test_overwrite_output_dir_replaces_the_directory_never_merges(tmp_path, tiny_classifier_dir, exported, monkeypatch):
+    """Defect: run_export.py --overwrite_output_dir wrote into the old directory: the old model's model.safetensors and
+    trainer_state.json stayed beside the new export (and a stale int8 twin beside a new fp32-only one)."""
+    from distillkit import export
+
+    out = copy_model(tiny_classifier_dir, tmp_path / "out")  # another model's directory, as a training run leaves it
+    (out / "trainer_state.json").write_text("{}")
+    run_export.main(["--model_dir", str(tiny_classifier_dir), "--output_dir", str(out), "--overwrite_output_dir", "true"])
+    files = set(os.listdir(out))
+    assert {"model.onnx", "onnx_export.json", "config.json"} <= files
+    assert not files & {"model.safetensors", "trainer_state.json"}, files
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+    twin = copy_model(exported, tmp_path / "twin")  # fp32 + int8; replaced by an fp32-only export
+    run_export.main(["--model_dir", str(tiny_classifier_dir), "--output_dir", str(twin), "--overwrite_output_dir", "true"])
+    assert "model-int8.onnx" not in os.listdir(twin)
+    assert set(os.listdir(twin)) == files
+
+    # A failed export replaces nothing: the old export is still whole and still loads.
+    before = {p.name: p.read_bytes() for p in exported.iterdir() if p.is_file()}
+    kept = copy_model(exported, tmp_path / "kept")
+    monkeypatch.setattr(export, "logits_difference", lambda *a, **k: 0.5)
+    with pytest.raises(SystemExit) as exit_info:
+        run_export.main(["--model_dir", str(tiny_classifier_dir), "--output_dir", str(kept), "--overwrite_output_dir", "true"])
+    assert exit_info.value.code == 1
+    assert {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()} == before
+    assert load_classifier_dir(str(kept)).runtime == "onnxruntime-fp32"
+
+
+def test_overwrite_output_dir_never_replaces_a_folder_that_holds_no_model(tmp_path, tiny_classifier_dir, capsys):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        run_export.main(["--model_dir", str(tiny_classifier_dir), "--output_dir", str(folder), "--overwrite_output_dir", "true"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "holds files but no model" in err and len(err.strip().splitlines()) == 1
+    assert os.listdir(folder) == ["keep.txt"]
