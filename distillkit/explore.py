@@ -120,7 +120,7 @@ def read_predictions(path: str, name: str) -> tuple[Predictions, dict[int, str]]
             f"{path}: not a run_eval.py predictions file (missing {', '.join(missing) or 'prob_0 ...'}); "
             "point --report_dir at run_eval.py's --output_dir"
         )
-    probs = frame[prob_columns].to_numpy(dtype=np.float64)
+    probs = np.stack([_numbers(frame, c, path, low=0.0, high=1.0) for c in prob_columns], axis=1)
     num_classes = probs.shape[1]
     multi_label = _is_multi_label(frame)
     if multi_label:
@@ -129,12 +129,30 @@ def read_predictions(path: str, name: str) -> tuple[Predictions, dict[int, str]]
         except ValueError as err:  # an id outside the prob_ columns, or not a number
             raise UsageError(f"{path}: a label list is not label ids 0..{num_classes - 1} ({err})") from None
     else:
-        gold = frame["label"].to_numpy(dtype=np.int64)
-        pred = frame["pred"].to_numpy(dtype=np.int64)
+        gold, pred = (_numbers(frame, c, path, integer=True).astype(np.int64) for c in ("label", "pred"))
         if len(frame) and (gold.min() < 0 or max(gold.max(), pred.max()) >= num_classes):
             raise UsageError(f"{path}: a label or prediction is outside 0..{num_classes - 1} (the prob_ columns)")
     texts = frame["text"].astype(str).to_numpy(dtype=object)
     return Predictions(name=name, texts=texts, gold=gold, pred=pred, probs=probs), spelled_names(frame, multi_label)
+
+
+def _numbers(
+    frame: pd.DataFrame, column: str, path: str, low: float = -math.inf, high: float = math.inf, integer: bool = False
+) -> np.ndarray:
+    """A column as finite numbers in [low, high] (whole ones with `integer`); an empty or other cell is a UsageError
+    naming the file, the column and the line (else numpy's conversion error would be a traceback at start-up)."""
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values) | (values < low) | (values > high)
+    if integer:
+        bad |= np.isfinite(values) & (values != np.round(values))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        what = "a whole number" if integer else f"a number in [{low:g}, {high:g}]" if math.isfinite(low) else "a number"
+        raise UsageError(
+            f"{path}: line {row + 2}, column {column}: {frame[column].iloc[row]!r} is not {what}"
+            + (f" ({int(bad.sum())} such cells)" if bad.sum() > 1 else "")
+        )
+    return values
 
 
 def spelled_names(frame: pd.DataFrame, multi_label: bool) -> dict[int, str]:

@@ -347,3 +347,56 @@ def test_overwrite_output_dir_never_replaces_a_folder_that_holds_no_model(tmp_pa
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "holds files but no model" in err and len(err.strip().splitlines()) == 1
     assert os.listdir(folder) == ["keep.txt"]
+
+
+# --- start-up failures: one `error:` line naming the file -------------------------------------------------------------
+
+
+def one_error_line(capsys, main, argv: list[str], code: int = 2) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    return errors[0]
+
+
+@pytest.mark.parametrize("thresholds", [["0.5"], [None], [float("nan")], [1.5]])
+def test_bad_decision_thresholds_are_one_error_line_in_every_reader(
+    tmp_path, tiny_classifier_dir, tiny_data_dir, capsys, thresholds
+):
+    """Deliver 4: the rule's thresholds are finite numbers in [0, 1] in run_eval.py, run_export.py and the card too
+    (app.py: test_decision_thresholds_outside_0_1_are_one_error_line)."""
+    from distillkit.model_card import write_model_card
+
+    model = copy_model(tiny_classifier_dir, tmp_path / "model")
+    edit_config(model, decision_thresholds=thresholds)
+    line = one_error_line(
+        capsys,
+        run_eval.main,
+        ["--model_dirs", str(model), "--dataset_name", str(tiny_data_dir), "--output_dir", str(tmp_path / "r")]
+        + FAST_EVAL,
+        code=1,  # reported as a broken model (run_eval.py's exit status for those)
+    )
+    assert "decision_thresholds" in line and str(model) in line
+    line = one_error_line(capsys, run_export.main, ["--model_dir", str(model), "--output_dir", str(tmp_path / "onnx")])
+    assert "decision_thresholds" in line and str(model) in line and not (tmp_path / "onnx").exists()
+    with pytest.raises(UsageError, match="decision_thresholds"):
+        write_model_card(str(model))
+
+
+def test_a_predictions_csv_with_an_empty_probability_cell_is_one_error_line(
+    tmp_path, tiny_classifier_dir, capsys, no_serving
+):
+    """Defect: an empty prob_ cell in a predictions file stopped app.py with a numpy traceback."""
+    predictions = tmp_path / "report" / "predictions"
+    predictions.mkdir(parents=True)
+    rows = pd.DataFrame(
+        {"text": ["you idiot", "thanks"], "label": [1, 0], "pred": [1, 0], "prob_0": [0.2, 0.9], "prob_1": [0.8, 0.1]}
+    )
+    rows.to_csv(predictions / "teacher.csv", index=False)
+    text = (predictions / "teacher.csv").read_text().replace(",0.9,", ",,")  # line 3's prob_0 left empty
+    (predictions / "teacher.csv").write_text(text)
+    line = app_error(capsys, "--report_dir", str(tmp_path / "report"), "--model_dirs", str(tiny_classifier_dir))
+    assert "teacher.csv: line 3, column prob_0" in line
