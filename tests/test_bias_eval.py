@@ -104,7 +104,9 @@ def test_bias_csv_is_recomputed_from_the_models_own_probabilities(bias_report, s
     bpsn = (page & ~toxic) | (~page & toxic)
     assert rows.loc["page", "bpsn_auc"] == pytest.approx(roc_auc_score(toxic[bpsn], p_toxic[bpsn]), abs=1e-9)
     flagged = texts.toxic_pred.to_numpy().astype(bool)
-    assert (flagged == (p_toxic >= 0.5)).mean() > 0.99  # argmax of two classes; a tie at 0.5 is the only leeway
+    # The model's own saved rule (a threshold tuned on validation, by default); a tie at it is the only leeway.
+    threshold = (getattr(clf.config, "decision_thresholds", None) or [0.5])[0]
+    assert (flagged == (p_toxic >= threshold)).mean() > 0.99
     assert rows.loc["page", "fpr"] == pytest.approx(flagged[page & ~toxic].mean(), abs=1e-12)
 
     summary = pd.read_csv(bias_report / "bias_summary.csv").set_index("model")
