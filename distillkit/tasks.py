@@ -68,22 +68,25 @@ def parse_class_weights(spec: str | None, labels: np.ndarray, num_labels: int, m
     Single-label `balanced` is scikit-learn's n / (k · count_c). Multi-label `balanced` is BCE's `pos_weight`,
     negatives / positives per label, so each label's positives weigh as much as its negatives.
     """
-    spec = resolve_class_weight_policy(spec, labels, num_labels, multi_label)
+    asked, spec = spec, resolve_class_weight_policy(spec, labels, num_labels, multi_label)
     if spec == "none":
         return None
     labels = np.asarray(labels)
+    # An explicit `balanced` refuses a class with no training example; the `auto` default gives it weight 1
+    # (there is nothing of it to weigh) rather than fail a run the user did not configure.
+    lenient = asked == "auto"
     if spec == "balanced":
         if multi_label:
             pos = labels.sum(axis=0).astype(float)
-            if (pos == 0).any():
+            if (pos == 0).any() and not lenient:
                 missing = [int(j) for j in np.flatnonzero(pos == 0)]
                 raise ValueError(f"--class_weights balanced: labels {missing} have no positive example in train")
-            return [float(x) for x in (len(labels) - pos) / pos]
+            return [float(x) for x in np.where(pos > 0, (len(labels) - pos) / np.maximum(pos, 1), 1.0)]
         counts = np.bincount(labels.astype(int), minlength=num_labels).astype(float)
-        if (counts == 0).any():
+        if (counts == 0).any() and not lenient:
             missing = [int(c) for c in np.flatnonzero(counts == 0)]
             raise ValueError(f"--class_weights balanced: classes {missing} have no example in train")
-        return [float(x) for x in len(labels) / (num_labels * counts)]
+        return [float(x) for x in np.where(counts > 0, len(labels) / (num_labels * np.maximum(counts, 1)), 1.0)]
     try:
         weights = [float(w) for w in spec.split(",")]
     except ValueError:

@@ -82,8 +82,9 @@ class DistillationTrainingArguments(TrainingArguments):
         default="auto",
         metadata={
             "help": "Weights of the gold-label CE term for imbalanced data: auto (default: balanced when the train "
-            "split's rarest class has under half the share it would have if classes were even, i.e. < 25% positive "
-            "for binary data, < 16.7% for 3 classes; a multi-label label under 25% positive; else none), none, "
+            "split's rarest class has under half the share it would have if classes were even, i.e. under 25%% "
+            "positive for binary data, 16.7%% for 3 classes; a multi-label label under 25%% positive; else none; a "
+            "class or label with no example in train keeps weight 1), none, "
             "balanced (n / (k · count of the class) on the train split; multi-label: BCE's pos_weight, negatives / "
             "positives per label), or one number per class or label (1,3.5). Evaluation losses stay unweighted."
         },

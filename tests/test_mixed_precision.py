@@ -65,7 +65,9 @@ def test_teacher_forward_runs_under_the_students_autocast(flag, expected, tmp_pa
 def fp32_and_bf16_runs(tmp_path_factory, tiny_classifier_dir, tiny_data_dir):
     root = tmp_path_factory.mktemp("precision")
     runs = {}
-    for name, extra in (("fp32", {}), ("bf16", {"bf16": "true"})):
+    # A decision threshold tuned on validation would amplify bf16's rounding into a different rule: compare the
+    # numerics at the plain rule.
+    for name, extra in (("fp32", {"tune_decision": "false"}), ("bf16", {"bf16": "true", "tune_decision": "false"})):
         out = root / name
         run_distill.main(common_args(tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, **extra))
         runs[name] = out

@@ -105,6 +105,11 @@ def test_class_weights_auto_balances_only_a_rare_class():
     assert resolve_class_weight_policy("auto", multi, 2, True) == "balanced"
     assert resolve_class_weight_policy("auto", np.array([[1, 1], [0, 0]]), 2, True) == "none"
     assert resolve_class_weight_policy("1,2", rare, 2, False) == "1,2"  # an explicit spec is kept
+    # A label with no positive in train: explicit balanced refuses, the auto default gives it weight 1.
+    absent = np.array([[1, 0], [0, 0], [1, 0]])
+    with pytest.raises(ValueError, match="no positive example"):
+        parse_class_weights("balanced", absent, 2, True)
+    assert parse_class_weights("auto", absent, 2, True) == pytest.approx([1 / 2, 1.0])
 
 
 def test_best_f1_threshold_is_the_f1_maximiser():
