@@ -6,7 +6,7 @@
 
 Then open http://127.0.0.1:8000/. API: GET /healthz, GET /api/models, POST /api/predict with
 {"texts": ["..."], "models": ["teacher", "even"]} (models optional). Each model is loaded once, at start-up.
-Each model decides by the task its config.json saved (`PREDICT_DESCRIPTION` below; /docs shows it too): a single-label
+Each model decides by the task its config.json saved (`PREDICT_DESCRIPTION` below; /openapi.json too): a single-label
 model's answer is as it always was, plus `threshold`; a multi-label model's adds every label's sigmoid probability and
 the labels over their saved thresholds.
 Read-only, over the evaluation output (run_eval.py's predictions on the test split): GET /api/evaluation,
@@ -35,11 +35,22 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from distillkit.bias_explore import BiasExplorer
 from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args, parse_class_names
 from distillkit.explore import DEFAULT_LIMIT, Explorer
+from distillkit.server_guard import (
+    LOOPBACK_HOSTS,
+    MIB,
+    BodyGuard,
+    GuardLimits,
+    HostAllowList,
+    InFlightLimit,
+    SecurityHeaders,
+    ServerLoad,
+    normalise_host,
+    server_options,
+)
 from distillkit.serving import ModelRegistry, RequestError, ServingLimits, parse_json_body, validate_predict_request
 
 logger = logging.getLogger(__name__)
@@ -72,7 +83,6 @@ PREDICT_BODY_SCHEMA = {
 }
 
 STATIC_DIR = Path(__file__).resolve().parent / "distillkit" / "static"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -104,9 +114,35 @@ class ServeArguments:
     )
     max_concurrent_requests: int = field(
         default=200,
+        metadata={"help": "Requests in flight before the server answers 503 with Retry-After at once."},
+    )
+    max_connections: int | None = field(
+        default=None,
+        metadata={"help": "Open connections before a new one is answered 503 with Retry-After (default: 4x "
+                  "--max_concurrent_requests)."},
+    )
+    max_body_mib_in_flight: float = field(
+        default=64.0,
         metadata={
-            "help": "Requests in flight before the server answers 503 with Retry-After at once (open connections "
-            "are capped by uvicorn at 4x this)."
+            "help": "MiB of request bodies held at once (a declared Content-Length counts before its bytes arrive); "
+            "past it a request is refused with 503 and Retry-After. At least one largest request."
+        },
+    )
+    body_timeout: float = field(
+        default=10.0, metadata={"help": "Seconds a request's whole body may take to arrive; then 408."}
+    )
+    header_timeout: float = field(
+        default=5.0,
+        metadata={
+            "help": "Seconds a connection may take to send a request's headers (from opening, or from its last "
+            "answer); then 408 and the connection closes. Idle connections close after it too."
+        },
+    )
+    allowed_hosts: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Host header names served besides localhost, 127.0.0.1 and [::1] (and --host when it is one "
+            "address); others get 400, which stops DNS rebinding. '*' serves any Host."
         },
     )
     class_names: list[str] | None = field(
@@ -136,6 +172,9 @@ class ServeArguments:
             raise UsageError(f"--max_queue_wait {self.max_queue_wait}: must be more than 0 seconds")
         if not 0 <= self.port <= 65535:
             raise UsageError(f"--port {self.port}: must be 0..65535")
+        if not self.max_body_mib_in_flight > 0:
+            raise UsageError(f"--max_body_mib_in_flight {self.max_body_mib_in_flight}: must be more than 0")
+        ServerLoad(self.guard, self.limits.max_body_bytes)  # the guard's checks fail here, before models load
 
     @property
     def limits(self) -> ServingLimits:
@@ -146,6 +185,20 @@ class ServeArguments:
             batch_size=self.batch_size,
             max_pending_texts=self.max_pending_texts,
             max_queue_wait_s=self.max_queue_wait,
+        )
+
+    @property
+    def guard(self) -> GuardLimits:
+        allowed = [*LOOPBACK_HOSTS, *self.allowed_hosts]
+        if normalise_host(self.host) not in ("0.0.0.0", "::", ""):  # the address it binds names it too
+            allowed.append(self.host)
+        return GuardLimits(
+            max_concurrent_requests=self.max_concurrent_requests,
+            max_body_bytes_in_flight=int(self.max_body_mib_in_flight * MIB),
+            body_timeout_s=self.body_timeout,
+            header_timeout_s=self.header_timeout,
+            max_connections=self.max_connections,
+            allowed_hosts=tuple(dict.fromkeys(allowed)),
         )
 
 
@@ -191,47 +244,30 @@ def int_query(request: Request, name: str, default: int) -> int:
         raise RequestError(422, f"{name}={value[:40]}: expected a whole number") from None
 
 
-class InFlightLimit:
-    """At most `limit` HTTP requests inside the app at once; one more gets a JSON 503 with Retry-After at once.
-
-    uvicorn's own `limit_concurrency` answers a bare text 503 without Retry-After (and counts idle keep-alive
-    connections): it stays only as the outer guard against connection floods. /healthz is never refused.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int, retry_after: int) -> None:
-        self.app = app
-        self.limit = limit
-        self.retry_after = retry_after
-        self.in_flight = 0  # one event loop: no lock needed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/healthz":
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight >= self.limit:
-            message = f"server busy: {self.limit} requests in flight (--max_concurrent_requests); retry shortly"
-            await error_response(503, message, self.retry_after)(scope, receive, send)
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-
-
 def create_app(
-    registry: ModelRegistry, explorer: Explorer | None = None, max_concurrent_requests: int = 200
+    registry: ModelRegistry, explorer: Explorer | None = None, guard: GuardLimits | None = None
 ) -> FastAPI:
     """The web app around a loaded registry: the page, the JSON API, and JSON errors for everything that goes wrong.
 
     `explorer` holds the evaluation output behind the read-only exploration endpoints (without one they answer 404).
+    `guard` bounds what clients may hold (distillkit/server_guard.py); `app.state.load` counts it, for /healthz and
+    for `server_guard.server_options`, which uvicorn needs to enforce the connection-level bounds.
     """
     if explorer is None:
         explorer = Explorer.missing("no evaluation output: start app.py with --experiment_dir EXP or --report_dir DIR")
-    app = FastAPI(title="distillkit: compare classifiers", docs_url="/docs", redoc_url=None)
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, and nothing here may come from the
+    # network. The schema itself stays at /openapi.json (plain JSON).
+    app = FastAPI(title="distillkit: compare classifiers", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     limits = registry.limits
-    app.add_middleware(InFlightLimit, limit=max_concurrent_requests, retry_after=limits.retry_after_s)
+    load = ServerLoad(guard or GuardLimits(), limits.max_body_bytes)
+    app.state.load = load
+    app.state.retry_after_s = limits.retry_after_s
+    # Innermost first: a request meets SecurityHeaders, then the Host check, the in-flight cap, the body read.
+    app.add_middleware(BodyGuard, load=load, retry_after=limits.retry_after_s)
+    app.add_middleware(InFlightLimit, load=load, retry_after=limits.retry_after_s)
+    app.add_middleware(HostAllowList, allowed_hosts=load.limits.allowed_hosts)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, err: RequestError) -> JSONResponse:
@@ -250,9 +286,28 @@ def create_app(
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
+    def saturation() -> dict:
+        report = load.report()
+        report["texts_waiting"] = registry.worker.pending_texts
+        report["max_pending_texts"] = limits.max_pending_texts
+        report["saturated"] = report["saturated"] or report["texts_waiting"] >= limits.max_pending_texts
+        return report
+
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "models": len(registry.names)}
+        """Alive (always 200) and how loaded: in-flight requests, bodies, connections and queued texts vs limits."""
+        report = saturation()
+        return {"status": "saturated" if report["saturated"] else "ok", "models": len(registry.names), **report}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """200 while a new request can be taken; 503 with Retry-After while one of the limits is reached."""
+        report = saturation()
+        if report["saturated"]:
+            return JSONResponse(
+                {"status": "saturated", **report}, status_code=503, headers={"Retry-After": str(limits.retry_after_s)}
+            )
+        return JSONResponse({"status": "ready", **report})
 
     @app.get("/api/models")
     async def models() -> dict:
@@ -339,8 +394,10 @@ def main(argv: list[str] | None = None) -> None:
     check_port_free(args.host, args.port)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    if args.host not in LOOPBACK:
+    if normalise_host(args.host) not in LOOPBACK_HOSTS:
         logger.warning(f"--host {args.host}: the API has no authentication; anyone who can reach it can use it")
+    if "*" in args.allowed_hosts:
+        logger.warning("--allowed_hosts '*': any Host is served, so a DNS-rebinding web page can call the API")
     class_names = parse_class_names(args.class_names, alias=args.label_names)
     explorer = Explorer.load(args.report_dir, args.experiment_dir)  # before the models: a bad --report_dir fails fast
     if not explorer.available:
@@ -350,12 +407,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     for info in registry.describe():
         logger.info(f"serving {info['name']}: {info['method']}, layers {info['layers']}, {info['params']:,} params")
+    app = create_app(registry, explorer, args.guard)
     uvicorn.run(
-        create_app(registry, explorer, args.max_concurrent_requests),
+        app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        limit_concurrency=4 * args.max_concurrent_requests,
+        **server_options(app.state.load, app.state.retry_after_s),
     )
 
 

@@ -291,6 +291,12 @@ class InferenceWorker:
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self._thread.start()
 
+    @property
+    def pending_texts(self) -> int:
+        """Texts waiting for a forward pass now (what /healthz reports against max_pending_texts)."""
+        with self._cond:
+            return self._pending_texts
+
     def submit(self, model: str, texts: list[str]) -> Future:
         """A future of the `BatchOutput` for `texts`; raises RequestError(503) when too much is waiting."""
         job = _Job(model, texts, Future())

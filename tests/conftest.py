@@ -19,6 +19,8 @@ from transformers import BertConfig, BertForSequenceClassification, BertModel, B
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+# The app serves loopback Host names only (Host allow-list): TestClient's default "testserver" would get 400.
+LOCAL_URL = "http://localhost"
 
 TOXIC_WORDS = ["idiot", "stupid", "hate", "moron", "loser", "dumb", "trash", "ugly"]
 NEUTRAL_WORDS = ["thanks", "article", "citation", "edit", "page", "source", "fixed", "please", "good", "section"]

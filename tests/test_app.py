@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
-from conftest import make_tokenizer, tiny_bert_config
+from conftest import LOCAL_URL, make_tokenizer, tiny_bert_config
 from tolerances import FORWARD_REL, forward_atol
 from fastapi.testclient import TestClient
 from transformers import BertForSequenceClassification
 
 import app as app_module
 from distillkit.cli import UsageError
+from distillkit.server_guard import GuardLimits, server_options
 from distillkit.runtime import predict_logits
 from distillkit.metrics import softmax
 from distillkit.serving import InferenceWorker, ModelRegistry, RequestError, ServingLimits, json_depth
@@ -79,7 +80,7 @@ def registry(experiment_dir) -> ModelRegistry:
 
 @pytest.fixture(scope="module")
 def client(registry):
-    with TestClient(app_module.create_app(registry)) as test_client:
+    with TestClient(app_module.create_app(registry), base_url=LOCAL_URL) as test_client:
         yield test_client
 
 
@@ -91,9 +92,10 @@ def free_port() -> int:
 
 @contextmanager
 def real_server(fastapi_app):
-    """The app under a real uvicorn on a free loopback port, in a background thread."""
+    """The app under a real uvicorn on a free loopback port, in a background thread, bounded as app.main runs it."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(fastapi_app, host="127.0.0.1", port=port, log_level="warning"))
+    options = server_options(fastapi_app.state.load, fastapi_app.state.retry_after_s)
+    server = uvicorn.Server(uvicorn.Config(fastapi_app, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -113,7 +115,9 @@ def test_defaults_are_the_documented_limits():
 
 
 def test_healthz_and_models(client):
-    assert client.get("/healthz").json() == {"status": "ok", "models": 3}
+    health = client.get("/healthz").json()
+    assert (health["status"], health["models"], health["saturated"]) == ("ok", 3, False)
+    assert (health["requests_in_flight"], health["max_concurrent_requests"]) == (0, 200)
     body = client.get("/api/models").json()
     models = {m["name"]: m for m in body["models"]}
     assert list(models) == ["emotions", "lora", "teacher"]  # find_model_dirs order
@@ -225,7 +229,7 @@ def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(client, body
 
 def test_oversized_body_is_refused_before_it_is_parsed(registry):
     small = ModelRegistry([registry.models["teacher"].clf], ServingLimits(max_texts=2, max_text_chars=10))
-    with TestClient(app_module.create_app(small)) as test_client:
+    with TestClient(app_module.create_app(small), base_url=LOCAL_URL) as test_client:
         limit = small.limits.max_body_bytes
         response = test_client.post(
             "/api/predict", content=b'{"texts": ["' + b"a" * limit + b'"]}', headers=JSON_HEADERS
@@ -311,7 +315,10 @@ def blocked_registry(clf, **limits):
 def test_a_request_waits_for_a_turn_at_most_max_queue_wait_then_gets_503_with_retry_after(registry):
     """Issue 11, defect 7: under load, queued requests waited up to 48 s; now at most --max_queue_wait."""
     clf = registry.models["teacher"].clf
-    with blocked_registry(clf, max_queue_wait_s=0.3) as (busy, release), TestClient(app_module.create_app(busy)) as c:
+    with (
+        blocked_registry(clf, max_queue_wait_s=0.3) as (busy, release),
+        TestClient(app_module.create_app(busy), base_url=LOCAL_URL) as c,
+    ):
         # If the wait were unbounded this request would only be answered when the worker is released: 200.
         timer = threading.Timer(8, release.set)
         timer.start()
@@ -333,7 +340,7 @@ def test_requests_past_max_concurrent_requests_get_a_json_503_with_retry_after_a
     clf = registry.models["teacher"].clf
     with (
         blocked_registry(clf, max_queue_wait_s=30) as (busy, release),
-        real_server(app_module.create_app(busy, max_concurrent_requests=2)) as url,
+        real_server(app_module.create_app(busy, guard=GuardLimits(max_concurrent_requests=2))) as url,
         ThreadPoolExecutor(max_workers=2) as pool,
     ):
         waiting = [
@@ -346,7 +353,11 @@ def test_requests_past_max_concurrent_requests_get_a_json_503_with_retry_after_a
         refused = httpx.post(f"{url}/api/predict", json={"texts": ["one too many"]}, timeout=10)
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "30"
         assert "2 requests in flight" in refused.json()["error"]
-        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # never refused
+        health = httpx.get(f"{url}/healthz", timeout=10)  # never refused: it reports the saturation
+        assert health.status_code == 200 and health.json()["status"] == "saturated"
+        assert (health.json()["requests_in_flight"], health.json()["max_concurrent_requests"]) == (2, 2)
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.headers["Retry-After"] == "30"
         release.set()
         assert [f.result().status_code for f in waiting] == [200, 200]
         assert httpx.post(f"{url}/api/predict", json={"texts": ["free again"]}, timeout=30).status_code == 200
@@ -356,7 +367,7 @@ def test_a_full_queue_is_503_with_retry_after(registry):
     clf = registry.models["teacher"].clf
     with blocked_registry(clf, max_texts=2, max_pending_texts=2) as (busy, _):
         queued = busy.worker.submit(clf.name, ["a", "b"])
-        with TestClient(app_module.create_app(busy)) as test_client:
+        with TestClient(app_module.create_app(busy), base_url=LOCAL_URL) as test_client:
             response = test_client.post("/api/predict", json={"texts": ["one more"]})
         assert response.status_code == 503 and response.headers["Retry-After"] == "5"
         assert "texts are waiting" in response.json()["error"]

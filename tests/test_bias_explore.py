@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import LOCAL_URL
 from fastapi.testclient import TestClient
 
 import app as app_module
@@ -41,7 +42,8 @@ def bias_report(tmp_path):
 
 def test_bias_view_sorts_identities_and_lists_worst_false_positives(bias_report, tiny_classifier_dir):
     registry = ModelRegistry.from_dirs([str(tiny_classifier_dir)], ServingLimits())
-    with TestClient(app_module.create_app(registry, Explorer(report_dir=str(bias_report)))) as client:
+    app = app_module.create_app(registry, Explorer(report_dir=str(bias_report)))
+    with TestClient(app, base_url=LOCAL_URL) as client:
         identities = client.get("/api/bias", params={"model": "even"}).json()["identities"]
         assert [r["identity"] for r in identities] == ["muslim", "gay", "teacher"]  # worst BPSN first, NaN last
         assert identities[0]["bpsn_auc"] == 0.2 and identities[2]["bpsn_auc"] is None
@@ -57,14 +59,14 @@ def test_bias_view_sorts_identities_and_lists_worst_false_positives(bias_report,
 
 def test_without_bias_figures_the_view_answers_404(tmp_path, tiny_classifier_dir):
     registry = ModelRegistry.from_dirs([str(tiny_classifier_dir)], ServingLimits())
-    with TestClient(app_module.create_app(registry, Explorer(report_dir=str(tmp_path)))) as client:
+    with TestClient(app_module.create_app(registry, Explorer(report_dir=str(tmp_path))), base_url=LOCAL_URL) as client:
         answer = client.get("/api/bias", params={"model": "even"})
         assert answer.status_code == 404 and "--bias_dataset" in answer.json()["error"]
 
 
 def test_page_has_the_bias_tab(tiny_classifier_dir):
     registry = ModelRegistry.from_dirs([str(tiny_classifier_dir)], ServingLimits())
-    with TestClient(app_module.create_app(registry)) as client:
+    with TestClient(app_module.create_app(registry), base_url=LOCAL_URL) as client:
         page = client.get("/").text
         script = client.get("/static/app.js").text
     assert 'data-tab="bias"' in page and 'id="bias-model"' in page and 'id="bias-fp"' in page

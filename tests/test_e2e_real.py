@@ -6,7 +6,7 @@ from collections import Counter
 
 import pandas as pd
 import pytest
-from conftest import SHARED, requires_shared
+from conftest import LOCAL_URL, SHARED, requires_shared
 from fastapi.testclient import TestClient
 from transformers import pipeline
 
@@ -120,7 +120,7 @@ def test_go_emotions_multi_label_teacher_and_student(tmp_path):
     assert len(pd.read_csv(out / "per_label.csv").query("model == 'even'")) == 28
     # The web app serves it: 28 sigmoids and the labels over their thresholds.
     registry = ModelRegistry.from_dirs([str(exp / "even")], ServingLimits())
-    with TestClient(app.create_app(registry)) as client:
+    with TestClient(app.create_app(registry), base_url=LOCAL_URL) as client:
         answer = client.post("/api/predict", json={"texts": ["thank you so much, I love it"], "models": ["even"]})
     registry.close()
     assert answer.status_code == 200, answer.text

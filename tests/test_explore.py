@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_tokenizer, synthetic_rows, tiny_bert_config
+from conftest import LOCAL_URL, make_tokenizer, synthetic_rows, tiny_bert_config
 from fastapi.testclient import TestClient
 from scipy.stats import binomtest
 from transformers import BertForSequenceClassification
@@ -64,7 +64,7 @@ def evaluated_exp(tmp_path_factory) -> Path:
 def client(evaluated_exp):
     registry = ModelRegistry.from_dirs([], ServingLimits(), experiment_dir=str(evaluated_exp))
     explorer = Explorer.load(experiment_dir=str(evaluated_exp))
-    with TestClient(app_module.create_app(registry, explorer)) as test_client:
+    with TestClient(app_module.create_app(registry, explorer), base_url=LOCAL_URL) as test_client:
         yield test_client
     registry.close()
 
@@ -198,7 +198,7 @@ def test_without_an_evaluation_output_the_endpoints_are_404_with_the_command(tmp
     registry = ModelRegistry.from_dirs([], ServingLimits(), experiment_dir=str(bare))
     explorer = Explorer.load(experiment_dir=str(bare))
     assert not explorer.available
-    with TestClient(app_module.create_app(registry, explorer)) as test_client:
+    with TestClient(app_module.create_app(registry, explorer), base_url=LOCAL_URL) as test_client:
         overview = test_client.get("/api/evaluation").json()  # what the page asks first: 200, with the reason
         assert overview["available"] is False and "python run_eval.py" in overview["reason"]
         for path, params in (
@@ -213,7 +213,8 @@ def test_without_an_evaluation_output_the_endpoints_are_404_with_the_command(tmp
             assert "\n" not in error
         assert test_client.post("/api/predict", json={"texts": ["still serving"]}).status_code == 200
     registry.close()
-    with TestClient(app_module.create_app(registry)) as test_client:  # --model_dirs only: no report to look for
+    # --model_dirs only: no report to look for
+    with TestClient(app_module.create_app(registry), base_url=LOCAL_URL) as test_client:
         assert "--report_dir" in test_client.get("/api/errors", params={"model": "odd"}).json()["error"]
 
     capsys.readouterr()
@@ -369,7 +370,8 @@ def test_the_app_serves_a_multilabel_evaluation(multilabel_report, tmp_path):
 
     report, _ = multilabel_report
     registry = ModelRegistry.from_dirs([str(make_multilabel_model(tmp_path / "ml_a"))], ServingLimits())
-    with TestClient(app_module.create_app(registry, Explorer.load(report_dir=str(report)))) as test_client:
+    app = app_module.create_app(registry, Explorer.load(report_dir=str(report)))
+    with TestClient(app, base_url=LOCAL_URL) as test_client:
         assert test_client.get("/api/evaluation").json()["problem_types"]["ml_b"] == "multi_label_classification"
         body = test_client.get("/api/errors", params={"model": "ml_a"}).json()
         assert body["total"] > 0 and all("gold_ids" in e for e in body["errors"])

@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import httpx
 import onnx
 import pandas as pd
 import pytest
 import torch
-from conftest import FILLER, NEUTRAL_WORDS, REPO, SPECIAL, TOXIC_WORDS, make_tokenizer
+from conftest import FILLER, LOCAL_URL, NEUTRAL_WORDS, REPO, SPECIAL, TOXIC_WORDS, make_tokenizer
 from fastapi.testclient import TestClient
 from transformers import AutoTokenizer, BertForSequenceClassification, BertTokenizer
 
@@ -26,6 +29,7 @@ from distillkit.cli import UsageError
 from distillkit.runtime import load_classifier_dir
 from distillkit.records import RunRecord
 from distillkit.serving import ModelRegistry, ServingLimits
+from test_app import real_server
 
 # An unterminated string of \" pairs: the old regex that stripped strings was quadratic on it (32 KB took 9.8 s).
 ADVERSARIAL_BODY_SCRIPT = textwrap.dedent(
@@ -259,7 +263,7 @@ def test_a_model_with_non_finite_outputs_is_refused_at_warm_up(tmp_path, tiny_cl
 def test_a_non_finite_output_at_request_time_is_an_error_for_that_request(tmp_path, tiny_classifier_dir):
     registry = ModelRegistry.from_dirs([str(tiny_classifier_dir)], ServingLimits())
     try:
-        with TestClient(app_module.create_app(registry)) as client:
+        with TestClient(app_module.create_app(registry), base_url=LOCAL_URL) as client:
             assert client.post("/api/predict", json={"texts": ["you idiot"]}).status_code == 200
             with torch.no_grad():  # the weights go bad after start-up (memory corruption, a bad hot swap)
                 registry.models[registry.names[0]].clf.model.classifier.bias.fill_(float("nan"))
@@ -400,3 +404,136 @@ def test_a_predictions_csv_with_an_empty_probability_cell_is_one_error_line(
     (predictions / "teacher.csv").write_text(text)
     line = app_error(capsys, "--report_dir", str(tmp_path / "report"), "--model_dirs", str(tiny_classifier_dir))
     assert "teacher.csv: line 3, column prob_0" in line
+
+
+# --- slow and huge clients (deliver 1) -----------------------------------------------------------------------------
+
+SMALL_LIMITS = ServingLimits(max_texts=2, max_text_chars=10)  # one body is at most 65,808 bytes
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_classifier_dir):
+    served = ModelRegistry.from_dirs([str(tiny_classifier_dir)], SMALL_LIMITS)
+    yield served
+    served.close()
+
+
+def open_request(url: str, head: bytes) -> socket.socket:
+    """A raw connection that has sent `head` (a request, or part of one) and keeps the rest back, as a slow client."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)  # a server that never answers fails the read
+    sock.sendall(head)
+    return sock
+
+
+def post_head(content_length: int, body_start: bytes = b'{"texts": [') -> bytes:
+    head = f"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    return (head + f"Content-Length: {content_length}\r\n\r\n").encode() + body_start
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of the one answer on `sock`, read until the server closes it."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def wait_for_health(url: str, **expected) -> dict:
+    """/healthz once it reports `expected` (the server has taken in the slow clients' connections and bodies)."""
+    deadline = time.time() + 30
+    while True:
+        health = httpx.get(f"{url}/healthz", timeout=10).json()
+        if all(health[key] == value for key, value in expected.items()):
+            return health
+        assert time.time() < deadline, health
+        time.sleep(0.05)
+
+
+def test_a_slow_body_holds_a_slot_for_seconds_not_minutes_and_healthz_reports_it(registry):
+    """Defect: 200 POSTs that announced 1 MB and sent 10 bytes held every slot for 60 s while /healthz said ok."""
+    from distillkit.server_guard import GuardLimits
+
+    guard = GuardLimits(max_concurrent_requests=2, body_timeout_s=1.0)
+    with real_server(app_module.create_app(registry, guard=guard)) as url:
+        slow = [open_request(url, post_head(60_000)) for _ in range(2)]
+        health = wait_for_health(url, requests_in_flight=2)
+        assert health["status"] == "saturated" and health["max_concurrent_requests"] == 2
+        assert health["body_bytes_in_flight"] == 120_000  # announced lengths count before the bytes come
+        refused = httpx.post(f"{url}/api/predict", json={"texts": ["one too many"]}, timeout=10)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5", refused.text
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.headers["Retry-After"] == "5"
+        for sock in slow:  # the old server kept waiting for the bodies: the read timed out after 30 s
+            status, headers, body = read_response(sock)
+            assert status == 408 and "--body_timeout" in json.loads(body)["error"]
+            assert headers["connection"] == "close"
+        health = wait_for_health(url, requests_in_flight=0)
+        assert health["status"] == "ok" and health["body_bytes_in_flight"] == 0
+        assert httpx.post(f"{url}/api/predict", json={"texts": ["free"]}, timeout=30).status_code == 200
+
+
+def test_request_bodies_in_flight_are_capped_and_refused_with_503_and_retry_after(registry, capsys, no_serving):
+    """Defect: 100 bodies one byte short of 15 MB raised the server from 0.9 GB to 2.8 GB."""
+    from distillkit.server_guard import GuardLimits, ServerLoad
+
+    largest = SMALL_LIMITS.max_body_bytes
+    guard = GuardLimits(max_body_bytes_in_flight=largest + 30_000, body_timeout_s=60)
+    with real_server(app_module.create_app(registry, guard=guard)) as url:
+        held = open_request(url, post_head(largest))  # the largest body allowed, sent slowly
+        wait_for_health(url, body_bytes_in_flight=largest)
+        small = httpx.post(f"{url}/api/predict", json={"texts": ["fits"]}, timeout=30)
+        assert small.status_code == 200, small.text
+        status, headers, body = read_response(open_request(url, post_head(40_000)))
+        assert status == 503 and headers["retry-after"] == "5", body
+        assert "MiB of request bodies in flight" in json.loads(body)["error"]
+        assert httpx.get(f"{url}/healthz", timeout=10).json()["shed"]["body_bytes"] == 1
+        held.close()  # its reservation goes with it
+        wait_for_health(url, body_bytes_in_flight=0, requests_in_flight=0)
+    # A body without Content-Length (chunked) is counted as its bytes arrive.
+    app = app_module.create_app(registry, guard=guard)
+    app.state.load.reserve_body_bytes(largest)  # as if a big body were in flight
+    chunks = (b'{"texts": ["' + b"a" * 10_000 for _ in range(4))
+    with TestClient(app, base_url=LOCAL_URL) as client:
+        response = client.post("/api/predict", content=chunks, headers={"Content-Type": "application/json"})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert app.state.load.body_bytes_in_flight == largest  # what the refused request reserved is released
+    with pytest.raises(UsageError, match="must hold one largest request"):
+        ServerLoad(GuardLimits(max_body_bytes_in_flight=largest - 1), largest)
+    line = app_error(capsys, "--model_dirs", "unused", "--max_body_mib_in_flight", "1")
+    assert "--max_body_mib_in_flight 1: must hold one largest request (14.7 MiB" in line
+
+
+def test_unfinished_headers_and_idle_connections_are_closed_after_header_timeout(registry):
+    """Defect: 810 idle connections or unfinished headers held the server's connection slots for as long as they
+    liked (uvicorn has no header deadline)."""
+    from distillkit.server_guard import GuardLimits
+
+    with real_server(app_module.create_app(registry, guard=GuardLimits(header_timeout_s=1.0))) as url:
+        unfinished = open_request(url, b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\n")
+        idle = open_request(url, b"")
+        status, headers, body = read_response(unfinished)  # the old server never answered: timed out after 30 s
+        assert status == 408 and "--header_timeout" in json.loads(body)["error"]
+        assert headers["x-content-type-options"] == "nosniff"
+        assert idle.recv(1) == b""  # closed without a word: it never asked for anything
+        idle.close()
+        assert httpx.get(f"{url}/healthz", timeout=10).json()["connections"] == 1  # this request's own
+
+
+def test_connections_past_max_connections_get_a_json_503_with_retry_after(registry):
+    """Defect: past uvicorn's limit_concurrency a request got a bare text 503 without Retry-After."""
+    from distillkit.server_guard import GuardLimits
+
+    guard = GuardLimits(max_connections=2, header_timeout_s=60)
+    with real_server(app_module.create_app(registry, guard=guard)) as url:
+        idle = [open_request(url, b"") for _ in range(2)]
+        status, headers, body = read_response(open_request(url, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"))
+        assert status == 503 and headers["retry-after"] == "5" and headers["content-type"] == "application/json"
+        assert "2 connections open (--max_connections)" in json.loads(body)["error"]
+        for sock in idle:
+            sock.close()
+        wait_for_health(url, connections=1)

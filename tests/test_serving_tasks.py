@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tokenizer, tiny_bert_config
+from conftest import LOCAL_URL, make_tokenizer, tiny_bert_config
 from fastapi.testclient import TestClient
 from tolerances import SOFTMAX_SUM_ATOL, forward_atol
 from transformers import BertForSequenceClassification
@@ -141,7 +141,7 @@ def registry(task_exp):
 
 @pytest.fixture(scope="module")
 def client(registry):
-    with TestClient(app_module.create_app(registry)) as test_client:
+    with TestClient(app_module.create_app(registry), base_url=LOCAL_URL) as test_client:
         yield test_client
 
 
