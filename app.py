@@ -269,13 +269,16 @@ def create_app(
     app.add_middleware(HostAllowList, allowed_hosts=load.limits.allowed_hosts)
     app.add_middleware(SecurityHeaders)
 
+    def retry_after(status: int, given: int | None) -> int | None:
+        return limits.retry_after_s if given is None and status == 503 else given  # every 503 says when to retry
+
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, err: RequestError) -> JSONResponse:
-        return error_response(err.status, err.message, err.retry_after)
+        return error_response(err.status, err.message, retry_after(err.status, err.retry_after))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        return error_response(err.status_code, str(err.detail))
+        return error_response(err.status_code, str(err.detail), retry_after(err.status_code, None))
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, err: Exception) -> JSONResponse:

@@ -307,10 +307,12 @@ def guarded_protocol(load: ServerLoad, retry_after: int) -> type[H11Protocol]:
     open connections a new one gets a JSON 503 with Retry-After. Pass it as uvicorn's `http=`."""
     limits = load.limits
 
-    async def over_capacity(scope: dict, receive: Any, send: Any) -> None:
+    async def refuse_connection(scope: dict, receive: Any, send: Any) -> None:
         load.shed["connections"] += 1
         message = f"server busy: {limits.connection_limit} connections open (--max_connections); retry shortly"
         await send_json_error(send, 503, message, retry_after, close=True)
+
+    over_capacity = SecurityHeaders(refuse_connection)  # it bypasses the app's middleware: same headers
 
     class GuardedH11Protocol(H11Protocol):
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
@@ -439,7 +441,7 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     sock.close()
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines[1:])}
     return int(lines[0].split()[1]), headers, body
 
 
@@ -534,6 +536,126 @@ def test_connections_past_max_connections_get_a_json_503_with_retry_after(regist
         status, headers, body = read_response(open_request(url, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"))
         assert status == 503 and headers["retry-after"] == "5" and headers["content-type"] == "application/json"
         assert "2 connections open (--max_connections)" in json.loads(body)["error"]
+        assert headers["x-frame-options"] == "DENY"
         for sock in idle:
             sock.close()
         wait_for_health(url, connections=1)
+
+
+def test_every_503_carries_retry_after_even_at_shutdown(registry):
+    """Defect: some 503s (uvicorn's, the shutting-down one) said nothing of when to retry."""
+    stopping = ModelRegistry([registry.models[registry.names[0]].clf], SMALL_LIMITS)
+    stopping.close()
+    with TestClient(app_module.create_app(stopping), base_url=LOCAL_URL) as client:
+        response = client.post("/api/predict", json={"texts": ["hi"]})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5", response.text
+    assert "shutting down" in response.json()["error"]
+
+
+# --- Host allow-list, security headers, no CDN (deliver 7) ---------------------------------------------------------
+
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def test_a_host_outside_the_allow_list_is_refused_with_400(registry):
+    """Defect: any Host was served, so a DNS-rebinding page (evil.example resolving to 127.0.0.1) was same-origin
+    with the API, which defeats the JSON-only Content-Type defence."""
+    from distillkit.server_guard import GuardLimits
+
+    app = app_module.create_app(registry)
+    for url in ("http://evil.example", "http://evil.example:8000", "http://127.0.0.1.evil.example", "http://0.0.0.0"):
+        with TestClient(app, base_url=url) as client:
+            for response in (client.get("/api/models"), client.post("/api/predict", json={"texts": ["hi"]})):
+                assert response.status_code == 400, (url, response.text)
+                assert "is not served here" in response.json()["error"] and "--allowed_hosts" in response.json()["error"]
+    for url in ("http://localhost", "http://127.0.0.1:8000", "http://[::1]:8000", "http://LOCALHOST."):
+        with TestClient(app, base_url=url) as client:
+            assert client.post("/api/predict", json={"texts": ["hi"]}).status_code == 200, url
+    wider = app_module.create_app(registry, guard=GuardLimits(allowed_hosts=("localhost", "box.lan")))
+    with TestClient(wider, base_url="http://box.lan:8000") as client:
+        assert client.get("/api/models").status_code == 200
+    # app.py: loopback names, then --allowed_hosts, then the one address --host binds.
+    args = app_module.ServeArguments(model_dirs=["m"], host="192.168.1.5", allowed_hosts=["box.lan"])
+    assert args.guard.allowed_hosts == ("localhost", "127.0.0.1", "::1", "box.lan", "192.168.1.5")
+    assert app_module.ServeArguments(model_dirs=["m"], host="0.0.0.0").guard.allowed_hosts == LOOPBACK
+
+
+SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY"}
+
+
+def test_every_response_carries_the_security_headers(registry):
+    """Defect: no X-Content-Type-Options, framing or Content-Security-Policy header on any response."""
+    from distillkit.server_guard import GuardLimits
+
+    app = app_module.create_app(registry)
+    with TestClient(app, base_url=LOCAL_URL) as client:
+        responses = {
+            "page": client.get("/"),
+            "script": client.get("/static/app.js"),
+            "api": client.get("/api/models"),
+            "health": client.get("/healthz"),
+            "404": client.get("/api/nothing"),
+            "415": client.post("/api/predict", content=b'{"texts": ["hi"]}'),
+        }
+    with TestClient(app, base_url="http://evil.example") as client:
+        responses["bad host"] = client.get("/")
+    busy = app_module.create_app(registry, guard=GuardLimits(max_concurrent_requests=1))
+    busy.state.load.requests_in_flight = 1  # as if one request were in the app
+    with TestClient(busy, base_url=LOCAL_URL) as client:
+        responses["503"] = client.get("/api/models")
+    assert [r.status_code for r in responses.values()] == [200, 200, 200, 200, 404, 415, 400, 503]
+    for name, response in responses.items():
+        for header, value in SECURITY_HEADERS.items():
+            assert response.headers.get(header) == value, (name, header)
+        policy = response.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy, name
+        assert "unsafe-inline" not in policy and "unsafe-eval" not in policy and "http" not in policy, name
+
+
+class PageAudit(HTMLParser):
+    """What in a page a CSP without 'unsafe-inline' would block: inline scripts, <style>, style= and on*= attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.inline, self.script_srcs, self._in_script = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "script":
+            self._in_script = True
+            self.script_srcs.append(attrs.get("src"))
+        if tag == "style":
+            self.inline.append("<style>")
+        self.inline += [f"<{tag} {name}=>" for name in attrs if name == "style" or name.startswith("on")]
+
+    def handle_endtag(self, tag):
+        self._in_script = self._in_script and tag != "script"
+
+    def handle_data(self, data):
+        if self._in_script and data.strip():
+            self.inline.append(f"inline script {data.strip()[:40]}")
+
+
+def test_the_page_passes_its_own_content_security_policy_and_nothing_comes_from_the_network(registry):
+    """Defect: /docs loaded Swagger UI from a CDN although the README says nothing on the page comes from the
+    network. The page itself must run under `script-src 'self'; style-src 'self'` (no inline code)."""
+    with TestClient(app_module.create_app(registry), base_url=LOCAL_URL) as client:
+        for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+            assert client.get(path).status_code == 404, path
+        assert client.get("/openapi.json").json()["paths"]["/api/predict"]  # the schema stays, as plain JSON
+        page = client.get("/")
+        audit = PageAudit()
+        audit.feed(page.text)
+        assert not audit.inline, audit.inline
+        assert audit.script_srcs and all(src and src.startswith("/static/") for src in audit.script_srcs)
+        served = {"/": page.text}
+        for src in [*audit.script_srcs, "/static/style.css"]:
+            served[src] = client.get(src).text
+    script = served["/static/app.js"]
+    # Styles set through the CSSOM (node.style) pass a CSP; a style attribute or HTML built from strings does not.
+    for blocked in ('setAttribute("style"', "innerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function("):
+        assert blocked not in script, blocked
+    for path, text in served.items():  # no other origin: the one URL is SVG's namespace name, never fetched
+        urls = set(re.findall(r"(?:https?:)?//[\w.-]+\.\w+[^\s\"'`)]*", text)) - {"http://www.w3.org/2000/svg"}
+        assert not urls, (path, urls)
