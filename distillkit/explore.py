@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,6 +74,10 @@ class Predictions:
     gold: np.ndarray  # (n,) int; multi-label: (n, labels) 0/1
     pred: np.ndarray  # (n,) int; multi-label: (n, labels) 0/1
     probs: np.ndarray  # (n, classes)
+    labels: list[str] = field(default_factory=list)  # this model's class names by id (its own file spells them)
+
+    def label(self, class_id: int) -> str:
+        return self.labels[class_id] if class_id < len(self.labels) else str(class_id)
 
     @property
     def multi_label(self) -> bool:
@@ -133,7 +137,9 @@ def read_predictions(path: str, name: str) -> tuple[Predictions, dict[int, str]]
         if len(frame) and (gold.min() < 0 or max(gold.max(), pred.max()) >= num_classes):
             raise UsageError(f"{path}: a label or prediction is outside 0..{num_classes - 1} (the prob_ columns)")
     texts = frame["text"].astype(str).to_numpy(dtype=object)
-    return Predictions(name=name, texts=texts, gold=gold, pred=pred, probs=probs), spelled_names(frame, multi_label)
+    names = spelled_names(frame, multi_label, path)
+    labels = [names.get(i, str(i)) for i in range(num_classes)]
+    return Predictions(name=name, texts=texts, gold=gold, pred=pred, probs=probs, labels=labels), names
 
 
 def _numbers(
@@ -155,19 +161,31 @@ def _numbers(
     return values
 
 
-def spelled_names(frame: pd.DataFrame, multi_label: bool) -> dict[int, str]:
-    """Class names by id, from label_name / pred_name beside label / pred (multi-label: both lists, in step)."""
+def spelled_names(frame: pd.DataFrame, multi_label: bool, path: str = "predictions") -> dict[int, str]:
+    """Class names by id, from label_name / pred_name beside label / pred (multi-label: both lists, in step).
+
+    One id spelled two ways in the same file is a UsageError: which name the page showed would be a guess."""
     names: dict[int, str] = {}
+
+    def add(pairs: Any, column: str) -> None:
+        for class_id, name in pairs:
+            class_id = int(class_id)
+            if names.setdefault(class_id, name) != name:
+                raise UsageError(
+                    f"{path}: class id {class_id} is named both {names[class_id]!r} and {name!r} "
+                    f"(label_name / pred_name): re-run run_eval.py"
+                )
+
     for ids, column in (("label", "label_name"), ("pred", "pred_name")):
         if column not in frame.columns:
             continue
         if not multi_label:
-            names.update(zip(frame[ids].astype(int), frame[column].astype(str)))
+            add(zip(frame[ids].astype(int), frame[column].astype(str)), column)
             continue
         for id_list, spelled in zip(label_id_lists(frame[ids]), frame[column].astype(str)):
             spelled_list = spelled.split(",") if spelled else []
             if len(spelled_list) == len(id_list):  # a name with a comma in it cannot be told apart: skipped
-                names.update(zip(id_list, spelled_list))
+                add(zip(id_list, spelled_list), column)
     return names
 
 
@@ -239,13 +257,17 @@ class Explorer:
         files = sorted(f for f in os.listdir(folder) if f.endswith(".csv"))
         if not files:
             return cls.missing(f"{folder} holds no predictions: make them with {make_command(experiment_dir)}")
-        predictions, names = {}, {}
+        predictions = {}
         for file in files:
             name = file[: -len(".csv")]
-            predictions[name], found = read_predictions(os.path.join(folder, file), name)
-            names.update(found)
+            predictions[name], _ = read_predictions(os.path.join(folder, file), name)
+        # Each model keeps its own class names (ids may mean different classes in different models). The shared
+        # list is the names when every model agrees, else the bare ids: never one model's names for another's ids.
         num_classes = max(p.probs.shape[1] for p in predictions.values())
-        label_names = [names.get(i, str(i)) for i in range(num_classes)]
+        agreed = len({tuple(p.labels) for p in predictions.values()}) == 1
+        label_names = next(iter(predictions.values())).labels if agreed else [str(i) for i in range(num_classes)]
+        if not agreed:
+            logger.warning(f"the models in {folder} name their classes differently: each is shown with its own names")
         results_path = os.path.join(report_dir, RESULTS_FILE)
         results = pd.read_csv(results_path) if os.path.isfile(results_path) else None
         logger.info(f"exploring {len(predictions)} models' predictions from {report_dir}")
@@ -271,37 +293,40 @@ class Explorer:
             raise RequestError(404, f"unknown model {name}: the evaluation has {', '.join(self.names)}")
         return self.predictions[name]
 
-    def _label(self, class_id: int) -> str:
-        return self.label_names[class_id] if class_id < len(self.label_names) else str(class_id)
-
-    def _labels(self, row: np.ndarray) -> tuple[str, list[int]]:
-        """A multi-label row as shown (names joined, "none" for no label) and its label ids."""
+    @staticmethod
+    def _labels(p: Predictions, row: np.ndarray) -> tuple[str, list[int], list[str]]:
+        """A multi-label row as shown (names joined, "none" for no label), its label ids and their names."""
         ids = [int(j) for j in np.flatnonzero(row)]
-        return (", ".join(self._label(j) for j in ids) or "none"), ids
+        names = [p.label(j) for j in ids]
+        return (", ".join(names) or "none"), ids, names
 
     def _text(self, p: Predictions, i: int) -> dict[str, Any]:
-        """A test text by its row in the test split, with its gold label (multi-label: `gold_ids`, gold_id null)."""
+        """A test text by its row in the test split, with its gold label (multi-label: `gold_ids`, gold_id null),
+        named by model `p`'s own class names."""
         if p.multi_label:
-            gold, ids = self._labels(p.gold[i])
-            return {"index": int(i), "text": p.texts[i], "gold": gold, "gold_id": None, "gold_ids": ids}
-        return {"index": int(i), "text": p.texts[i], "gold": self._label(int(p.gold[i])), "gold_id": int(p.gold[i])}
+            gold, ids, names = self._labels(p, p.gold[i])
+            shown = {"gold": gold, "gold_id": None, "gold_ids": ids, "gold_labels": names}
+            return {"index": int(i), "text": p.texts[i], **shown}
+        return {"index": int(i), "text": p.texts[i], "gold": p.label(int(p.gold[i])), "gold_id": int(p.gold[i])}
 
     def _answer(self, p: Predictions, i: int) -> dict[str, Any]:
         """What the model said about test text `i`: its label, the probability it gave it, and whether it is right.
 
-        Multi-label: `predicted_ids` (predicted_id null) and, as `probability`, its confidence (`Predictions.confidence`).
+        Multi-label: `predicted_ids` (predicted_id null), their `predicted_labels` and, as `probability`, its
+        confidence (`Predictions.confidence`).
         """
         if p.multi_label:
-            predicted, ids = self._labels(p.pred[i])
+            predicted, ids, names = self._labels(p, p.pred[i])
             return {
                 "predicted": predicted,
                 "predicted_id": None,
                 "predicted_ids": ids,
+                "predicted_labels": names,
                 "probability": float(p.confidence(np.array([i]))[0]),
                 "correct": bool(p.correct[i]),
             }
         return {
-            "predicted": self._label(int(p.pred[i])),
+            "predicted": p.label(int(p.pred[i])),
             "predicted_id": int(p.pred[i]),
             "probability": float(p.probs[i, p.pred[i]]),
             "correct": bool(p.correct[i]),
@@ -327,7 +352,8 @@ class Explorer:
             "problem_types": {
                 name: MULTI_LABEL if p.multi_label else SINGLE_LABEL for name, p in self.predictions.items()
             },
-            "labels": self.label_names,
+            "labels": self.label_names,  # every model's names when they agree, else the ids ("0", "1", ...)
+            "labels_by_model": {name: p.labels for name, p in self.predictions.items()},
             "samples": len(first.gold),
             "results": rows,
         }
@@ -349,7 +375,7 @@ class Explorer:
             "samples": len(p.gold),
             "accuracy": float(p.correct.mean()) if len(p.gold) else None,
             "classes": [
-                {"id": i, "label": self._label(i), "gold": int(gold[i]), "predicted": int(predicted[i])}
+                {"id": i, "label": p.label(i), "gold": int(gold[i]), "predicted": int(predicted[i])}
                 for i in range(k)
             ],
         }
@@ -395,6 +421,12 @@ class Explorer:
         limit, offset = check_page(limit, offset)
         if kind not in DISAGREEMENT_KINDS:
             raise RequestError(422, f"kind={kind}: expected one of {', '.join(DISAGREEMENT_KINDS)}")
+        if pa.labels != pb.labels:  # the same id means different classes: comparing ids would be meaningless
+            raise RequestError(
+                409,
+                f"{pa.name} names its classes {', '.join(pa.labels)} and {pb.name} {', '.join(pb.labels)}: their "
+                "answers cannot be compared id by id",
+            )
         if pa.gold.shape != pb.gold.shape or not (pa.gold == pb.gold).all() or not (pa.texts == pb.texts).all():
             raise RequestError(
                 409, f"{pa.name} and {pb.name} were not scored on the same test texts: re-run run_eval.py"

@@ -659,3 +659,49 @@ def test_the_page_passes_its_own_content_security_policy_and_nothing_comes_from_
     for path, text in served.items():  # no other origin: the one URL is SVG's namespace name, never fetched
         urls = set(re.findall(r"(?:https?:)?//[\w.-]+\.\w+[^\s\"'`)]*", text)) - {"http://www.w3.org/2000/svg"}
         assert not urls, (path, urls)
+
+
+# --- the explorer's class names (deliver 5) ------------------------------------------------------------------------
+
+
+def write_predictions(folder: Path, name: str, names: list[str], gold: list[str], pred: list[str]) -> None:
+    """A run_eval.py-style predictions file of a model whose class ids are `names` in that order."""
+    ids = {n: i for i, n in enumerate(names)}
+    probs = [[0.9 if ids[p] == c else 0.1 for c in range(len(names))] for p in pred]
+    frame = pd.DataFrame({"text": [f"text {i}" for i in range(len(gold))], "label": [ids[g] for g in gold]})
+    frame["label_name"], frame["pred"], frame["pred_name"] = gold, [ids[p] for p in pred], pred
+    for c in range(len(names)):
+        frame[f"prob_{c}"] = [row[c] for row in probs]
+    frame.to_csv(folder / f"{name}.csv", index=False)
+
+
+def test_the_explorer_keeps_each_models_class_names(tmp_path, tiny_classifier_dir, capsys, no_serving):
+    """Defect: one class-name list for all models, the last predictions file's: a model whose ids mean the
+    opposite was shown inverted."""
+    from distillkit.explore import Explorer
+    from distillkit.serving import RequestError
+
+    folder = tmp_path / "report" / "predictions"
+    folder.mkdir(parents=True)
+    gold = ["toxic", "non-toxic", "toxic"]
+    write_predictions(folder, "inverted", ["toxic", "non-toxic"], gold, ["toxic", "toxic", "toxic"])
+    write_predictions(folder, "teacher", ["non-toxic", "toxic"], gold, ["non-toxic", "non-toxic", "toxic"])
+    explorer = Explorer.load(str(tmp_path / "report"))
+    inverted = {c["label"]: (c["gold"], c["predicted"]) for c in explorer.distribution("inverted")["classes"]}
+    teacher = {c["label"]: (c["gold"], c["predicted"]) for c in explorer.distribution("teacher")["classes"]}
+    assert inverted == {"toxic": (2, 3), "non-toxic": (1, 0)}  # old: {"non-toxic": (2, 3), "toxic": (1, 0)}
+    assert teacher == {"non-toxic": (1, 2), "toxic": (2, 1)}
+    (mistake,) = explorer.errors("inverted")["errors"]
+    assert (mistake["gold"], mistake["predicted"]) == ("non-toxic", "toxic")
+    overview = explorer.overview()
+    assert overview["labels"] == ["0", "1"]  # no one model's names for every model's ids
+    assert overview["labels_by_model"] == {"inverted": ["toxic", "non-toxic"], "teacher": ["non-toxic", "toxic"]}
+    with pytest.raises(RequestError, match="cannot be compared id by id") as refused:
+        explorer.disagreements("inverted", "teacher")
+    assert refused.value.status == 409
+    # One id named two ways inside one file: one error line at start-up.
+    text = (folder / "teacher.csv").read_text().splitlines()
+    text[1] = text[1].replace(",toxic,", ",insult,", 1)  # line 2's label_name for id 1
+    (folder / "teacher.csv").write_text("\n".join(text) + "\n")
+    line = app_error(capsys, "--report_dir", str(tmp_path / "report"), "--model_dirs", str(tiny_classifier_dir))
+    assert "teacher.csv: class id 1 is named both" in line

@@ -469,11 +469,11 @@ function labelChip(labelId, label) {
 }
 
 // A gold or predicted answer: one chip, or for a multi-label model (`ids` given) one per label, "none" for none.
-function answerChips(ids, labelId, label) {
+// `names` are the label names of those ids as the model itself names them (models may name the same id differently).
+function answerChips(ids, labelId, label, names = []) {
   if (!Array.isArray(ids)) return labelChip(labelId, label);
   if (!ids.length) return el("span", { class: "label small none", text: "none" });
-  const names = state.evaluation ? state.evaluation.labels : [];
-  return ids.map((id) => el("span", { class: "label small multi", "data-label-id": id, style: `background:${PALETTE[id % PALETTE.length]}`, text: names[id] ?? String(id) }));
+  return ids.map((id, k) => el("span", { class: "label small multi", "data-label-id": id, style: `background:${PALETTE[id % PALETTE.length]}`, text: names[k] ?? String(id) }));
 }
 
 function textCell(text) {
@@ -493,8 +493,8 @@ async function loadErrors() {
   const rows = data.errors.map((e) => el("tr", { "data-index": e.index }, [
     el("td", { text: String(e.index + 1) }),
     textCell(e.text),
-    el("td", {}, answerChips(e.gold_ids, e.gold_id, e.gold)),
-    el("td", {}, answerChips(e.predicted_ids, e.predicted_id, e.predicted)),
+    el("td", {}, answerChips(e.gold_ids, e.gold_id, e.gold, e.gold_labels)),
+    el("td", {}, answerChips(e.predicted_ids, e.predicted_id, e.predicted, e.predicted_labels)),
     el("td", { class: "prob", "data-probability": e.probability.toFixed(6), text: percent(e.probability) }),
   ]));
   document.getElementById("test-errors-table").replaceChildren(el("thead", {}, head), el("tbody", {}, rows));
@@ -524,11 +524,11 @@ async function loadDisagreements() {
     + `(McNemar exact p = ${data.mcnemar_p < 0.001 ? data.mcnemar_p.toExponential(1) : data.mcnemar_p.toFixed(3)}).`;
   const head = el("tr", {}, ["#", "text", "gold", a, b].map((h) => el("th", { text: h })));
   const side = (s) => el("td", { class: s.correct ? "right" : "wrong" }, [
-    answerChips(s.predicted_ids, s.predicted_id, s.predicted), el("span", { class: "prob", text: ` ${percent(s.probability)}` })].flat());
+    answerChips(s.predicted_ids, s.predicted_id, s.predicted, s.predicted_labels), el("span", { class: "prob", text: ` ${percent(s.probability)}` })].flat());
   const rows = data.rows.map((r) => el("tr", { "data-index": r.index }, [
     el("td", { text: String(r.index + 1) }),
     textCell(r.text),
-    el("td", {}, answerChips(r.gold_ids, r.gold_id, r.gold)),
+    el("td", {}, answerChips(r.gold_ids, r.gold_id, r.gold, r.gold_labels)),
     side(r.a), side(r.b),
   ]));
   document.getElementById("dis-rows").replaceChildren(el("thead", {}, head), el("tbody", {}, rows));
