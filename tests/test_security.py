@@ -561,8 +561,6 @@ LOOPBACK = ("localhost", "127.0.0.1", "::1")
 def test_a_host_outside_the_allow_list_is_refused_with_400(registry):
     """Defect: any Host was served, so a DNS-rebinding page (evil.example resolving to 127.0.0.1) was same-origin
     with the API, which defeats the JSON-only Content-Type defence."""
-    from distillkit.server_guard import GuardLimits
-
     app = app_module.create_app(registry)
     for url in ("http://evil.example", "http://evil.example:8000", "http://127.0.0.1.evil.example", "http://0.0.0.0"):
         with TestClient(app, base_url=url) as client:
@@ -572,6 +570,8 @@ def test_a_host_outside_the_allow_list_is_refused_with_400(registry):
     for url in ("http://localhost", "http://127.0.0.1:8000", "http://[::1]:8000", "http://LOCALHOST."):
         with TestClient(app, base_url=url) as client:
             assert client.post("/api/predict", json={"texts": ["hi"]}).status_code == 200, url
+    from distillkit.server_guard import GuardLimits  # after the checks that old main fails by behaviour
+
     wider = app_module.create_app(registry, guard=GuardLimits(allowed_hosts=("localhost", "box.lan")))
     with TestClient(wider, base_url="http://box.lan:8000") as client:
         assert client.get("/api/models").status_code == 200
@@ -586,8 +586,6 @@ SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DEN
 
 def test_every_response_carries_the_security_headers(registry):
     """Defect: no X-Content-Type-Options, framing or Content-Security-Policy header on any response."""
-    from distillkit.server_guard import GuardLimits
-
     app = app_module.create_app(registry)
     with TestClient(app, base_url=LOCAL_URL) as client:
         responses = {
@@ -598,8 +596,12 @@ def test_every_response_carries_the_security_headers(registry):
             "404": client.get("/api/nothing"),
             "415": client.post("/api/predict", content=b'{"texts": ["hi"]}'),
         }
+    for name, response in responses.items():  # old main: none of them
+        assert response.headers.get("x-content-type-options") == "nosniff", name
     with TestClient(app, base_url="http://evil.example") as client:
         responses["bad host"] = client.get("/")
+    from distillkit.server_guard import GuardLimits
+
     busy = app_module.create_app(registry, guard=GuardLimits(max_concurrent_requests=1))
     busy.state.load.requests_in_flight = 1  # as if one request were in the app
     with TestClient(busy, base_url=LOCAL_URL) as client:
