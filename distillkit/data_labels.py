@@ -3,6 +3,7 @@ task type, reading them per split and checking them against the label set."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from .cli import UsageError
 from .data_args import LABEL_COLUMN_CANDIDATES, DataTrainingArguments
 from .data_presets import DatasetPreset
 from .tasks import MULTI_LABEL, SINGLE_LABEL
+
+logger = logging.getLogger(__name__)
 
 
 def choose_column(
@@ -87,7 +90,7 @@ class LabelSource:
 
     columns: list[str]  # one label column, or several 0/1 (or score) columns for multi-label data
     problem_type: str
-    form: str  # "ids", "lists" (one column of label-id lists), "score" (one thresholded column), "columns"
+    form: str  # "ids", "names" (one column of class names), "lists" (label-id lists), "score" (thresholded), "columns"
     threshold: float | None = None
     names: list[str] | None = None
     declared_by: str = ""
@@ -176,7 +179,33 @@ def pick_label_source(
         problem_type = asked or (SINGLE_LABEL if preset_list else MULTI_LABEL)
         first_of_list = preset_list and problem_type == SINGLE_LABEL
         return LabelSource([label_column], problem_type, "lists", names=names, first_of_list=first_of_list)
+    if _holds_class_names(feature, values) and asked != MULTI_LABEL:
+        # A column of class names (hate_speech18's label_name): the classes are the train split's values, sorted,
+        # unless --class_names gives them (and their order); every split's values must be among them.
+        found = sorted({str(v).strip() for v in train[label_column] if v is not None and str(v).strip()})
+        if len(found) == 2:  # binary metrics score class 1: say which one that is
+            logger.warning(
+                f"label column {label_column!r} holds names, sorted: class 0 = {found[0]!r}, class 1 (the positive "
+                f"class of F1, PR-AUC and the decision threshold) = {found[1]!r}; --class_names {found[1]},{found[0]} "
+                "swaps them"
+            )
+        return LabelSource(
+            [label_column], SINGLE_LABEL, "names", names=found, declared_by=f"the train split's values of {label_column!r}"
+        )
     return LabelSource([label_column], asked or SINGLE_LABEL, "ids", names=names)
+
+
+def _holds_class_names(feature, values: list) -> bool:
+    """A string column none of whose values is a number: class names. A stray word among ids stays an error."""
+    if getattr(feature, "dtype", None) not in ("string", "large_string") or not values:
+        return False
+    for value in values:
+        try:
+            float(value)
+            return False
+        except (TypeError, ValueError):
+            pass
+    return True
 
 
 def read_labels(ds: Dataset, split: str, source: LabelSource, keep: np.ndarray) -> np.ndarray | list[list[int]]:
@@ -197,6 +226,19 @@ def read_labels(ds: Dataset, split: str, source: LabelSource, keep: np.ndarray) 
         return [np.flatnonzero(r).tolist() for r in hits]
     column = source.columns[0]
     raw = list(ds[column])
+    if source.form == "names":
+        index = {name: i for i, name in enumerate(source.names or [])}
+        ids = np.full(len(raw), -1, dtype=np.int64)
+        for row in np.flatnonzero(keep):
+            value = raw[row]
+            name = None if value is None else str(value).strip()
+            if name not in index:
+                raise UsageError(
+                    f"label column {column!r} in split {split!r} holds {value!r} (row {row}), not one of the classes "
+                    f"{', '.join(index)} ({source.declared_by})"
+                )
+            ids[row] = index[name]
+        return ids
     if source.form == "ids":
         ids = labels_as_int(raw, keep, column, split)
         if source.binary_from is not None:

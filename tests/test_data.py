@@ -340,3 +340,23 @@ def test_jsonl_in_another_encoding_and_an_unknown_encoding(tmp_path):
     assert "über idiot" in [text for split in data.splits.values() for text in split["text"]]
     with pytest.raises(UsageError, match=r"--encoding klingon: not a known text encoding"):
         load(tmp_path, encoding="klingon")
+
+
+def test_a_column_of_class_names_becomes_classes(tmp_path):
+    """hate_speech18's label_name form: strings are class names, sorted from train unless --class_names orders them."""
+    rows = {"train": ["noHate", "hate", "relation", "noHate", "hate", "relation", "noHate", "noHate"],
+            "validation": ["noHate", "hate", "relation"], "test": ["relation", "noHate", "hate"]}  # fmt: skip
+    for split, labels in rows.items():
+        pd.DataFrame({"text": [f"text {i}" for i in range(len(labels))], "label_name": labels}).to_csv(
+            tmp_path / f"{split}.csv", index=False
+        )
+    data = load(tmp_path, label_column="label_name")
+    assert data.label_names == ["hate", "noHate", "relation"] and data.num_labels == 3
+    assert data.splits["test"]["label"] == [2, 1, 0]
+    assert data.source["class_counts"]["train"] == [2, 4, 2]
+    ordered = load(tmp_path, label_column="label_name", class_names=["noHate", "hate", "relation"])
+    assert ordered.label_names == ["noHate", "hate", "relation"] and ordered.splits["test"]["label"] == [2, 0, 1]
+    # A test value the train split never had is one clear error.
+    pd.DataFrame({"text": ["a", "b"], "label_name": ["hate", "idk/skip"]}).to_csv(tmp_path / "test.csv", index=False)
+    with pytest.raises(UsageError, match="holds 'idk/skip' .*not one of the classes hate, noHate, relation"):
+        load(tmp_path, label_column="label_name")
