@@ -9,15 +9,18 @@ registry in distillkit/methods.py (also bottom, top, spread, and the CE-only con
 
 Layout: EXP/seed42/<method>/ for each seed, and the comparison in EXP/report/
 (results.csv, summary.csv, predictions/, plots/, report.md). Each stage is its own subprocess (`python script.py`,
-or `accelerate launch script.py` with --launcher accelerate); a stage whose directory holds a finished run
-(all_results.json) is skipped, an interrupted one resumes from its last checkpoint, so re-running the same
-command finishes a killed job. Flags this script does not know (batch sizes, epochs, --use_cpu, ...) go to
+or `accelerate launch script.py` with --launcher accelerate); a stage whose directory holds a finished run of the
+same request (its request fingerprint, see distillkit/fingerprint.py) is skipped, one of another request is an
+error naming what differs, and an interrupted one resumes from its last checkpoint, so re-running the same command
+finishes a killed job. A stage that runs again invalidates every stage built on it (they run afresh) and the report. Flags this script does not know (batch sizes, epochs, --use_cpu, ...) go to
 every training stage; data flags go to every stage and to run_eval.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import shlex
@@ -29,16 +32,19 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from distill_trainer import DistillationTrainingArguments
-from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, is_finished_run, list_checkpoints
+from distillkit.cli import FINISHED_MARKER, UsageError, configure_logging, exit_on_usage_error, is_finished_run, list_checkpoints
 from distillkit.data import DataTrainingArguments
 from distillkit.data_files import load_raw_splits
 from distillkit.loading import find_model_dirs
+from distillkit.report import PER_LABEL_FILE
 from distillkit.methods import DEFAULT_METHODS, EVAL_STEP, METHODS, PRETRAINED, base_stage, check_methods
 
 logger = logging.getLogger("run_compare")
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 CHOICES = [*METHODS, EVAL_STEP]
+EVAL_REQUEST_FILE = "compare_eval_request.json"  # in the report dir: which eval command made the report
+REPORT_FILES = ("results.csv", "summary.csv", "report.md", PER_LABEL_FILE, EVAL_REQUEST_FILE)
 SET_HERE = ("--output_dir", "--seed", "--learning_rate", "--model_name_or_path", "--teacher_name_or_path")
 
 
@@ -200,10 +206,28 @@ class Runner:
             head = [sys.executable, path]
         return head + flags + (self.data if data else []) + (self.training if training else [])
 
-    def run(self, name: str, cmd: list[str], output_dir: str) -> str:
-        if is_finished_run(output_dir):
-            logger.info(f"[{name}] skipped: {output_dir} holds a finished run")
+    def run(self, name: str, cmd: list[str], output_dir: str, invalidated: bool = False, export: bool = False) -> str:
+        """Run one stage: "ran" or "skipped".
+
+        `invalidated`: a stage it is built on ran again, so whatever is in `output_dir` was made from another base
+        and the stage starts afresh (--overwrite_output_dir). A training stage with a finished run is handed to its
+        script with --skip_if_finished: the script skips it only if its request fingerprint is this request's.
+        """
+        if invalidated:
+            if os.path.isdir(output_dir) and os.listdir(output_dir):
+                logger.warning(f"[{name}] the stage it is built on ran again: {output_dir} starts afresh")
+            return self.execute(name, cmd + ["--overwrite_output_dir", "true"])
+        if is_finished_run(output_dir) and export:
+            logger.info(f"[{name}] skipped: {output_dir} holds a finished export")
             return "skipped"
+        if is_finished_run(output_dir):
+            finished = os.path.join(output_dir, FINISHED_MARKER)
+            before = os.stat(finished).st_mtime_ns
+            status = self.execute(name, cmd + ["--skip_if_finished", "true"])
+            if status == "ran" and os.path.isfile(finished) and os.stat(finished).st_mtime_ns == before:
+                logger.info(f"[{name}] skipped: {output_dir} holds a finished run of this request")
+                return "skipped"
+            return status
         if (
             os.path.isdir(output_dir)
             and os.listdir(output_dir)
@@ -225,6 +249,8 @@ class Runner:
             f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {name}\n{line}\n")
         start = time.time()
         code = subprocess.call(cmd, cwd=REPO)
+        if code == 2:  # a usage error (its one line is above): running the same command again cannot help
+            sys.exit(f"error: stage {name} refused its input (exit code 2, see its error above); nothing was trained")
         if code != 0:
             sys.exit(
                 f"error: stage {name} failed (exit code {code}); fix the cause and run the same command again to resume"
@@ -233,11 +259,32 @@ class Runner:
         return "ran"
 
 
-def report_is_current(report_dir: str, experiment_dir: str) -> bool:
-    """The report is newer than every model's all_results.json."""
+def eval_request(cmd: list[str]) -> str:
+    """A digest of the eval command (its flags, the data's included), so a report made by another is not current."""
+    return hashlib.sha256(json.dumps(cmd[2:]).encode()).hexdigest()[:16]
+
+
+def retire_report(report_dir: str) -> None:
+    """A stage ran again: the report describes models that are gone, so it must not stay as if current."""
+    removed = [name for name in REPORT_FILES if os.path.isfile(os.path.join(report_dir, name))]
+    for name in removed:
+        os.remove(os.path.join(report_dir, name))
+    if removed:
+        logger.warning(f"a stage ran again: the old report in {report_dir} is removed until run_eval.py rebuilds it")
+
+
+def report_is_current(report_dir: str, experiment_dir: str, request: str | None = None) -> bool:
+    """The report was made by this eval request and is newer than every model's all_results.json."""
     results = os.path.join(report_dir, "results.csv")
     if not os.path.isfile(results):
         return False
+    if request is not None:
+        path = os.path.join(report_dir, EVAL_REQUEST_FILE)
+        if not os.path.isfile(path):
+            return False
+        with open(path) as f:
+            if json.load(f).get("request") != request:
+                return False
     try:
         dirs = find_model_dirs(experiment_dir)
     except UsageError:
@@ -278,20 +325,32 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
                     f"add {base} to --methods"
                 )
             script, flags = method_command(name, seed, args)
-            if METHODS[name].kind == "export":
+            export = METHODS[name].kind == "export"
+            if export:
                 cmd = runner.command(script, flags + export_data_flags(data_args, seed), training=False, data=False)
             else:
                 cmd = runner.command(script, flags)
-            status[key] = runner.run(key, cmd, os.path.join(root, name))
+            invalidated = base != PRETRAINED and status.get(f"seed{seed}/{base}") == "ran"
+            status[key] = runner.run(key, cmd, os.path.join(root, name), invalidated=invalidated, export=export)
+            if status[key] == "ran":
+                retire_report(args.report_dir)
 
     if EVAL_STEP in args.methods:
-        if not any(v == "ran" for v in status.values()) and report_is_current(args.report_dir, args.experiment_dir):
-            logger.info(f"[eval] skipped: {args.report_dir}/results.csv is newer than every model")
+        flags = ["--experiment_dir", args.experiment_dir, "--output_dir", args.report_dir]
+        flags += ["--seed", str(args.seeds[0]), "--overwrite_output_dir", "true", *shlex.split(args.eval_args)]
+        cmd = runner.command("run_eval.py", flags, training=False)
+        request = eval_request(cmd)
+        if not any(v == "ran" for v in status.values()) and report_is_current(
+            args.report_dir, args.experiment_dir, request
+        ):
+            logger.info(f"[eval] skipped: {args.report_dir}/results.csv is this request's and newer than every model")
             status["eval"] = "skipped"
         else:
-            flags = ["--experiment_dir", args.experiment_dir, "--output_dir", args.report_dir]
-            flags += ["--seed", str(args.seeds[0]), "--overwrite_output_dir", "true", *shlex.split(args.eval_args)]
-            status["eval"] = runner.execute("eval", runner.command("run_eval.py", flags, training=False))
+            retire_report(args.report_dir)
+            status["eval"] = runner.execute("eval", cmd)
+            if status["eval"] == "ran":
+                with open(os.path.join(args.report_dir, EVAL_REQUEST_FILE), "w") as f:
+                    json.dump({"request": request}, f)
     logger.info(f"stages: {status}")
     if "eval" in status and not args.dry_run:
         logger.info(f"report: {os.path.join(args.report_dir, 'report.md')}")

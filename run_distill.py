@@ -22,6 +22,7 @@ from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments
 from distillkit.layer_plot import PLOT_FILE as LAYER_PLOT
 from distillkit.layer_plot import plot_layer_scores
+from distillkit.fingerprint import fingerprint_digest, model_identity, request_fingerprint
 from distillkit.layer_selection import AUTO, check_num_student_layers, choose_layers
 from distillkit.students import NAMED_LAYER_CHOICES, build_student, layer_stack, select_layers
 from distillkit.teacher import (
@@ -32,7 +33,7 @@ from distillkit.teacher import (
     teacher_record,
     teacher_training_args,
 )
-from distillkit.training import build_trainer, load_tokenized, start_run, train_evaluate_save
+from distillkit.training import build_trainer, load_tokenized, resume_or_skip, start_run, train_evaluate_save
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,15 @@ def main(argv: list[str] | None = None) -> dict:
     # Everything below up to training only reads: bad input fails before anything is written.
     resume_from, data = start_run(training_args, data_args, teacher_args.cache_dir)
     teacher_dir = teacher_args.teacher_output_dir or default_teacher_dir(training_args.output_dir)
+    teacher_training = teacher_training_args(training_args, teacher_dir, teacher_args)
+    teacher_request = request_fingerprint("teacher", teacher_args.teacher_name_or_path, data, data_args, teacher_training)
     plan = plan_teacher(
-        teacher_args, teacher_dir, data, data_args.max_seq_length, overwrite=training_args.overwrite_output_dir
+        teacher_args,
+        teacher_dir,
+        data,
+        data_args.max_seq_length,
+        overwrite=training_args.overwrite_output_dir,
+        fingerprint=teacher_request,
     )
     teacher_depth = plan.config.num_hidden_layers
     auto = student_args.layers.strip().lower() == AUTO
@@ -80,9 +88,23 @@ def main(argv: list[str] | None = None) -> dict:
         for flag in ("layer_selection_train_rows", "layer_selection_validation_rows"):
             if getattr(student_args, flag) < 1:
                 raise UsageError(f"--{flag} {getattr(student_args, flag)}: must be at least 1")
+        # The choice is a deterministic function of the teacher, the data and these flags: the request names them.
+        requested_layers = {
+            "layers": f"{AUTO}:{auto_k}",
+            "layer_selection_train_rows": student_args.layer_selection_train_rows,
+            "layer_selection_validation_rows": student_args.layer_selection_validation_rows,
+        }
     else:
         layers = select_layers(student_args.layers, teacher_depth, student_args.student_num_layers)
         logger.info(f"student: teacher layers {layers} of {teacher_depth}")
+        requested_layers = {"layers": layers}
+    method = AUTO if auto else student_args.layers if student_args.layers in NAMED_LAYER_CHOICES else "custom"
+    # The teacher this student learns from: the one about to be fine-tuned, or the one used as it is.
+    teacher_id = fingerprint_digest(plan.fingerprint) if plan.needs_finetuning else model_identity(plan.name_or_path)
+    fingerprint = request_fingerprint(method, None, data, data_args, training_args, teacher=teacher_id, **requested_layers)
+    done = resume_or_skip(training_args.output_dir, resume_from, fingerprint)
+    if done is not None:
+        return done
 
     tokenizer_source = teacher_args.tokenizer_name or (plan.finetune_from or plan.name_or_path)
     tokenizer, tokenized = load_tokenized(tokenizer_source, data, data_args, training_args, teacher_args.cache_dir)
@@ -99,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
             record=teacher_record(plan.finetune_from, data, data_args.max_seq_length, training_args.seed),
             cache_dir=teacher_args.cache_dir,
             revision=teacher_args.model_revision,
+            fingerprint=plan.fingerprint,
         )
     else:
         teacher = AutoModelForSequenceClassification.from_pretrained(
@@ -129,7 +152,6 @@ def main(argv: list[str] | None = None) -> dict:
     student = build_student(teacher, layers)
     # The data set's class names: a reused teacher may have been saved with generic LABEL_i names.
     student.config.id2label, student.config.label2id = data.id2label, data.label2id
-    method = AUTO if auto else student_args.layers if student_args.layers in NAMED_LAYER_CHOICES else "custom"
     student.config.training_record = {
         "method": method,
         "teacher": plan.name_or_path,
@@ -147,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     extra = {"method": method, "layers": layers, "teacher": plan.name_or_path}
     if selection is not None:  # beside train_runtime: the cost of choosing vs the cost of training
         extra["layer_selection_seconds"] = selection.seconds
-    return train_evaluate_save(trainer, tokenized, resume_from, extra_results=extra)
+    return train_evaluate_save(trainer, tokenized, resume_from, extra_results=extra, fingerprint=fingerprint)
 
 
 if __name__ == "__main__":

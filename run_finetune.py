@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import ModelArguments, UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments
+from distillkit.fingerprint import request_fingerprint
 from distillkit.losses import flag_list, teacher_terms
 from distillkit.teacher import finetune_classifier, load_config, teacher_record
 from distillkit.trainer import with_loss_weight_fields
-from distillkit.training import load_tokenized, start_run
+from distillkit.training import load_tokenized, resume_or_skip, start_run
 
 
 @dataclass
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise UsageError(f"run_finetune.py has no teacher: {flag_list(teacher_terms())} must be 0 (use run_distill.py)")
     resume_from, data = start_run(training_args, data_args, model_args.cache_dir)
     load_config(model_args.model_name_or_path, "--model_name_or_path", model_args.cache_dir, model_args.model_revision)
+    fingerprint = request_fingerprint("teacher", model_args.model_name_or_path, data, data_args, training_args)
+    done = resume_or_skip(training_args.output_dir, resume_from, fingerprint)
+    if done is not None:
+        return done
     tokenizer, tokenized = load_tokenized(
         model_args.tokenizer_name or model_args.model_name_or_path, data, data_args, training_args, model_args.cache_dir
     )
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         record=teacher_record(model_args.model_name_or_path, data, data_args.max_seq_length, training_args.seed),
         cache_dir=model_args.cache_dir,
         revision=model_args.model_revision,
+        fingerprint=fingerprint,
     )
     return results
 

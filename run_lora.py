@@ -22,6 +22,7 @@ from transformers import AutoModelForSequenceClassification
 from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import ModelArguments, UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments
+from distillkit.fingerprint import model_identity, request_fingerprint
 from distillkit.hub import MERGED_REPO_SUFFIX, push_run, wants_push
 from distillkit.lora import (
     MERGED_SUBDIR,
@@ -37,7 +38,7 @@ from distillkit.losses import flag_list, teacher_terms
 from distillkit.records import lora_method
 from distillkit.teacher import has_trained_head, load_classifier, load_config
 from distillkit.trainer import hidden_state_layer_map, with_loss_weight_fields
-from distillkit.training import build_trainer, load_tokenized, start_run, train_evaluate_save
+from distillkit.training import build_trainer, load_tokenized, resume_or_skip, start_run, train_evaluate_save
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,20 @@ def main(argv: list[str] | None = None) -> dict:
             **training_args.loss_record(),
             **({"cache_teacher_logits": True} if training_args.cache_teacher_logits else {}),
         )
+    fingerprint = request_fingerprint(
+        method,
+        base,
+        data,
+        data_args,
+        training_args,
+        base=model_identity(base),
+        teacher=model_identity(teacher_path) if teacher is not None else None,
+        **{k: v for k, v in lora_record.items() if k not in ("method", "base_model", "teacher")},
+        merge=lora_args.merge,
+    )
+    done = resume_or_skip(training_args.output_dir, resume_from, fingerprint)
+    if done is not None:
+        return done
     try:
         trainer = build_trainer(model, training_args, tokenized, tokenizer, teacher_model=teacher)
     except ValueError as err:  # teacher and model disagree (vocabulary, labels, layers): say so in one line
@@ -164,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         resume_from,
         extra_results={**lora_record, **labels, **parameter_counts(trainer.model)},
         push=False,
+        fingerprint=fingerprint,
     )
 
     merged_dir = os.path.join(training_args.output_dir, MERGED_SUBDIR)

@@ -227,13 +227,15 @@ def is_finished_run(output_dir: str) -> bool:
 
 
 def apply_output_dir_policy(
-    output_dir: str, overwrite_output_dir: bool, resume_from_checkpoint: str | bool | None
+    output_dir: str, overwrite_output_dir: bool, resume_from_checkpoint: str | bool | None, skip_if_finished: bool = False
 ) -> str | None:
     """The output-directory policy of every script, decided without writing anything: refuse, resume or overwrite.
 
     Refuse (UsageError) a finished run, or a non-empty directory that is not one of our runs, unless
     `overwrite_output_dir`; resume an unfinished run from its last checkpoint (or the one given), returned; else None
-    for a fresh start (an empty or missing directory, or one to overwrite).
+    for a fresh start (an empty or missing directory, or one to overwrite). With `skip_if_finished` a finished run is
+    returned as `output_dir` itself: the caller skips it if its request fingerprint is this run's
+    (`distillkit.training.resume_or_skip`). Whether a checkpoint or finished run may be used is decided there.
     """
     if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint not in ("", "True", "False"):
         if not os.path.isdir(resume_from_checkpoint):
@@ -244,6 +246,8 @@ def apply_output_dir_policy(
     if overwrite_output_dir:
         return None
     if is_finished_run(output_dir):
+        if skip_if_finished:
+            return output_dir
         raise UsageError(
             f"--output_dir {output_dir} already holds a finished run ({FINISHED_MARKER}); "
             "pass --overwrite_output_dir to replace it, or choose another --output_dir"
@@ -289,3 +293,30 @@ def clear_stale_checkpoints(output_dir: str) -> None:
     for path in list_checkpoints(output_dir):
         logger.warning(f"--overwrite_output_dir: removing stale checkpoint {path}")
         shutil.rmtree(path, ignore_errors=True)
+# What marks a directory as one of our runs (finished, killed, or a model saved by one of our scripts).
+RUN_FILES = ("run_record.json", FINISHED_MARKER, "trainer_state.json", "config.json", "adapter_config.json",
+             "run_fingerprint.json")  # fmt: skip
+
+
+def is_run_dir(output_dir: str) -> bool:
+    return os.path.isdir(output_dir) and (
+        any(os.path.exists(os.path.join(output_dir, name)) for name in RUN_FILES)
+        or any(_CHECKPOINT_RE.match(name) for name in os.listdir(output_dir))
+    )
+
+
+def clear_previous_run(output_dir: str) -> None:
+    """--overwrite_output_dir is a fresh start: a previous run's files (checkpoints, weights, records, an adapter's
+    merged/ model) are removed, never merged with the new run's. A non-empty directory that is not one of our runs
+    is left as it is (its files cannot be mistaken for a run's)."""
+    if not is_run_dir(output_dir):
+        if os.path.isdir(output_dir) and os.listdir(output_dir):
+            logger.warning(f"--overwrite_output_dir: {output_dir} is not one of our runs; its files are left in place")
+        return
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        logger.warning(f"--overwrite_output_dir: removing the previous run's {path}")
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)

@@ -67,6 +67,8 @@ class RunRecord:
     # --class_weights: the policy asked for, what `auto` resolved to on the train split, and the weights used.
     class_weights: dict[str, Any] = field(default_factory=dict)
     library_versions: dict[str, str] = field(default_factory=library_versions)
+    # The request that made it (distillkit/fingerprint.py): what resume, teacher reuse and run_compare's skip check.
+    fingerprint: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # anything an older record held that has no field here
 
     @property

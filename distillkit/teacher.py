@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Pretrai
 
 from .cli import UsageError, apply_output_dir_policy, is_finished_run
 from .data import TextClassificationData, same_source
+from .fingerprint import fingerprint_mismatch, read_fingerprint
 from .losses import GOLD_TERM, loss_terms
 from .records import RunRecord
 from .tasks import SINGLE_LABEL
@@ -56,6 +57,7 @@ class TeacherPlan:
     finetune_from: str | None = None  # the pretrained model that fine-tuning starts from
     resume_from_checkpoint: str | None = None
     overwrite: bool = False
+    fingerprint: dict[str, Any] | None = None  # the request of the teacher to fine-tune (None: used as it is)
 
     @property
     def needs_finetuning(self) -> bool:
@@ -142,6 +144,10 @@ def reuse_mismatch(
             f"its labels are {', '.join(recorded_labels)}, this run's are {', '.join(wanted_labels)} "
             "(the data set's label set or --class_names)"
         )
+    for key, flag in (("text_column", "--text_column"), ("label_column", "--label_column"),
+                      ("label_columns", "--label_columns"), ("label_threshold", "--label_threshold")):  # fmt: skip
+        if key in was and was.get(key) != now.get(key):
+            return f"it was trained with {flag} {was.get(key)}, this run asks for {now.get(key)}"
     was_type = was.get("problem_type") or recorded.get("problem_type") or SINGLE_LABEL
     if was_type != (now.get("problem_type") or SINGLE_LABEL):
         return f"it is a {was_type} model, this run's data set is {now.get('problem_type')} (--problem_type)"
@@ -159,18 +165,21 @@ def plan_teacher(
     data: TextClassificationData,
     max_seq_length: int,
     overwrite: bool = False,
+    fingerprint: dict[str, Any] | None = None,
 ) -> TeacherPlan:
     """Decide, without writing anything, which teacher to use.
 
     A finished teacher in `teacher_dir` (or an unfinished one to resume) is used only when its record matches the
-    request (`reuse_mismatch`); otherwise the run stops, unless the requested teacher is itself a classifier for this
+    request: its request fingerprint is `fingerprint`, the request of the teacher this run would fine-tune
+    (`distillkit.fingerprint`; a teacher from before fingerprints: `reuse_mismatch`); otherwise the run stops,
+    unless the requested teacher is itself a classifier for this
     label set (used as it is) or `overwrite` (--overwrite_output_dir) says to fine-tune a new teacher in its place.
     """
     num_labels = data.num_labels
     replace = False
     if is_finished_run(teacher_dir):
         config = load_config(teacher_dir, "--teacher_output_dir")
-        mismatch = _teacher_mismatch(teacher_dir, config, args, data, max_seq_length)
+        mismatch = _teacher_mismatch(teacher_dir, config, args, data, max_seq_length, fingerprint)
         if mismatch is None:
             logger.info(f"Reusing the fine-tuned teacher in {teacher_dir}")
             return TeacherPlan(name_or_path=teacher_dir, config=config)
@@ -188,7 +197,7 @@ def plan_teacher(
     resume = apply_output_dir_policy(teacher_dir, overwrite_output_dir=replace, resume_from_checkpoint=None)
     if resume is not None:  # a killed fine-tuning: resume it only if it is this request's
         config = load_config(resume, "--teacher_output_dir")
-        mismatch = _teacher_mismatch(resume, config, args, data, max_seq_length)
+        mismatch = _teacher_mismatch(resume, config, args, data, max_seq_length, fingerprint)
         if mismatch is not None:
             replace = _replace_or_refuse(teacher_dir, f"an unfinished teacher ({resume})", mismatch, overwrite)
             resume = None
@@ -201,6 +210,7 @@ def plan_teacher(
         finetune_from=args.teacher_name_or_path,
         resume_from_checkpoint=resume,
         overwrite=replace,
+        fingerprint=fingerprint,
     )
 
 
@@ -210,7 +220,11 @@ def _teacher_mismatch(
     args: TeacherArguments,
     data: TextClassificationData,
     max_seq_length: int,
+    fingerprint: dict[str, Any] | None = None,
 ) -> str | None:
+    recorded_fingerprint = read_fingerprint(directory)
+    if fingerprint is not None and recorded_fingerprint:
+        return fingerprint_mismatch(recorded_fingerprint, fingerprint)
     recorded_labels = [str(config.id2label[i]) for i in sorted(config.id2label)]
     wanted = teacher_record(args.teacher_name_or_path, data, max_seq_length, seed=0)
     record = RunRecord.load(directory)  # run_record.json, or an older teacher's config.json training_record
@@ -287,12 +301,13 @@ def finetune_classifier(
     record: dict[str, Any],
     cache_dir: str | None = None,
     revision: str = "main",
+    fingerprint: dict[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, dict[str, Any]]:
     """Full fine-tuning of a classifier (the teacher stage, and run_finetune.py): one code path for both."""
     model = load_classifier(model_name_or_path, data, cache_dir, revision)
     model.config.training_record = record
     trainer = build_trainer(model, training_args, tokenized, tokenizer)
     results = train_evaluate_save(
-        trainer, tokenized, resume_from_checkpoint, extra_results={"method": record["method"]}
+        trainer, tokenized, resume_from_checkpoint, extra_results={"method": record["method"]}, fingerprint=fingerprint
     )
     return trainer.model, results

@@ -104,7 +104,18 @@ class DistillationTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Former name of --tune_decision (kept so old commands still run)."}
     )
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace a finished run in --output_dir (otherwise it is refused)."}
+        default=False,
+        metadata={
+            "help": "Start afresh in --output_dir: a previous run's files (finished or killed) are removed first."
+        },
+    )
+    skip_if_finished: bool = field(
+        default=False,
+        metadata={
+            "help": "When --output_dir holds a finished run of this very request (the same request fingerprint), "
+            "exit 0 without training; a finished run of another request is an error naming what differs "
+            "(run_compare.py's stage skip)."
+        },
     )
     # Defaults that differ from TrainingArguments: our scripts train, evaluate and test in one go.
     do_train: bool = field(default=True, metadata={"help": "Train (default True)."})

@@ -13,8 +13,9 @@ from datasets import DatasetDict
 from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, set_seed
 from transformers.trainer_utils import PredictionOutput
 
-from .cli import FINISHED_MARKER, apply_output_dir_policy, clear_stale_checkpoints, setup_logging
+from .cli import FINISHED_MARKER, apply_output_dir_policy, clear_previous_run, setup_logging
 from .data import DataTrainingArguments, TextClassificationData, load_text_classification_data, tokenize_splits
+from .fingerprint import FingerprintCallback, check_same_request
 from .hub import defer_push_to_hub, push_run, wants_push
 from .metrics import never_predicted, never_predicted_warning
 from .integrity import tokenizer_fingerprint
@@ -38,7 +39,10 @@ def start_run(
     """
     setup_logging(training_args)
     resume_from = apply_output_dir_policy(
-        training_args.output_dir, training_args.overwrite_output_dir, training_args.resume_from_checkpoint
+        training_args.output_dir,
+        training_args.overwrite_output_dir,
+        training_args.resume_from_checkpoint,
+        skip_if_finished=getattr(training_args, "skip_if_finished", False),
     )
     set_seed(training_args.seed)
     with training_args.main_process_first(desc="loading the data set"):
@@ -46,6 +50,31 @@ def start_run(
             data_args, seed=training_args.seed, cache_dir=cache_dir, class_names=training_args.class_names
         )
     return resume_from, data
+
+
+def resume_or_skip(output_dir: str, resume_from: str | None, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """Use what `start_run` found in --output_dir only if this very request made it (`check_same_request`).
+
+    A checkpoint of another request is a one-line error naming the differing fields. A finished run
+    (--skip_if_finished) of this request returns its results (the caller skips training); of another, an error.
+    None: train (fresh, or resuming the checked checkpoint).
+    """
+    if resume_from is None:
+        return None
+    if os.path.normpath(os.path.abspath(resume_from)) == os.path.normpath(os.path.abspath(output_dir)):
+        check_same_request(
+            output_dir, fingerprint, "--output_dir", "pass --overwrite_output_dir to replace it, or choose another --output_dir"
+        )
+        logger.warning(f"skipped: {output_dir} holds a finished run of this very request")
+        with open(os.path.join(output_dir, FINISHED_MARKER)) as f:
+            return {**json.load(f), "skipped": True}
+    check_same_request(
+        resume_from,
+        fingerprint,
+        "checkpoint",
+        "resume it with the command that started it, or pass --overwrite_output_dir to start afresh",
+    )
+    return None
 
 
 def load_tokenized(
@@ -74,6 +103,7 @@ def train_evaluate_save(
     resume_from_checkpoint: str | None,
     extra_results: dict[str, Any] | None = None,
     push: bool = True,
+    fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train (resuming if asked), save the model, evaluate on validation and test, write the records.
 
@@ -81,11 +111,16 @@ def train_evaluate_save(
     first (a LoRA run's merged model), so a failed push never costs it a file.
 
     `all_results.json`, written last, marks the run as finished; `trainer_state.json` keeps the loss history.
+    `fingerprint` (distillkit/fingerprint.py), the request, goes into every checkpoint and the run record.
     """
     args = trainer.args
     results: dict[str, Any] = {}
+    if fingerprint is not None:
+        if resume_from_checkpoint:  # the scripts check before anything is trained; this guards every other caller
+            check_same_request(resume_from_checkpoint, fingerprint, "checkpoint", "pass --overwrite_output_dir")
+        trainer.add_callback(FingerprintCallback(fingerprint))
     if getattr(args, "overwrite_output_dir", False) and resume_from_checkpoint is None and args.should_save:
-        clear_stale_checkpoints(args.output_dir)
+        clear_previous_run(args.output_dir)
     tuning = None  # the validation predictions the thresholds were tuned on, if they were
     if args.do_train:
         if resume_from_checkpoint:
@@ -140,6 +175,7 @@ def train_evaluate_save(
         record.class_weights = class_weights or record.class_weights
         if trainer.processing_class is not None:  # the tokenizer saved beside the model: loaders check it is the one
             record.tokenizer = tokenizer_fingerprint(trainer.processing_class)
+        record.fingerprint = fingerprint or {}
         record.save(args.output_dir)
         with open(os.path.join(args.output_dir, FINISHED_MARKER), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True, default=str)

@@ -94,3 +94,47 @@ def test_dry_run_lays_out_seed_folders(tmp_path, caplog, tiny_base_model_dir, ti
     assert {k for k in status if k != "eval"} >= {f"seed{s}/{st}" for s in (1, 2) for st in ("teacher", "odd", "even")}
     log = caplog.text
     assert str(exp / "seed2" / "odd") in log and "--layers odd" in log and "run_eval.py" in log
+
+
+def test_a_rerun_skips_only_the_same_request_and_invalidates_downstream(tmp_path, capsys, tiny_base_model_dir, tiny_data_dir):
+    """Issue 28: run_compare.py skips a finished stage only for the request that made it, a re-run stage re-runs
+    every stage built on it, and the old report never stays as if current."""
+    import json
+    import shutil
+
+    exp = tmp_path / "exp"
+    methods = ["--seeds", "0", "--methods", "teacher", "odd", "eval"]
+    first = run_compare.main(compare_argv(tiny_base_model_dir, tiny_data_dir, exp, *methods, "--max_steps", "2"))
+    assert first == {"seed0/teacher": "ran", "seed0/odd": "ran", "eval": "ran"}
+    report = exp / "report" / "results.csv"
+    odd_stamp = (exp / "seed0" / "odd" / "all_results.json").stat().st_mtime_ns
+
+    # Another hyperparameter: the finished teacher is not skipped as if it were this request's.
+    with pytest.raises(SystemExit) as exit_info:
+        run_compare.main(compare_argv(tiny_base_model_dir, tiny_data_dir, exp, *methods, "--max_steps", "4"))
+    assert "stage seed0/teacher refused its input" in str(exit_info.value.code)
+    assert "run again" not in str(exit_info.value.code)
+    assert "differing fields: max_steps (max_steps: 2 -> 4)" in capsys.readouterr().err
+    assert report.is_file()  # nothing ran: the report still describes the models on disk
+
+    # The teacher deleted and re-run with another learning rate: the student built on the deleted teacher is
+    # re-distilled from the new one, and the report rebuilt.
+    shutil.rmtree(exp / "seed0" / "teacher")
+    again = run_compare.main(
+        compare_argv(tiny_base_model_dir, tiny_data_dir, exp, *methods, "--max_steps", "2", "--teacher_learning_rate", "2e-3")
+    )
+    assert again == {"seed0/teacher": "ran", "seed0/odd": "ran", "eval": "ran"}
+    assert (exp / "seed0" / "odd" / "all_results.json").stat().st_mtime_ns > odd_stamp
+    teacher_fp = json.loads((exp / "seed0" / "teacher" / "run_record.json").read_text())["fingerprint"]
+    odd_fp = json.loads((exp / "seed0" / "odd" / "run_record.json").read_text())["fingerprint"]
+    from distillkit.fingerprint import fingerprint_digest
+
+    assert teacher_fp["learning_rate"] == 2e-3 and odd_fp["teacher"] == fingerprint_digest(teacher_fp)
+    assert report.stat().st_mtime_ns > (exp / "seed0" / "odd" / "all_results.json").stat().st_mtime_ns
+
+    # --overwrite_output_dir: every stage starts afresh.
+    fresh = run_compare.main(
+        compare_argv(tiny_base_model_dir, tiny_data_dir, exp, *methods, "--max_steps", "2", "--teacher_learning_rate",
+                     "2e-3", "--overwrite_output_dir", "true")
+    )  # fmt: skip
+    assert fresh == {"seed0/teacher": "ran", "seed0/odd": "ran", "eval": "ran"}
