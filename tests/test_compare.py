@@ -96,7 +96,7 @@ def test_dry_run_lays_out_seed_folders(tmp_path, caplog, tiny_base_model_dir, ti
     assert str(exp / "seed2" / "odd") in log and "--layers odd" in log and "run_eval.py" in log
 
 
-def test_a_rerun_skips_only_the_same_request_and_invalidates_downstream(tmp_path, capsys, tiny_base_model_dir, tiny_data_dir):
+def test_a_rerun_skips_only_the_same_request_and_invalidates_downstream(tmp_path, capfd, tiny_base_model_dir, tiny_data_dir):
     """Issue 28: run_compare.py skips a finished stage only for the request that made it, a re-run stage re-runs
     every stage built on it, and the old report never stays as if current."""
     import json
@@ -114,7 +114,7 @@ def test_a_rerun_skips_only_the_same_request_and_invalidates_downstream(tmp_path
         run_compare.main(compare_argv(tiny_base_model_dir, tiny_data_dir, exp, *methods, "--max_steps", "4"))
     assert "stage seed0/teacher refused its input" in str(exit_info.value.code)
     assert "run again" not in str(exit_info.value.code)
-    assert "differing fields: max_steps (max_steps: 2 -> 4)" in capsys.readouterr().err
+    assert "differing fields: max_steps (max_steps: 2 -> 4)" in capfd.readouterr().err  # the stage's own error
     assert report.is_file()  # nothing ran: the report still describes the models on disk
 
     # The teacher deleted and re-run with another learning rate: the student built on the deleted teacher is
