@@ -62,7 +62,7 @@ TRAINING_FIELDS = (
     "bf16",
     "train_sampling_strategy",
     "class_weights",
-    "tune_thresholds",
+    "tune_decision",
     "temperature",
     "cache_teacher_logits",
 )
@@ -117,6 +117,11 @@ def request_fingerprint(
         **training_args.loss_record(),
         "world_size": getattr(training_args, "world_size", 1),
     }
+    # The decision rule is fitted on validation and saved with the model, so it changes what the directory holds.
+    # Unset means on whenever there is a validation split (distillkit/tasks.should_tune_decision); the former flag
+    # name --tune_thresholds has been folded into tune_decision by the arguments' __post_init__.
+    if fingerprint.get("tune_decision") is None:
+        fingerprint["tune_decision"] = len(data.splits.get("validation", ())) > 0
     if not training_args.uses_teacher:  # no teacher term: the KL settings change nothing
         for name in ("temperature", "cache_teacher_logits"):
             fingerprint.pop(name, None)

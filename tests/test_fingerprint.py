@@ -79,7 +79,7 @@ CHANGES = [
     ("alpha_ce", {}, {"alpha_ce": 2.0}, {}),
     ("temperature", {}, {"temperature": 4.0}, {}),
     ("train_sampling_strategy", {}, {"train_sampling_strategy": "sequential"}, {}),
-    ("tune_thresholds", {}, {"tune_thresholds": True}, {}),
+    ("tune_decision", {}, {"tune_decision": False}, {}),
     ("layers", {}, {}, {"layers": [1, 3]}),
     ("method", {}, {}, {"method": "odd"}),
     ("teacher", {}, {}, {"teacher": "fedcba9876543210"}),
@@ -130,6 +130,9 @@ def test_every_field_changes_the_fingerprint_and_nothing_else_does(fingerprints)
     spelled = fingerprints({"dataset_name": str(Path(base["dataset"]) / ".")})
     assert differing_fields(base, spelled) == []
     assert fingerprint_digest(spelled) == fingerprint_digest(base)
+    # The decision rule: on by default, so an explicit `true` is the same request; the former flag name counts too.
+    assert differing_fields(base, fingerprints(training={"tune_decision": True})) == []
+    assert differing_fields(_changed(fingerprints, "tune_decision"), fingerprints(training={"tune_thresholds": False})) == []
     # --problem_type multi_label on the ids column: another task.
     single = fingerprints({"label_column": "label", "label_threshold": None})
     multi = fingerprints({"label_column": "label", "label_threshold": None, "problem_type": "multi_label"})
@@ -295,3 +298,34 @@ def test_overwrite_output_dir_is_a_fresh_start(tmp_path, tiny_base_model_dir, ti
     assert (out / "adapter_model.safetensors").is_file()
     assert not (out / "model.safetensors").exists() and not (out / "checkpoint-9").exists()
     assert json.loads((out / "run_record.json").read_text())["fingerprint"]["method"] == "lora"
+
+
+def test_layers_auto_is_requested_as_auto_k_with_its_selection_flags(tmp_path, tiny_classifier_dir, tiny_data_dir,
+                                                                    capsys):  # fmt: skip
+    """--layers auto: the request is `auto:k` plus the rows the choice is scored on (the layers chosen follow from
+    them and the teacher), so a finished auto run is skipped only for the same k and the same selection rows."""
+    import run_distill
+
+    out = tmp_path / "auto"
+    settings = dict(teacher_name_or_path=tiny_classifier_dir, layers="auto", num_student_layers=2, max_steps=2,
+                    layer_selection_train_rows=32, layer_selection_validation_rows=16)  # fmt: skip
+    _run(run_distill, common_args(tiny_data_dir, out, **settings))
+    fingerprint = json.loads((out / "run_record.json").read_text())["fingerprint"]
+    assert fingerprint["layers"] == "auto:2" and fingerprint["method"] == "auto"
+    assert fingerprint["layer_selection_train_rows"] == 32 and fingerprint["layer_selection_validation_rows"] == 16
+    stamp = (out / "all_results.json").stat().st_mtime_ns
+
+    def again(**changes):
+        return common_args(tiny_data_dir, out, **{**settings, **changes}) + ["--skip_if_finished", "true"]
+
+    assert _run(run_distill, again())["skipped"] is True  # the same request
+    for flag, value, named in (
+        ("num_student_layers", 3, "layers (layers: auto:2 -> auto:3)"),
+        ("layer_selection_train_rows", 48, "layer_selection_train_rows (layer_selection_train_rows: 32 -> 48)"),
+        ("layer_selection_validation_rows", 8, "layer_selection_validation_rows (layer_selection_validation_rows: 16"),
+    ):
+        line = _usage_error(capsys, run_distill, again(**{flag: value}))
+        assert f"was made by another request: differing fields: {named}" in line, line
+    line = _usage_error(capsys, run_distill, again(layers="odd"))
+    assert "differing fields: method, layers, " in line and "layers: auto:2 -> [1, 3];" in line, line
+    assert (out / "all_results.json").stat().st_mtime_ns == stamp
