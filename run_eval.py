@@ -22,6 +22,8 @@ summed probability of the classes named by --bias_toxic_classes (distillkit/bias
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import platform
@@ -34,7 +36,7 @@ import torch
 from distillkit.bias_eval import BIAS_FILE, BIAS_SUMMARY_FILE, BiasArguments, BiasScorer, load_bias_set
 from distillkit.bias_report import BIAS_VS_TEACHER_FILE, write_bias_section
 from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args, parse_class_names
-from distillkit.data import DataTrainingArguments, load_text_classification_data
+from distillkit.data import DataTrainingArguments, load_text_classification_data, trained_label_flags
 from distillkit.evaluation import (
     SpeedSettings,
     evaluate_model,
@@ -152,6 +154,68 @@ def clear_old_outputs(output_dir: str) -> None:
                     os.remove(os.path.join(folder, name))
 
 
+LABEL_FLAGS = ("text_column", "label_column", "label_columns", "label_threshold")
+
+
+def recorded_label_flags(model_dirs: list[str], data_args: DataTrainingArguments) -> DataTrainingArguments:
+    """The data read as the models were trained on it: without label flags given, the columns and threshold the
+    models recorded for this data set (one target for all of them, else an error); with flags given, a warning per
+    model that recorded another target."""
+    recorded: dict[str, dict] = {}
+    for path in model_dirs:
+        record = RunRecord.load(path) if os.path.isdir(path) else None
+        if record is not None and record.dataset:
+            flags = trained_label_flags(record.dataset, data_args.dataset_name)
+            if any(v is not None for v in flags.values()):
+                recorded[path] = flags
+    given = {name: getattr(data_args, name) for name in LABEL_FLAGS if getattr(data_args, name) is not None}
+    if given:
+        for path, flags in recorded.items():
+            other = {k: flags.get(k) for k in given if flags.get(k) != given[k]}
+            if other:
+                logger.warning(f"{path} was trained with {other}; scoring it with {given} as told")
+        return data_args
+    targets = {json.dumps(flags, sort_keys=True) for flags in recorded.values()}
+    if len(targets) > 1:
+        detail = "; ".join(f"{p}: {f}" for p, f in recorded.items())
+        raise UsageError(
+            f"the models were trained on different targets of {data_args.dataset_name} ({detail}); score them "
+            "separately, or pass --label_column/--label_columns/--label_threshold to score them all on one"
+        )
+    if not targets:
+        return data_args
+    flags = {k: v for k, v in json.loads(targets.pop()).items() if v is not None}
+    logger.info(f"reading {data_args.dataset_name} as the models were trained on it: {flags}")
+    return dataclasses.replace(data_args, **flags)
+
+
+def position_limit(path: str) -> int | None:
+    """The most tokens a model takes (its config's max_position_embeddings; an adapter's base's), None if unknown."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    for name in ("config.json", "adapter_config.json"):
+        config_path = os.path.join(folder, name)
+        if not os.path.isfile(config_path):
+            continue
+        with open(config_path) as f:
+            config = json.load(f)
+        if name == "config.json" and config.get("max_position_embeddings"):
+            return int(config["max_position_embeddings"])
+        base = config.get("base_model_name_or_path")
+        if name == "adapter_config.json" and base and os.path.isdir(base):
+            return position_limit(base)
+    return None
+
+
+def check_max_seq_length(model_dirs: list[str], max_seq_length: int) -> None:
+    for path in model_dirs:
+        limit = position_limit(path)
+        if limit is not None and max_seq_length > limit:
+            raise UsageError(
+                f"--max_seq_length {max_seq_length}: {path} takes at most {limit} tokens (max_position_embeddings); "
+                f"pass --max_seq_length {limit} or less"
+            )
+
+
 def warn_if_other_data(path: str, record: RunRecord | None, data_source: dict) -> None:
     trained_on = record.dataset if record is not None else {}
     if trained_on.get("rows") and trained_on.get("rows") != data_source.get("rows"):
@@ -168,6 +232,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     # Everything up to the writing below only reads: bad input fails before anything is written.
     check_output_dir(eval_args)
     model_dirs = collect_model_dirs(eval_args)
+    check_max_seq_length(model_dirs, data_args.max_seq_length)
+    data_args = recorded_label_flags(model_dirs, data_args)
     data = load_text_classification_data(
         data_args, seed=eval_args.seed, cache_dir=eval_args.cache_dir, class_names=eval_args.class_names
     )

@@ -110,16 +110,21 @@ def parse_class_names(
 
 
 def _coerce_numbers(values: dict[str, Any], dataclass_types: tuple[type, ...]) -> dict[str, Any]:
-    """YAML 1.1 reads `1e-3` as a string; give float and int fields their numbers back."""
+    """YAML 1.1 reads `1e-3` as a string; give float and int fields their numbers back. A YAML list for a text
+    field that takes a comma-separated list (`layers: [1, 3]`, `class_weights: [1, 4]`) is that list, joined."""
     kinds = {}
     for dtype in dataclass_types:
         for name, hint in typing.get_type_hints(dtype).items():
             options = set(typing.get_args(hint) or (hint,)) - {type(None)}
-            if options in ({float}, {int}):
+            if options in ({float}, {int}, {str}):
                 kinds[name] = options.pop()
     out = {}
     for key, value in values.items():
-        if isinstance(value, str) and key in kinds:
+        if isinstance(value, list) and kinds.get(key) is str:
+            if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+                raise UsageError(f"{key}: {value!r}: expected a list of numbers or names")
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, str) and kinds.get(key) in (float, int):
             try:
                 value = kinds[key](value)
             except ValueError:

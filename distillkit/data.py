@@ -103,8 +103,9 @@ def same_source(recorded: Any, wanted: Any) -> bool:
 
 def trained_label_flags(dataset_record: dict, dataset_name: str | None) -> dict[str, Any]:
     """The text/label flags that read `dataset_name` as a run did (its record's `dataset`, written by
-    `load_text_classification_data`): its label columns or score threshold. None for each flag on another data set,
-    or where detection reads it the same way (one label column of ids or lists)."""
+    `load_text_classification_data`): its text column, its label column(s) and score threshold. None for each flag
+    on another data set. The label column is named even where detection would find it: a data set may hold several
+    (`label` and `label_b`), and the model learnt the one it recorded."""
     flags: dict[str, Any] = dict.fromkeys(("text_column", "label_column", "label_columns", "label_threshold"))
     if dataset_name is None or not same_source(dataset_record.get("dataset"), dataset_name):
         return flags
@@ -112,9 +113,9 @@ def trained_label_flags(dataset_record: dict, dataset_name: str | None) -> dict[
     if dataset_record.get("label_columns"):
         flags["label_columns"] = ",".join(dataset_record["label_columns"])
         flags["label_threshold"] = dataset_record.get("label_threshold")
-    elif dataset_record.get("label_threshold") is not None:  # a thresholded score column
+    else:
         flags["label_column"] = dataset_record.get("label_column")
-        flags["label_threshold"] = dataset_record["label_threshold"]
+        flags["label_threshold"] = dataset_record.get("label_threshold")  # a thresholded score column
     return flags
 
 
@@ -133,6 +134,7 @@ def load_text_classification_data(
     source = pick_label_source(raw["train"], args, preset, text_column)
     if source.names:
         source.declared_by = source.declared_by or "the data set's class names"
+    own_names = list(source.names) if source.names else None  # the data set's (or its preset's) class names
     if class_names:
         source.names, source.declared_by = list(class_names), "--class_names"
 
@@ -152,6 +154,8 @@ def load_text_classification_data(
             original = labels_as_int(list(ds[source.columns[0]]), keep, source.columns[0], split)
             originals[split] = [source.binary_from[i] for i in original[keep]]
 
+    if class_names:
+        check_class_name_count(list(class_names), own_names, source, label_ids)
     if source.names:
         num_labels = len(source.names)
     else:
@@ -196,6 +200,28 @@ def load_text_classification_data(
     return TextClassificationData(
         splits=data, num_labels=num_labels, label_names=source.names, source=record, problem_type=source.problem_type
     )
+
+
+def check_class_name_count(
+    class_names: list[str], own_names: list[str] | None, source: Any, label_ids: dict[str, np.ndarray]
+) -> None:
+    """--class_names names every class the data holds, no more: extra names would build a model with classes no row
+    has (`a,b,c` on binary data: a 3-class model). Fewer names than ids is caught by `check_label_ids`."""
+    given = len(class_names)
+    if own_names is not None and len(own_names) != given:
+        raise UsageError(
+            f"--class_names gives {given} names ({', '.join(class_names)}) but the data set names {len(own_names)} "
+            f"classes ({', '.join(map(str, own_names))}); give one name per class"
+        )
+    if source.form == "columns":  # named by its columns (checked above); its values are 0/1, not class ids
+        return
+    ids = [int(i) for ids in label_ids.values() for i in np.asarray(ids).ravel() if i >= 0]
+    present = max(2, max(ids) + 1) if ids else 2
+    if given > present:
+        raise UsageError(
+            f"--class_names gives {given} names ({', '.join(class_names)}) but the data's labels are ids "
+            f"0..{present - 1} ({present} classes); give one name per class"
+        )
 
 
 def _split_off(ds: Dataset, size: int, percentage: float, seed: int, what: str) -> tuple[Dataset, Dataset]:

@@ -95,6 +95,11 @@ class DataTrainingArguments:
                 raise UsageError(str(err)) from None
         if self.label_columns is not None and self.label_column is not None:
             raise UsageError("give --label_column (one column) or --label_columns (several 0/1 columns), not both")
+        # A threshold outside (0, 1) (or nan, which fails every comparison) puts every label in one class.
+        if self.label_threshold is not None and not 0 < self.label_threshold < 1:
+            raise UsageError(
+                f"--label_threshold {self.label_threshold}: must be between 0 and 1 (exclusive); a score >= it is label 1"
+            )
         if self.max_seq_length < 2:
             raise UsageError(f"--max_seq_length {self.max_seq_length}: must be at least 2")
         try:

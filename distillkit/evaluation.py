@@ -61,11 +61,19 @@ def model_name(path: str, experiment_dir: str | None = None) -> str:
 
 
 def unique_names(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
+    """Each name once, in order: a repeat gets the first free `-2`, `-3`, ... suffix, never one that another model
+    is already called (`a, a, a-2` → `a, a-3, a-2`: each names a predictions file and a report row). Names that differ
+    only in case count as the same: they are one file on a case-insensitive file system."""
+    taken = {n.casefold() for n in names}
+    used: set[str] = set()
     out = []
     for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+        candidate, n = name, 1
+        while candidate.casefold() in used or (candidate != name and candidate.casefold() in taken):
+            n += 1
+            candidate = f"{name}-{n}"
+        used.add(candidate.casefold())
+        out.append(candidate)
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +150,12 @@ class DistillationTrainingArguments(TrainingArguments):
             off = term.name in self.terms_off_for_cached_logits
             setattr(self, term.weight_flag, 0.0 if off else term.default_weight)
         super().__post_init__()
+        # Values TrainingArguments takes without a word and that fail (or train nothing) once training starts.
+        for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, flag) < 1:
+                raise ValueError(f"--{flag} {getattr(self, flag)}: must be at least 1")
+        if not self.learning_rate >= 0 or not math.isfinite(self.learning_rate):
+            raise ValueError(f"--learning_rate {self.learning_rate}: must be a finite number >= 0")
         for term in loss_terms():
             if getattr(self, term.weight_flag) < 0:
                 raise ValueError(f"--{term.weight_flag} {getattr(self, term.weight_flag)}: loss weights must be >= 0")

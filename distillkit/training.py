@@ -13,7 +13,7 @@ from datasets import DatasetDict
 from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, set_seed
 from transformers.trainer_utils import PredictionOutput
 
-from .cli import FINISHED_MARKER, apply_output_dir_policy, clear_previous_run, setup_logging
+from .cli import FINISHED_MARKER, UsageError, apply_output_dir_policy, clear_previous_run, setup_logging
 from .data import DataTrainingArguments, TextClassificationData, load_text_classification_data, tokenize_splits
 from .fingerprint import FingerprintCallback, check_same_request
 from .hub import defer_push_to_hub, push_run, wants_push
@@ -23,7 +23,7 @@ from .model_card import write_model_card
 from .records import RunRecord
 from .students import count_parameters
 from .decision import RULE_KEY
-from .tasks import Task, should_tune_decision, trainer_metrics
+from .tasks import Task, parse_class_weights, should_tune_decision, trainer_metrics
 from .trainer import DistillationTrainer, DistillationTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,17 @@ def start_run(
         data = load_text_classification_data(
             data_args, seed=training_args.seed, cache_dir=cache_dir, class_names=training_args.class_names
         )
+    check_class_weights(getattr(training_args, "class_weights", "none"), data)
     return resume_from, data
+
+
+def check_class_weights(spec: str, data: TextClassificationData) -> None:
+    """--class_weights against the data it weights (one per class, every class in train for `balanced`): the
+    trainer resolves them once the model is built, too late for a one-line error."""
+    try:
+        parse_class_weights(spec, np.asarray(data.splits["train"]["label"]), data.num_labels, data.multi_label)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def resume_or_skip(output_dir: str, resume_from: str | None, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
