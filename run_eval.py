@@ -206,14 +206,23 @@ def position_limit(path: str) -> int | None:
     return None
 
 
-def check_max_seq_length(model_dirs: list[str], max_seq_length: int) -> None:
-    for path in model_dirs:
-        limit = position_limit(path)
-        if limit is not None and max_seq_length > limit:
-            raise UsageError(
-                f"--max_seq_length {max_seq_length}: {path} takes at most {limit} tokens (max_position_embeddings); "
-                f"pass --max_seq_length {limit} or less"
-            )
+def check_max_seq_length(model_dirs: list[str], data_args: DataTrainingArguments) -> DataTrainingArguments:
+    """--max_seq_length within every model's position limit: a value given above it is an error; the default
+    (not given) is lowered to the smallest limit, with a warning, so small models score without a flag."""
+    limits = {path: limit for path in model_dirs if (limit := position_limit(path)) is not None}
+    if not limits:
+        return data_args
+    path, limit = min(limits.items(), key=lambda item: item[1])
+    wanted = data_args.max_seq_length
+    if wanted <= limit:
+        return data_args
+    if wanted != DataTrainingArguments.max_seq_length:
+        raise UsageError(
+            f"--max_seq_length {wanted}: {path} takes at most {limit} tokens (max_position_embeddings); "
+            f"pass --max_seq_length {limit} or less"
+        )
+    logger.warning(f"--max_seq_length {limit}: the default {wanted} is more than {path} takes (max_position_embeddings)")
+    return dataclasses.replace(data_args, max_seq_length=limit)
 
 
 def warn_if_other_data(path: str, record: RunRecord | None, data_source: dict) -> None:
@@ -232,7 +241,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     # Everything up to the writing below only reads: bad input fails before anything is written.
     check_output_dir(eval_args)
     model_dirs = collect_model_dirs(eval_args)
-    check_max_seq_length(model_dirs, data_args.max_seq_length)
+    data_args = check_max_seq_length(model_dirs, data_args)
     data_args = recorded_label_flags(model_dirs, data_args)
     data = load_text_classification_data(
         data_args, seed=eval_args.seed, cache_dir=eval_args.cache_dir, class_names=eval_args.class_names

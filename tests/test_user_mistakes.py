@@ -136,6 +136,11 @@ def test_eval_max_seq_length_above_the_position_limit_is_refused(tmp_path, capsy
     line = _error_line(capsys, run_eval.main, argv)
     assert "--max_seq_length 100000" in line and "at most 64 tokens" in line
     assert not out.exists()
+    # Not given: the default (128) is lowered to the model's 64, with a warning, and the model is scored.
+    default = FAST_EVAL[2:]  # without --max_seq_length 32
+    results = run_eval.main([str(a) for a in argv[:6]] + default)
+    logged = capsys.readouterr()
+    assert len(results) == 1 and "--max_seq_length 64: the default 128" in logged.out + logged.err
 
 
 @pytest.fixture()
