@@ -142,7 +142,7 @@ def test_task_flags_are_checked_before_anything_is_written(
         capsys,
         common_args(tiny_data_dir, tmp_path / "EXP" / "odd", teacher_name_or_path=tiny_base_model_dir, layers="odd")
         + ["--problem_type", "multi_label"],
-        "it is a single_label_classification model, this run's data set is multi_label_classification",
+        "problem_type: single_label_classification -> multi_label_classification",  # the request fingerprint
     )
     assert (tmp_path / "EXP" / "teacher" / "model.safetensors").read_bytes() == before
     # A fine-tuned 2-class single-label classifier is not "already trained" for a 2-label multi-label task.
