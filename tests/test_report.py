@@ -16,7 +16,6 @@ from distillkit.report import (
     ARCH_LATENCY,
     SIDE_BY_SIDE_LATENCY,
     SUMMARY_COLUMNS,
-    _front_sentence,
     cost_column,
     linked_images,
     pareto_front,
@@ -27,6 +26,7 @@ from distillkit.report import (
     summarize,
     write_report,
 )
+from distillkit.report_verdict import _front_sentence
 from distillkit.stats import EXPLORATORY, SIGN_FLIP
 from distillkit.tasks import MULTI_LABEL
 
