@@ -370,8 +370,12 @@ class DistillationTrainer(Trainer):
         self.multi_label = getattr(_config_of(self.model), "problem_type", None) == MULTI_LABEL
         self.class_weights = self._resolve_class_weights(args.class_weights)
         self.add_callback(LogAtCheckpoints())
-        if not args.uses_teacher:
-            return
+        if args.uses_teacher:
+            self._attach_teacher(teacher_model, layer_map)
+
+    def _attach_teacher(self, teacher_model: PreTrainedModel | None, layer_map: list[int] | None) -> None:
+        """Check the teacher against the student, freeze it, map the student's layers onto its layers, then cache its
+        logits and/or keep it for live use, as the arguments ask."""
         if teacher_model is None:
             terms = teacher_terms()
             raise ValueError(
@@ -384,9 +388,9 @@ class DistillationTrainer(Trainer):
         )
         teacher_model.eval()
         teacher_model.requires_grad_(False)
-        if args.cache_teacher_logits:
+        if self.args.cache_teacher_logits:
             self.train_dataset = self._with_cached_teacher_logits(teacher_model)
-        if args.needs_live_teacher:
+        if self.args.needs_live_teacher:
             self.teacher = self._prepare_teacher(teacher_model)
 
     def train(self, *args, **kwargs) -> TrainOutput:
@@ -498,25 +502,14 @@ class DistillationTrainer(Trainer):
         # Evaluation and prediction score the student alone, by its cross-entropy.
         weights = self.loss_weights if model.training else LossWeights.only(GOLD_TERM)
         want_hidden = weights.needs_hidden_states
-        run_teacher = want_hidden or (weights.needs_teacher_logits and cached_logits is None)
-        if run_teacher and self.teacher is None:
-            raise ValueError(
-                f"this training batch has no {TEACHER_LOGITS_COLUMN!r} and the teacher was not kept for live use: "
-                "train on the dataset the trainer cached them in (trainer.train_dataset)"
-            )
-
+        run_teacher = self._must_run_teacher(weights, cached_logits)
         outputs = model(**model_inputs, output_hidden_states=want_hidden)
         teacher_logits = cached_logits if weights.needs_teacher_logits else None
         student_hidden = teacher_hidden = None
         if run_teacher:
-            with torch.no_grad():
-                teacher_out = self.teacher(**model_inputs, output_hidden_states=want_hidden)
-            if teacher_logits is None:
-                teacher_logits = teacher_out.logits
-            if want_hidden:
-                # hidden_states[0] is the embedding output; hidden_states[k] is layer k's output.
-                student_hidden = outputs.hidden_states[1:]
-                teacher_hidden = [teacher_out.hidden_states[k] for k in self.layer_map]
+            teacher_logits, student_hidden, teacher_hidden = self._teacher_signals(
+                model_inputs, outputs, teacher_logits, want_hidden
+            )
         attention_mask = model_inputs.get("attention_mask")
         if want_hidden and attention_mask is None:
             attention_mask = torch.ones(labels.shape[0], outputs.hidden_states[-1].shape[1], device=labels.device)
@@ -535,6 +528,37 @@ class DistillationTrainer(Trainer):
         if model.training:
             self._accumulate_components(components)
         return (loss, {"logits": outputs.logits}) if return_outputs else loss
+
+    def _must_run_teacher(self, weights: LossWeights, cached_logits: torch.Tensor | None) -> bool:
+        """Whether this batch needs a teacher forward (hidden-state terms, or logit terms without cached logits);
+        an error when it does and the teacher was not kept for live use."""
+        run_teacher = weights.needs_hidden_states or (weights.needs_teacher_logits and cached_logits is None)
+        if run_teacher and self.teacher is None:
+            raise ValueError(
+                f"this training batch has no {TEACHER_LOGITS_COLUMN!r} and the teacher was not kept for live use: "
+                "train on the dataset the trainer cached them in (trainer.train_dataset)"
+            )
+        return run_teacher
+
+    def _teacher_signals(
+        self,
+        model_inputs: dict[str, torch.Tensor],
+        student_outputs: Any,
+        teacher_logits: torch.Tensor | None,
+        want_hidden: bool,
+    ) -> tuple[torch.Tensor, Any, list[torch.Tensor] | None]:
+        """The live teacher's forward on the batch: its logits (unless cached ones were given) and, for the hidden-state
+        terms, the student's layer outputs with the teacher layers `layer_map` pairs them with."""
+        with torch.no_grad():
+            teacher_out = self.teacher(**model_inputs, output_hidden_states=want_hidden)
+        if teacher_logits is None:
+            teacher_logits = teacher_out.logits
+        student_hidden = teacher_hidden = None
+        if want_hidden:
+            # hidden_states[0] is the embedding output; hidden_states[k] is layer k's output.
+            student_hidden = student_outputs.hidden_states[1:]
+            teacher_hidden = [teacher_out.hidden_states[k] for k in self.layer_map]
+        return teacher_logits, student_hidden, teacher_hidden
 
     def _accumulate_components(self, components: dict[str, torch.Tensor]) -> None:
         for name, value in components.items():
