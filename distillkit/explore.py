@@ -236,42 +236,39 @@ class Explorer:
         A `report_dir` given by the user must hold one (an error otherwise); a missing EXP/report only leaves the
         exploration endpoints answering 404 with the command that makes it, while the models are served.
         """
+        report_dir, missing = cls._find_report_dir(report_dir, experiment_dir)
+        if missing:
+            return cls.missing(missing)
+        folder = os.path.join(report_dir, PREDICTIONS_SUBDIR)
+        files = sorted(f for f in os.listdir(folder) if f.endswith(".csv"))
+        if not files:
+            return cls.missing(f"{folder} holds no predictions: make them with {make_command(experiment_dir)}")
+        predictions, label_names = _read_prediction_files(folder, files)
+        results_path = os.path.join(report_dir, RESULTS_FILE)
+        results = pd.read_csv(results_path) if os.path.isfile(results_path) else None
+        logger.info(f"exploring {len(predictions)} models' predictions from {report_dir}")
+        return cls(predictions, label_names, results, report_dir)
+
+    @staticmethod
+    def _find_report_dir(report_dir: str | None, experiment_dir: str | None) -> tuple[str, str | None]:
+        """(the folder to read, None), or (_, why there is none) when EXP/report is not made yet or no folder was
+        named; a `report_dir` without predictions is the user's error."""
         if report_dir is None:
             if experiment_dir is None:
-                return cls.missing(
+                return "", (
                     "no evaluation output: start app.py with --experiment_dir EXP (its report/) or --report_dir DIR "
                     "(run_eval.py's --output_dir)"
                 )
             candidate = os.path.join(experiment_dir, REPORT_SUBDIR)
             if not os.path.isdir(os.path.join(candidate, PREDICTIONS_SUBDIR)):
-                return cls.missing(
-                    f"{candidate} holds no evaluation output yet: make it with {make_command(experiment_dir)}"
-                )
-            report_dir = candidate
-        elif not os.path.isdir(os.path.join(report_dir, PREDICTIONS_SUBDIR)):
+                return "", f"{candidate} holds no evaluation output yet: make it with {make_command(experiment_dir)}"
+            return candidate, None
+        if not os.path.isdir(os.path.join(report_dir, PREDICTIONS_SUBDIR)):
             raise UsageError(
                 f"--report_dir {report_dir}: no {PREDICTIONS_SUBDIR}/ folder; pass run_eval.py's --output_dir "
                 f"(EXP/{REPORT_SUBDIR} for run_compare.py)"
             )
-        folder = os.path.join(report_dir, PREDICTIONS_SUBDIR)
-        files = sorted(f for f in os.listdir(folder) if f.endswith(".csv"))
-        if not files:
-            return cls.missing(f"{folder} holds no predictions: make them with {make_command(experiment_dir)}")
-        predictions = {}
-        for file in files:
-            name = file[: -len(".csv")]
-            predictions[name], _ = read_predictions(os.path.join(folder, file), name)
-        # Each model keeps its own class names (ids may mean different classes in different models). The shared
-        # list is the names when every model agrees, else the bare ids: never one model's names for another's ids.
-        num_classes = max(p.probs.shape[1] for p in predictions.values())
-        agreed = len({tuple(p.labels) for p in predictions.values()}) == 1
-        label_names = next(iter(predictions.values())).labels if agreed else [str(i) for i in range(num_classes)]
-        if not agreed:
-            logger.warning(f"the models in {folder} name their classes differently: each is shown with its own names")
-        results_path = os.path.join(report_dir, RESULTS_FILE)
-        results = pd.read_csv(results_path) if os.path.isfile(results_path) else None
-        logger.info(f"exploring {len(predictions)} models' predictions from {report_dir}")
-        return cls(predictions, label_names, results, report_dir)
+        return report_dir, None
 
     @property
     def available(self) -> bool:
@@ -385,8 +382,7 @@ class Explorer:
         p = self._model(model)
         limit, offset = check_page(limit, offset)
         wrong = np.flatnonzero(~p.correct)
-        confidence = p.confidence(wrong, wrong_only=True)
-        order = wrong[np.lexsort((wrong, -confidence))]  # ties: test-set order
+        order = _most_confident_first(wrong, p.confidence(wrong, wrong_only=True))
         page = order[offset : offset + limit]
 
         def gold_probability(i: int) -> float | None:  # multi-label: no one gold label
@@ -421,28 +417,13 @@ class Explorer:
         limit, offset = check_page(limit, offset)
         if kind not in DISAGREEMENT_KINDS:
             raise RequestError(422, f"kind={kind}: expected one of {', '.join(DISAGREEMENT_KINDS)}")
-        if pa.labels != pb.labels:  # the same id means different classes: comparing ids would be meaningless
-            raise RequestError(
-                409,
-                f"{pa.name} names its classes {', '.join(pa.labels)} and {pb.name} {', '.join(pb.labels)}: their "
-                "answers cannot be compared id by id",
-            )
-        if pa.gold.shape != pb.gold.shape or not (pa.gold == pb.gold).all() or not (pa.texts == pb.texts).all():
-            raise RequestError(
-                409, f"{pa.name} and {pb.name} were not scored on the same test texts: re-run run_eval.py"
-            )
+        _check_comparable(pa, pb)
         ca, cb = pa.correct, pb.correct
-        table = {
-            "both_right": int((ca & cb).sum()),
-            "only_a": int((ca & ~cb).sum()),
-            "only_b": int((~ca & cb).sum()),
-            "both_wrong": int((~ca & ~cb).sum()),
-        }
+        table = _correctness_table(ca, cb)
         differ = pa.differs(pb)
         chosen = {"all": differ, "only_a": ca & ~cb, "only_b": ~ca & cb, "both_wrong": differ & ~ca & ~cb}[kind]
         rows = np.flatnonzero(chosen)
-        confidence = np.maximum(pa.confidence(rows), pb.confidence(rows))
-        order = rows[np.lexsort((rows, -confidence))]
+        order = _most_confident_first(rows, np.maximum(pa.confidence(rows), pb.confidence(rows)))
         page = order[offset : offset + limit]
         return {
             "a": pa.name,
@@ -457,6 +438,50 @@ class Explorer:
             "limit": limit,
             "rows": [{**self._text(pa, i), "a": self._answer(pa, i), "b": self._answer(pb, i)} for i in page],
         }
+
+
+def _read_prediction_files(folder: str, files: list[str]) -> tuple[dict[str, Predictions], list[str]]:
+    """Every model's predictions (named by its file), each with its own class names, and the shared label list."""
+    predictions = {}
+    for file in files:
+        name = file[: -len(".csv")]
+        predictions[name], _ = read_predictions(os.path.join(folder, file), name)
+    # Each model keeps its own class names (ids may mean different classes in different models). The shared
+    # list is the names when every model agrees, else the bare ids: never one model's names for another's ids.
+    num_classes = max(p.probs.shape[1] for p in predictions.values())
+    agreed = len({tuple(p.labels) for p in predictions.values()}) == 1
+    label_names = next(iter(predictions.values())).labels if agreed else [str(i) for i in range(num_classes)]
+    if not agreed:
+        logger.warning(f"the models in {folder} name their classes differently: each is shown with its own names")
+    return predictions, label_names
+
+
+def _most_confident_first(rows: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """`rows` by descending confidence; ties in test-set order."""
+    return rows[np.lexsort((rows, -confidence))]
+
+
+def _check_comparable(pa: Predictions, pb: Predictions) -> None:
+    """Two models are compared text by text only when their ids name the same classes and they were scored on the
+    same test texts and gold labels (409 otherwise)."""
+    if pa.labels != pb.labels:  # the same id means different classes: comparing ids would be meaningless
+        raise RequestError(
+            409,
+            f"{pa.name} names its classes {', '.join(pa.labels)} and {pb.name} {', '.join(pb.labels)}: their "
+            "answers cannot be compared id by id",
+        )
+    if pa.gold.shape != pb.gold.shape or not (pa.gold == pb.gold).all() or not (pa.texts == pb.texts).all():
+        raise RequestError(409, f"{pa.name} and {pb.name} were not scored on the same test texts: re-run run_eval.py")
+
+
+def _correctness_table(ca: np.ndarray, cb: np.ndarray) -> dict[str, int]:
+    """The 2x2 table of two models' correctness on the same texts (McNemar's test reads its off-diagonal)."""
+    return {
+        "both_right": int((ca & cb).sum()),
+        "only_a": int((ca & ~cb).sum()),
+        "only_b": int((~ca & cb).sum()),
+        "both_wrong": int((~ca & ~cb).sum()),
+    }
 
 
 def check_page(limit: int, offset: int) -> tuple[int, int]:
