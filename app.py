@@ -36,9 +36,21 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from distillkit.bias_explore import BiasExplorer
+from distillkit.api_schema import (
+    HEALTH_SCHEMA,
+    OFFSET,
+    PREDICT_RESPONSE_SCHEMA,
+    READY_SCHEMA,
+    error_responses,
+    ok_response,
+    one_of_names,
+    page_limit,
+    query,
+    query_parameters,
+)
+from distillkit.bias_explore import MAX_FALSE_POSITIVES, BiasExplorer
 from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args, parse_class_names
-from distillkit.explore import DEFAULT_LIMIT, Explorer
+from distillkit.explore import DEFAULT_LIMIT, DISAGREEMENT_KINDS, MAX_LIMIT, Explorer
 from distillkit.server_guard import (
     LOOPBACK_HOSTS,
     MIB,
@@ -236,7 +248,7 @@ async def read_json_body(request: Request, limits: ServingLimits) -> object:
 
 def int_query(request: Request, name: str, default: int) -> int:
     value = request.query_params.get(name)
-    if value is None or value == "":
+    if value is None:  # absent; an empty `?limit=` is no whole number (the schema says integer): 422 below
         return default
     try:
         return int(value)
@@ -296,13 +308,13 @@ def create_app(
         report["saturated"] = report["saturated"] or report["texts_waiting"] >= limits.max_pending_texts
         return report
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={**ok_response(HEALTH_SCHEMA), **error_responses()})
     async def healthz() -> dict:
         """Alive (always 200) and how loaded: in-flight requests, bodies, connections and queued texts vs limits."""
         report = saturation()
         return {"status": "saturated" if report["saturated"] else "ok", "models": len(registry.names), **report}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={**ok_response(READY_SCHEMA), **error_responses(schema=READY_SCHEMA)})
     async def readyz() -> JSONResponse:
         """200 while a new request can be taken; 503 with Retry-After while one of the limits is reached."""
         report = saturation()
@@ -312,7 +324,7 @@ def create_app(
             )
         return JSONResponse({"status": "ready", **report})
 
-    @app.get("/api/models")
+    @app.get("/api/models", responses=error_responses())
     async def models() -> dict:
         return {
             "models": registry.describe(),
@@ -323,6 +335,7 @@ def create_app(
         "/api/predict",
         summary="Classify texts with every (or the chosen) model",
         description=PREDICT_DESCRIPTION,
+        responses={**ok_response(PREDICT_RESPONSE_SCHEMA), **error_responses(404, 415, 422, 500)},
         openapi_extra={
             "requestBody": {"required": True, "content": {"application/json": {"schema": PREDICT_BODY_SCHEMA}}}
         },
@@ -332,15 +345,27 @@ def create_app(
         parsed = validate_predict_request(payload, limits, registry.names)
         return await registry.predict_async(parsed)
 
-    @app.get("/api/evaluation")
+    @app.get("/api/evaluation", responses=error_responses(404))
     async def evaluation() -> dict:
         return explorer.overview()
 
-    @app.get("/api/distribution")
+    # The query parameters the explorer reads, as /openapi.json lists them (the handlers check them themselves).
+    model_name = one_of_names(explorer.names)
+    pages = (query("limit", page_limit(MAX_LIMIT)), query("offset", OFFSET))
+
+    @app.get(
+        "/api/distribution",
+        responses=error_responses(404, 422),
+        openapi_extra=query_parameters(query("model", model_name, required=True)),
+    )
     async def distribution(request: Request) -> dict:
         return explorer.distribution(request.query_params.get("model"))
 
-    @app.get("/api/errors")
+    @app.get(
+        "/api/errors",
+        responses=error_responses(404, 422),
+        openapi_extra=query_parameters(query("model", model_name, required=True), *pages),
+    )
     async def errors(request: Request) -> dict:
         return explorer.errors(
             request.query_params.get("model"),
@@ -348,7 +373,16 @@ def create_app(
             offset=int_query(request, "offset", 0),
         )
 
-    @app.get("/api/disagreements")
+    @app.get(
+        "/api/disagreements",
+        responses=error_responses(404, 409, 422),
+        openapi_extra=query_parameters(
+            query("a", model_name, required=True),
+            query("b", model_name, required=True),
+            query("kind", {"type": "string", "enum": list(DISAGREEMENT_KINDS)}),
+            *pages,
+        ),
+    )
     async def disagreements(request: Request) -> dict:
         params = request.query_params
         return explorer.disagreements(
@@ -361,11 +395,23 @@ def create_app(
 
     bias = BiasExplorer.load(explorer.report_dir)
 
-    @app.get("/api/bias")
+    @app.get(
+        "/api/bias",
+        responses=error_responses(404, 422),
+        openapi_extra=query_parameters(query("model", {"type": "string"}, required=True)),
+    )
     async def bias_identities(request: Request) -> dict:
         return bias.identities(request.query_params.get("model"))
 
-    @app.get("/api/bias/false_positives")
+    @app.get(
+        "/api/bias/false_positives",
+        responses=error_responses(404, 422),
+        openapi_extra=query_parameters(
+            query("model", {"type": "string"}, required=True),
+            query("identity", {"type": "string"}, required=True),
+            query("limit", page_limit(MAX_FALSE_POSITIVES)),
+        ),
+    )
     async def bias_false_positives(request: Request) -> dict:
         params = request.query_params
         return bias.false_positives(

@@ -17,6 +17,7 @@ from .bias_eval import BIAS_FILE
 from .serving import RequestError
 
 BIAS_PREDICTIONS_SUBDIR = "bias_predictions"
+MAX_FALSE_POSITIVES = 100  # rows one /api/bias/false_positives answer may hold
 
 
 def _number(value: Any) -> float | None:
@@ -70,8 +71,8 @@ class BiasExplorer:
             raise RequestError(404, f"unknown identity {identity!r} for model {model}")
         if model not in self.texts:
             raise RequestError(404, f"no {BIAS_PREDICTIONS_SUBDIR}/{model}.csv beside {BIAS_FILE}")
-        if not 1 <= limit <= 100:
-            raise RequestError(422, f"limit {limit}: must be 1..100")
+        if not 1 <= limit <= MAX_FALSE_POSITIVES:
+            raise RequestError(422, f"limit {limit}: must be 1..{MAX_FALSE_POSITIVES}")
         texts = self.texts[model]
         flagged = texts[(texts.identity == identity) & (texts.label == 0) & (texts.toxic_pred == 1)]
         worst = flagged.sort_values("toxic_score", ascending=False, kind="stable").head(limit)

@@ -162,9 +162,9 @@ def validate_predict_request(payload: Any, limits: ServingLimits, known_models: 
             raise RequestError(422, f"texts[{i}] is not valid Unicode (a lone surrogate): send UTF-8 text")
         if len(text) > limits.max_text_chars:
             raise RequestError(413, f"texts[{i}] has {len(text)} characters: at most {limits.max_text_chars} per text")
-    models = payload.get("models")
-    if models is None:
+    if "models" not in payload:
         return PredictRequest(texts=texts, models=list(known_models))
+    models = payload["models"]  # null is not "every model": the schema says a list, or leave it out
     if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
         raise RequestError(422, "models must be a non-empty list of model names (leave it out for every model)")
     missing = [m for m in models if m not in known_models]

@@ -214,6 +214,8 @@ BAD_REQUESTS = [
     ("unknown model", b'{"texts": ["a"], "models": ["teacher", "nope"]}', 404, "unknown model(s) nope"),
     ("empty model list", b'{"texts": ["a"], "models": []}', 422, "models must be a non-empty list"),
     ("model not a string", b'{"texts": ["a"], "models": [1]}', 422, "models must be a non-empty list"),
+    # found by tests/test_fuzz.py: null was taken for "every model" although the schema says a list
+    ("models null", b'{"texts": ["a"], "models": null}', 422, "models must be a non-empty list"),
 ]
 
 

@@ -172,6 +172,7 @@ BAD = [
     ("/api/errors", {"model": "odd", "limit": 0}, 422, "limit=0: must be 1..100"),
     ("/api/errors", {"model": "odd", "limit": MAX_LIMIT + 1}, 422, "must be 1..100"),
     ("/api/errors", {"model": "odd", "limit": "ten"}, 422, "limit=ten: expected a whole number"),
+    ("/api/errors", {"model": "odd", "limit": ""}, 422, "limit=: expected a whole number"),  # found by test_fuzz
     ("/api/errors", {"model": "odd", "offset": -1}, 422, "offset=-1"),
     ("/api/disagreements", {"a": "odd"}, 422, "missing ?b=NAME"),
     ("/api/disagreements", {"a": "odd", "b": "nope"}, 404, "unknown model nope"),
