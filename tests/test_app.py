@@ -522,3 +522,37 @@ def test_load_script_counts_the_requests_the_server_shed(registry, tmp_path):
     assert summary["shed"] == statuses.count("503") == len(rows)  # the worker never freed up: every one was shed
     assert summary["ok"] == 0 and summary["errors"] == 0 and summary["shed_pct"] == 100.0
     assert summary["shed_max_ms"] >= 200
+
+
+def test_slow_client_script_counts_what_the_server_shed_and_probes_healthz(registry, tmp_path, capsys):
+    """Issue 27, deliver 9: bench/slow_clients.py mixes normal and slow clients and reports the shed and /healthz."""
+    from bench import slow_clients
+
+    timing_out = app_module.create_app(registry, guard=GuardLimits(body_timeout_s=0.3))
+    with real_server(timing_out) as url:
+        args = ["--url", url, "--clients", "2", "--slow_clients", "3", "--duration", "2"]
+        args += ["--slow_byte_interval", "0.05"]
+        normal, slow = slow_clients.main(args + ["--output_dir", str(tmp_path / "a")])
+    assert normal["ok"] == normal["requests"] > 0  # slots to spare: the slow bodies cost the others nothing
+    assert slow["ok"] == 0 and slow["shed_408"] > 0 and slow["errors"] == 0  # each trickled body timed out
+    assert normal["healthz_probes"] == normal["healthz_ok"] > 0 and normal["healthz_saturated_pct"] == 0
+    with open(tmp_path / "a" / "healthz.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == normal["healthz_probes"]
+
+    # Two slots, three slow clients: the slots stay held, the normal clients are shed and /healthz says so.
+    crowded = app_module.create_app(registry, guard=GuardLimits(max_concurrent_requests=2, body_timeout_s=1))
+    with real_server(crowded) as url:
+        args = ["--url", url, "--clients", "2", "--slow_clients", "3", "--duration", "1.5"]
+        normal, slow = slow_clients.main(args + ["--output_dir", str(tmp_path / "b")])
+    assert normal["shed_503"] > 0 and slow["shed_503"] > 0
+    assert normal["healthz_ok"] > 0 and normal["healthz_saturated_pct"] > 0
+    assert "shed_pct" in capsys.readouterr().out
+
+    for bad, message in (
+        (["--url", "http://example.com:80"], "a server on this machine"),
+        (["--clients", "0", "--slow_clients", "0"], "nothing to run"),
+        (["--model_dir", str(tmp_path / "none")], "not a directory"),
+    ):
+        with pytest.raises(SystemExit):
+            slow_clients.main(bad + ["--output_dir", str(tmp_path / "c")])
+        assert message in capsys.readouterr().err
