@@ -37,7 +37,9 @@ json_values = st.recursive(
 # Strings made mostly of what the scan must get right across a chunk boundary: runs of backslashes before quotes.
 escape_text = st.text(alphabet=st.sampled_from('\\\\\\"[]{}a'), max_size=12)
 escape_heavy = st.recursive(
-    escape_text, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(escape_text, inner, max_size=3), max_leaves=12
+    escape_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(escape_text, inner, max_size=3),
+    max_leaves=12,
 )
 
 
