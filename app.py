@@ -390,7 +390,7 @@ def create_app(
             params.get("b"),
             limit=int_query(request, "limit", DEFAULT_LIMIT),
             offset=int_query(request, "offset", 0),
-            kind=params.get("kind") or "all",
+            kind=params.get("kind", "all"),  # an empty ?kind= is none of the kinds: 422, as the schema says
         )
 
     bias = BiasExplorer.load(explorer.report_dir)

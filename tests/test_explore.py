@@ -177,6 +177,7 @@ BAD = [
     ("/api/disagreements", {"a": "odd"}, 422, "missing ?b=NAME"),
     ("/api/disagreements", {"a": "odd", "b": "nope"}, 404, "unknown model nope"),
     ("/api/disagreements", {"a": "odd", "b": "even", "kind": "x"}, 422, "kind=x: expected one of"),
+    ("/api/disagreements", {"a": "odd", "b": "even", "kind": ""}, 422, "kind=: expected one of"),  # test_fuzz
 ]
 
 
