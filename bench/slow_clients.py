@@ -282,9 +282,9 @@ def summarise(args, normal, slow, probes, elapsed) -> list[dict]:
 def print_table(rows: list[dict]) -> None:
     columns = ["clients", "requests", "ok", "shed_503", "shed_408", "held_at_end", "errors", "shed_pct"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
+    print("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
     for row in rows:
-        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
     h = rows[0]
     print(
         f"/healthz: {h['healthz_ok']}/{h['healthz_probes']} answered, p50 {h['healthz_p50_ms']} ms, "
