@@ -101,11 +101,23 @@ def browser_page():
             browser.close()
 
 
+
+def wait_until(page, expression: str, arg=None, timeout_s: float = 30.0) -> None:
+    """Poll a JS expression from the test side (page.evaluate runs through DevTools, which the page's CSP allows;
+    Playwright's wait_for_function evals inside the page, which a CSP without 'unsafe-eval' refuses)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if page.evaluate(expression, arg) if arg is not None else page.evaluate(expression):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {expression}")
+        time.sleep(0.05)
+
 def classify_on_page(page, text: str, num_models: int) -> dict[str, str]:
     """Type `text`, click Classify, and read each model's label off its card (a multi-label card: its first chip)."""
     page.fill("#text", text)
     page.click("#classify")
-    page.wait_for_function(
+    wait_until(page, 
         "([t, n]) => document.querySelectorAll('#results .card').length === n"
         " && document.getElementById('text').value === t && !document.getElementById('classify').disabled",
         arg=[text, num_models],
@@ -153,7 +165,7 @@ def test_page_classifies_a_comment_and_a_csv_batch(tmp_path, tiny_classifier_dir
         page.click("button[data-tab=batch]")
         page.set_input_files("#csv-file", str(csv_path))
         page.click("#classify-batch")
-        page.wait_for_function("document.getElementById('batch-status').textContent.includes('3 texts classified')")
+        wait_until(page, "document.getElementById('batch-status').textContent.includes('3 texts classified')")
         assert page.locator("#batch-table tbody tr").count() == 3
         assert page.locator("#batch-table tbody tr").nth(2).locator("td").nth(1).text_content() == "multi\nline"
         page.click("button[data-subtab=distribution]")
@@ -189,7 +201,7 @@ def check_explore_tabs(page, url: str, shots: Path | None = None) -> dict[str, s
         screenshot(page, shots / "app_classify.png")
 
     page.click("button[data-tab=distribution]")
-    page.wait_for_function(f"document.querySelectorAll('#test-distribution .chart').length === {len(names)}")
+    wait_until(page, f"document.querySelectorAll('#test-distribution .chart').length === {len(names)}")
     model = names[0]
     api = httpx.get(f"{url}/api/distribution", params={"model": model}).json()
     for kind in ("gold", "predicted"):
@@ -216,7 +228,7 @@ def check_explore_tabs(page, url: str, shots: Path | None = None) -> dict[str, s
         screenshot(page, shots / "app_errors.png")
     if api["total"] > 20:  # the next page starts where the API's offset=20 does
         page.click("#errors-next")
-        page.wait_for_function("document.getElementById('errors-status').textContent.startsWith('21–')")
+        wait_until(page, "document.getElementById('errors-status').textContent.startsWith('21–')")
         page2 = httpx.get(f"{url}/api/errors", params={"model": model, "limit": 20, "offset": 20}).json()
         assert int(first_row.get_attribute("data-index")) == page2["errors"][0]["index"]
 
@@ -249,7 +261,7 @@ def test_page_explores_the_evaluation_in_every_tab(tmp_path):
         page.select_option("#dis-a", "teacher")
         page.select_option("#dis-kind", "only_a")
         api = httpx.get(f"{url}/api/disagreements", params={"a": "teacher", "b": "even", "kind": "only_a"}).json()
-        page.wait_for_function(
+        wait_until(page, 
             f"document.querySelector('#dis-table td[data-cell=only_a]') && "
             f"document.getElementById('dis-rows').querySelectorAll('tbody tr').length === {min(20, api['total'])} && "
             f"document.querySelector('#dis-rows th:nth-child(4)').textContent === 'teacher'"
@@ -337,7 +349,7 @@ def test_page_shows_a_multilabel_models_labels_probabilities_and_thresholds(tmp_
         (tmp_path / "batch.csv").write_text(rows)
         page.set_input_files("#csv-file", str(tmp_path / "batch.csv"))
         page.click("#classify-batch")
-        page.wait_for_function("document.getElementById('batch-status').textContent.includes('4 texts classified')")
+        wait_until(page, "document.getElementById('batch-status').textContent.includes('4 texts classified')")
         models = [h.strip() for h in page.locator("#batch-table thead th").all_inner_texts()][3:]
         column = 3 + models.index("multilabel")
         cells = page.locator(f"#batch-table tbody tr td:nth-child({column + 1})")
@@ -363,7 +375,7 @@ def test_page_explores_a_multilabel_evaluation(tmp_path):
         cell = page.locator("#results-table tbody tr").first.locator("td[data-column=macro_f1]")
         assert cell.inner_text() == f"{results[0]['macro_f1']:.3f}"
         page.click("button[data-tab=distribution]")
-        page.wait_for_function("document.querySelectorAll('#test-distribution .chart').length === 2")
+        wait_until(page, "document.querySelectorAll('#test-distribution .chart').length === 2")
         api = httpx.get(f"{url}/api/distribution", params={"model": "ml_a"}).json()
         chart = page.locator("#test-distribution .chart[data-model=ml_a]")
         assert chart.locator("h3").inner_text() == f"ml_a — subset accuracy {100 * api['accuracy']:.1f}%"
