@@ -462,6 +462,7 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_config=None,  # uvicorn's records propagate to the handler configure_logging set up (one set-up per entry)
         **server_options(app.state.load, app.state.retry_after_s),
     )
 

@@ -92,10 +92,12 @@ def free_port() -> int:
 
 @contextmanager
 def real_server(fastapi_app):
-    """The app under a real uvicorn on a free loopback port, in a background thread, bounded as app.main runs it."""
+    """The app under a real uvicorn on a free loopback port, in a background thread, bounded as app.main runs it
+    (and, like app.main, leaving logging to the script's own set-up: uvicorn's dictConfig would bind handlers to
+    pytest's capture streams, which are closed after the test)."""
     port = free_port()
     options = server_options(fastapi_app.state.load, fastapi_app.state.retry_after_s)
-    server = uvicorn.Server(uvicorn.Config(fastapi_app, host="127.0.0.1", port=port, log_level="warning", **options))
+    server = uvicorn.Server(uvicorn.Config(fastapi_app, host="127.0.0.1", port=port, log_level="warning", log_config=None, **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
