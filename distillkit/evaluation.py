@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from .cli import UsageError
 from .data import TextClassificationData
 from .integrity import BrokenModelError
-from .metrics import never_predicted_warning, per_label_table
+from .metrics import never_predicted, never_predicted_warning, per_label_table
 from .records import ADAPTER_CONFIG, merged_name
 from .runtime import ONNX_FILE, LoadedClassifier, encode_texts, is_onnx_file, predict_logits, variant_suffix
 from .students import count_parameters
@@ -394,7 +394,7 @@ def evaluate_model(
     names = label_names(clf, data)
     frame = predictions_frame(texts, labels, probs, preds, dict(enumerate(names)), task)
     table = label_table(clf.name, probs, labels, preds, names, task)
-    missing = list(table.label[(table.support > 0) & (table.predicted == 0)])
+    missing = never_predicted(labels, preds, names)
     row["never_predicted"] = ";".join(missing)
     if missing:
         logger.warning(never_predicted_warning(clf.name, missing, split, "label" if task.multi_label else "class"))

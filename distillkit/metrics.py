@@ -125,10 +125,13 @@ def _pr_auc(probs: np.ndarray, labels: np.ndarray) -> float:
 def never_predicted(labels: np.ndarray, preds: np.ndarray, names: list[str]) -> list[str]:
     """Names of the labels (classes) that occur in `labels` but that the decision rule never predicts.
 
-    Both arrays are 0/1 with one column per label (one-hot for single-label data). Such a class has F1 0 whatever
-    the model's ranking: a majority-only default, or a threshold the class never reaches.
+    Both arrays are 0/1 with one column per label, or (single-label data) 1-D class ids. Such a class has F1 0
+    whatever the model's ranking: a majority-only default, or a threshold the class never reaches.
     """
     labels, preds = np.asarray(labels), np.asarray(preds)
+    if labels.ndim == 1:  # class ids: one column per class
+        eye = np.eye(len(names), dtype=np.int64)
+        labels, preds = eye[labels.astype(int)], eye[preds.astype(int)]
     return [name for j, name in enumerate(names) if labels[:, j].sum() > 0 and preds[:, j].sum() == 0]
 
 

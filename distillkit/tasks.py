@@ -51,49 +51,70 @@ def rarest_share(labels: np.ndarray, num_labels: int, multi_label: bool) -> tupl
     return float(counts.min() / max(len(labels), 1)), RARE_SHARE_OF_EVEN / num_labels
 
 
-def resolve_class_weight_policy(spec: str | None, labels: np.ndarray, num_labels: int, multi_label: bool) -> str:
-    """`auto` (the default) → `balanced` when the training split has a rare class (see RARE_SHARE_OF_EVEN), else
-    `none`; any other spec is returned as given. Every stage of a comparison resolves it on the same training
-    split, so the teacher, the students, the CE-only controls and LoRA all follow one policy."""
-    if spec != "auto":
-        return spec or "none"
-    share, limit = rarest_share(labels, num_labels, multi_label)
-    return "balanced" if share < limit else "none"
+def explicit_class_weights(spec: str, num_labels: int | None = None) -> list[float]:
+    """`w1,w2,...` as numbers: finite and positive, one per class when `num_labels` is known; a ValueError else."""
+    try:
+        weights = [float(w) for w in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"--class_weights {spec}: expected auto, none, balanced, or comma-separated numbers") from None
+    if len(weights) < 2 or (num_labels is not None and len(weights) != num_labels):
+        count = f"{num_labels} positive numbers" if num_labels is not None else "at least 2 positive numbers"
+        raise ValueError(f"--class_weights {spec}: expected {count}, one per class")
+    if any(not math.isfinite(w) or w <= 0 for w in weights):
+        raise ValueError(f"--class_weights {spec}: expected positive numbers, one per class")
+    return weights
 
 
-def parse_class_weights(spec: str | None, labels: np.ndarray, num_labels: int, multi_label: bool) -> list[float] | None:
-    """`none` → None; `balanced` → weights from the training labels; `w1,w2,...` → those, one per class/label;
-    `auto` → `balanced` or `none` by `resolve_class_weight_policy`.
+def class_weight_choice(spec: str | None, labels: np.ndarray, num_labels: int, multi_label: bool) -> dict[str, Any]:
+    """--class_weights resolved once on the training labels: what was asked (`policy`), for `auto` what it resolved
+    to and why (`resolved`, `rarest_share`, `rare_below`), and the `weights` (None: plain CE). The run record keeps it.
 
-    Single-label `balanced` is scikit-learn's n / (k · count_c). Multi-label `balanced` is BCE's `pos_weight`,
-    negatives / positives per label, so each label's positives weigh as much as its negatives.
+    `auto` (the default) is `balanced` when the training split has a rare class (see RARE_SHARE_OF_EVEN), else
+    `none`; every stage of a comparison resolves it on the same training split, so the teacher, the students, the
+    CE-only controls and LoRA all follow one policy. Single-label `balanced` is scikit-learn's n / (k · count_c).
+    Multi-label `balanced` is BCE's `pos_weight`, negatives / positives per label, so each label's positives weigh
+    as much as its negatives.
     """
-    asked, spec = spec, resolve_class_weight_policy(spec, labels, num_labels, multi_label)
-    if spec == "none":
-        return None
+    spec = spec or "none"
+    choice: dict[str, Any] = {"policy": spec}
+    resolved = spec
     labels = np.asarray(labels)
+    if spec == "auto":
+        share, limit = rarest_share(labels, num_labels, multi_label)
+        resolved = "balanced" if share < limit else "none"
+        choice.update(resolved=resolved, rarest_share=round(share, 6), rare_below=round(limit, 6))
     # An explicit `balanced` refuses a class with no training example; the `auto` default gives it weight 1
     # (there is nothing of it to weigh) rather than fail a run the user did not configure.
-    lenient = asked == "auto"
-    if spec == "balanced":
-        if multi_label:
-            pos = labels.sum(axis=0).astype(float)
-            if (pos == 0).any() and not lenient:
-                missing = [int(j) for j in np.flatnonzero(pos == 0)]
-                raise ValueError(f"--class_weights balanced: labels {missing} have no positive example in train")
-            return [float(x) for x in np.where(pos > 0, (len(labels) - pos) / np.maximum(pos, 1), 1.0)]
+    lenient = spec == "auto"
+    if resolved == "none":
+        weights = None
+    elif resolved == "balanced" and multi_label:
+        pos = labels.sum(axis=0).astype(float)
+        if (pos == 0).any() and not lenient:
+            missing = [int(j) for j in np.flatnonzero(pos == 0)]
+            raise ValueError(f"--class_weights balanced: labels {missing} have no positive example in train")
+        weights = [float(x) for x in np.where(pos > 0, (len(labels) - pos) / np.maximum(pos, 1), 1.0)]
+    elif resolved == "balanced":
         counts = np.bincount(labels.astype(int), minlength=num_labels).astype(float)
         if (counts == 0).any() and not lenient:
             missing = [int(c) for c in np.flatnonzero(counts == 0)]
             raise ValueError(f"--class_weights balanced: classes {missing} have no example in train")
-        return [float(x) for x in np.where(counts > 0, len(labels) / (num_labels * np.maximum(counts, 1)), 1.0)]
-    try:
-        weights = [float(w) for w in spec.split(",")]
-    except ValueError:
-        raise ValueError(f"--class_weights {spec}: expected balanced, none, or comma-separated numbers") from None
-    if len(weights) != num_labels or any(not math.isfinite(w) or w <= 0 for w in weights):
-        raise ValueError(f"--class_weights {spec}: expected {num_labels} positive numbers, one per class")
-    return weights
+        weights = [float(x) for x in np.where(counts > 0, len(labels) / (num_labels * np.maximum(counts, 1)), 1.0)]
+    else:
+        weights = explicit_class_weights(resolved, num_labels)
+    choice["weights"] = weights
+    return choice
+
+
+def resolve_class_weight_policy(spec: str | None, labels: np.ndarray, num_labels: int, multi_label: bool) -> str:
+    """What `spec` means on these training labels: `auto` becomes `balanced` or `none`; any other spec is kept."""
+    choice = class_weight_choice(spec, labels, num_labels, multi_label)
+    return choice.get("resolved", choice["policy"])
+
+
+def parse_class_weights(spec: str | None, labels: np.ndarray, num_labels: int, multi_label: bool) -> list[float] | None:
+    """The weights `spec` gives on these training labels (None: plain CE); see `class_weight_choice`."""
+    return class_weight_choice(spec, labels, num_labels, multi_label)["weights"]
 
 
 @dataclass

@@ -20,7 +20,7 @@ from transformers.trainer_utils import TrainOutput
 
 from .cli import UsageError, parse_class_names
 from .losses import GOLD_TERM, LossWeights, distillation_loss, flag_list, join_and, loss_terms, teacher_terms
-from .tasks import MULTI_LABEL, SINGLE_LABEL, parse_class_weights, rarest_share, resolve_class_weight_policy
+from .tasks import MULTI_LABEL, SINGLE_LABEL, class_weight_choice, explicit_class_weights
 from .teacher_logits import TEACHER_LOGITS_COLUMN, add_teacher_logits, default_cache_dir, precision_name
 
 logger = logging.getLogger(__name__)
@@ -162,14 +162,7 @@ class DistillationTrainingArguments(TrainingArguments):
         if not self.loss_weights.active():
             raise ValueError(f"{flag_list(loss_terms())} are all 0: at least one loss term must be on")
         if self.class_weights not in ("none", "balanced", "auto"):
-            try:
-                weights = [float(w) for w in self.class_weights.split(",")]
-            except ValueError:
-                weights = []
-            if len(weights) < 2 or any(not w > 0 for w in weights):
-                raise ValueError(
-                    f"--class_weights {self.class_weights}: expected auto, none, balanced, or one positive number per class"
-                )
+            explicit_class_weights(self.class_weights)  # the count is checked against the data once it is loaded
         if self.tune_decision is None and self.tune_thresholds is not None:
             self.tune_decision = self.tune_thresholds  # the former flag name
         if self.temperature <= 0:
@@ -464,17 +457,17 @@ class DistillationTrainer(Trainer):
         self.class_weight_record: dict[str, Any] = {"policy": spec}
         if spec == "none" or self.train_dataset is None:
             return None
-        num_labels = self.model.config.num_labels
         labels = np.asarray(self.train_dataset["label"]) if spec in ("balanced", "auto") else np.zeros(0)
+        choice = class_weight_choice(spec, labels, self.model.config.num_labels, self.multi_label)
+        weights = choice.pop("weights")
+        self.class_weight_record.update(choice)
         if spec == "auto":
-            share, limit = rarest_share(labels, num_labels, self.multi_label)
-            resolved = resolve_class_weight_policy(spec, labels, num_labels, self.multi_label)
-            self.class_weight_record.update(resolved=resolved, rarest_share=round(share, 6), rare_below=round(limit, 6))
+            what = "label" if self.multi_label else "class"
             logger.info(
-                f"--class_weights auto: the rarest {'label' if self.multi_label else 'class'} is {share:.1%} of train "
-                f"({'under' if resolved == 'balanced' else 'not under'} {limit:.1%}): {resolved}"
+                f"--class_weights auto: the rarest {what} is {choice['rarest_share']:.1%} of train "
+                f"({'under' if choice['resolved'] == 'balanced' else 'not under'} {choice['rare_below']:.1%}): "
+                f"{choice['resolved']}"
             )
-        weights = parse_class_weights(spec, labels, num_labels, multi_label=self.multi_label)
         if weights is None:
             return None
         self.class_weight_record["weights"] = [round(w, 6) for w in weights]

@@ -167,12 +167,14 @@ def train_evaluate_save(
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics, combined=False)
         results.update(metrics)
+    task = Task.from_config(trainer.model.config)
+    run_name = os.path.basename(os.path.normpath(args.output_dir))
     for split, output in checked.items():  # a class the rule never picks has F1 0: say so at the end of the run
-        missing = never_predicted_classes(trainer.model.config, output)
+        missing = never_predicted_classes(task, trainer.model.config, output)
         if missing:
             results[f"never_predicted_{split}"] = missing
-            what = "label" if Task.from_config(trainer.model.config).multi_label else "class"
-            logger.warning(never_predicted_warning(os.path.basename(os.path.normpath(args.output_dir)), missing, split, what))
+            what = "label" if task.multi_label else "class"
+            logger.warning(never_predicted_warning(run_name, missing, split, what))
     trainable, total = count_parameters(trainer.model)
     results.update({"trainable_params": trainable, "total_params": total})
     class_weights = getattr(trainer, "class_weight_record", None) if args.do_train else None
@@ -215,17 +217,12 @@ def decide_thresholds(trainer: Trainer, validation) -> PredictionOutput | None:
     return output
 
 
-def never_predicted_classes(config: Any, output: PredictionOutput) -> list[str]:
+def never_predicted_classes(task: Task, config: Any, output: PredictionOutput) -> list[str]:
     """The classes (labels) present in `output`'s gold labels that the model's saved decision rule never predicts."""
-    task = Task.from_config(config)
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     preds = task.predict(task.probabilities(np.asarray(logits)))
-    labels = np.asarray(output.label_ids)
     names = [str(config.id2label.get(i, i)) for i in range(task.num_labels)]
-    if not task.multi_label:
-        eye = np.eye(task.num_labels, dtype=np.int64)
-        labels, preds = eye[labels.astype(int)], eye[preds.astype(int)]
-    return never_predicted(labels, preds, names)
+    return never_predicted(np.asarray(output.label_ids), preds, names)
 
 
 def score_at_tuned_thresholds(trainer: Trainer, tuning: PredictionOutput) -> dict[str, float]:

@@ -190,13 +190,14 @@ def test_never_predicted_classes_at_the_saved_rule():
     from transformers import BertConfig
     from transformers.trainer_utils import PredictionOutput
 
+    from distillkit.tasks import Task
     from distillkit.training import never_predicted_classes
 
     config = BertConfig(num_labels=3, id2label={0: "neither", 1: "offensive", 2: "hate"})
     logits = np.array([[0.0, 2.0, 0.0], [0.0, 1.0, 0.9], [2.0, 0.0, 0.5], [0.0, 3.0, 1.0]])
     output = PredictionOutput(predictions=logits, label_ids=np.array([1, 2, 0, 2]), metrics={})
-    assert never_predicted_classes(config, output) == ["hate"]  # argmax never picks class 2
+    assert never_predicted_classes(Task.from_config(config), config, output) == ["hate"]  # argmax never picks class 2
     config.decision_logit_offsets = [0.0, 0.0, 0.2]  # a tuned rule that does pick it (row 2: 0.9 + 0.2 > 1.0)
-    assert never_predicted_classes(config, output) == []
+    assert never_predicted_classes(Task.from_config(config), config, output) == []
     absent = PredictionOutput(predictions=logits[:1], label_ids=np.array([1]), metrics={})
-    assert never_predicted_classes(config, absent) == []  # a class absent from the split is not flagged
+    assert never_predicted_classes(Task.from_config(config), config, absent) == []  # a class absent from the split is not flagged
