@@ -36,12 +36,14 @@ from .report_summary import (
     sort_results,
     summarize,
     too_few_seeds,
+    training_compute,
 )
 from .report_tables import (
     PER_LABEL_FILE,
     _fmt,
     _mean_std,
     call_words,
+    compute_markdown,
     markdown_table,
     pairs_markdown,
     per_label_markdown,
@@ -69,6 +71,7 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "call_words",
     "class_distribution_lines",
+    "compute_markdown",
     "compare_pairs",
     "cost_column",
     "linked_images",
@@ -96,6 +99,7 @@ __all__ = [
     "study_verdict",
     "summarize",
     "too_few_seeds",
+    "training_compute",
     "verdict",
     "write_report",
 ]
@@ -122,12 +126,14 @@ def write_report(
     per_label: pd.DataFrame | None = None,
     correction: str = "holm",
     alpha: float = 0.05,
+    compute: pd.DataFrame | None = None,
 ) -> str:
     """report.md: setup, verdict, results table, per-method summary, F1 per label (class), paired differences, plots.
 
     `predictions` (model → label, pred, prob_* frame) defaults to the files in `output_dir/predictions/`; with
     them the paired differences of distillkit.stats are computed, written to `paired.csv` and drawn in a forest plot.
-    `per_label` is evaluation.label_table's rows of every model (`per_label.csv`). `context["problem_type"]` says
+    `per_label` is evaluation.label_table's rows of every model (`per_label.csv`); `compute` is
+    report_summary.training_compute's table (`compute.csv`, written here). `context["problem_type"]` says
     what the metric columns mean (else results.csv's `problem_type` column says).
     """
     split = context["split"]
@@ -163,6 +169,9 @@ def write_report(
         "",
     ]
     lines += _per_method_lines(summary, multi_label)
+    if compute is not None and not compute.empty:
+        compute.to_csv(os.path.join(output_dir, "compute.csv"), index=False)
+        lines += compute_markdown(compute)
     if per_label is not None and len(per_label):
         lines += per_label_markdown(per_label, multi_label)
     if pairs is not None:

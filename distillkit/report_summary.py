@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from .methods import dependencies
 from .records import MERGED_SUFFIX
 
 METHOD_ORDER = (
@@ -157,3 +158,43 @@ def same_cost_pairs(summary: pd.DataFrame, metric: str, cost: str | None = None)
         if len(rivals):
             pairs.append((leader, rivals.sort_values(f"{metric}_mean", ascending=False).method.iloc[0]))
     return pairs
+
+
+def training_compute(results: pd.DataFrame, histories: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
+    """Per method, the training each model cost, alone and with what it starts from (the teacher of a student;
+    teacher + even for lora_even), mean over seeds: optimizer steps (the loss history's last step) and train seconds.
+
+    A base is counted from the same seed's stage of that method; when it is missing the total is NaN, not a smaller
+    number that looks cheaper. The seconds come from a shared CPU at different moments: read them as a rough scale.
+    """
+    alone = {}
+    for row in results.itertuples():
+        history = histories.get(row.model) or []
+        steps = max((int(e["step"]) for e in history if "step" in e), default=math.nan)
+        alone[(row.method, int(row.seed))] = (steps, float(getattr(row, "train_runtime_s", math.nan)))
+    rows = []
+    for (method, seed), (steps, seconds) in alone.items():
+        bases = [alone.get((base, seed), (math.nan, math.nan)) for base in dependencies(method)]
+        rows.append(
+            {
+                "method": method,
+                "seed": seed,
+                "steps": steps,
+                "train_s": seconds,
+                "steps_with_bases": steps + sum(b[0] for b in bases),
+                "train_s_with_bases": seconds + sum(b[1] for b in bases),
+                "bases": " + ".join(dependencies(method)) or "pretrained",
+            }
+        )
+    if not rows:
+        return pd.DataFrame()
+    per_seed = pd.DataFrame(rows)
+    table = per_seed.groupby(["method", "bases"], as_index=False).agg(
+        seeds=("seed", "nunique"),
+        steps=("steps", "mean"),
+        steps_with_bases=("steps_with_bases", "mean"),
+        train_s=("train_s", "mean"),
+        train_s_with_bases=("train_s_with_bases", "mean"),
+    )
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return table.sort_values("method", key=lambda s: s.map(lambda m: order.get(m, len(order)))).reset_index(drop=True)

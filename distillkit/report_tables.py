@@ -131,3 +131,30 @@ def per_label_markdown(table: pd.DataFrame, multi_label: bool) -> list[str]:
     for label, n in support.items():
         lines.append(f"| {label} | {int(n)} | " + " | ".join(_fmt(f1.loc[label, m]) for m in models) + " |")
     return lines + [""]
+
+
+def compute_markdown(compute: pd.DataFrame) -> list[str]:
+    """The training each method cost (report_summary.training_compute), alone and with what it starts from."""
+    if compute is None or compute.empty:
+        return []
+    return [
+        "## Training compute per method (mean over seeds, `compute.csv`)",
+        "",
+        markdown_table(
+            compute,
+            [
+                ("method", "method", 0),
+                ("seeds", "seeds", 0),
+                ("bases", "starts from", 0),
+                ("steps", "optimizer steps", 0),
+                ("steps_with_bases", "steps incl. bases", 0),
+                ("train_s", "train s", 0),
+                ("train_s_with_bases", "train s incl. bases", 0),
+            ],
+        ),
+        "",
+        "A student's cost includes the teacher it is distilled from, and lora_even's the teacher and the even student "
+        "it adapts (the same seed's stages). Train seconds come from a shared CPU at different moments: a rough scale, "
+        "not a timing.",
+        "",
+    ]

@@ -61,6 +61,7 @@ from distillkit.report import (
     sort_results,
     study_index_markdown,
     summarize,
+    training_compute,
     write_report,
 )
 from distillkit.students import count_parameters
@@ -480,7 +481,8 @@ def build_report(
         ),
     }
     report = write_report(
-        out, results, summary, plots, context, predictions, n_resamples, per_label, correction=correction, alpha=alpha
+        out, results, summary, plots, context, predictions, n_resamples, per_label, correction=correction, alpha=alpha,
+        compute=training_compute(results, histories),
     )
     bias_table, bias_summary = load_bias_stages(out)
     if bias_summary is not None:

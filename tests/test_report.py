@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 from pathlib import Path
@@ -282,3 +283,32 @@ def test_a_sign_flip_is_reported_as_such_in_the_verdicts():
     assert "- **odd − even**: sign flips between metrics: not called on many (+0.018, 3 seeds)." in index
     assert index.count("sign flips between metrics: not called") == 3  # both rows; neither says "odd better"
     assert "odd better" not in index
+
+
+def test_training_compute_counts_what_each_method_starts_from():
+    from distillkit.report import compute_markdown, training_compute
+
+    results = pd.DataFrame(
+        {
+            "model": ["s1-teacher", "s1-even", "s1-lora_even", "s2-teacher", "s2-even", "s2-lora_even", "s3-odd"],
+            "method": ["teacher", "even", "lora_even", "teacher", "even", "lora_even", "odd"],
+            "seed": [1, 1, 1, 2, 2, 2, 3],
+            "train_runtime_s": [100.0, 60.0, 20.0, 110.0, 70.0, 30.0, 50.0],
+        }
+    )
+    steps = {"teacher": 300, "even": 200, "lora_even": 100, "odd": 200}
+    histories = {
+        m: [{"step": steps[meth] // 2, "loss": 1.0}, {"step": steps[meth], "loss": 0.5}]
+        for m, meth in zip(results.model, results.method)
+    }
+    table = training_compute(results, histories).set_index("method")
+    assert list(table.index) == ["teacher", "odd", "even", "lora_even"]  # the report's method order
+    assert table.loc["lora_even", "steps"] == 100
+    assert table.loc["lora_even", "steps_with_bases"] == 100 + 200 + 300  # teacher + even + itself
+    assert table.loc["lora_even", "train_s_with_bases"] == pytest.approx(((100 + 60 + 20) + (110 + 70 + 30)) / 2)
+    assert table.loc["even", "train_s"] == pytest.approx(65.0)
+    assert table.loc["lora_even", "bases"] == "teacher + even"
+    # seed 3's odd has no teacher stage: its total is unknown, never the smaller own cost
+    assert math.isnan(table.loc["odd", "steps_with_bases"]) and table.loc["odd", "steps"] == 200
+    text = "\n".join(compute_markdown(training_compute(results, histories)))
+    assert "| lora_even | 2 | teacher + even | 100 | 600 |" in text
