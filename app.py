@@ -133,6 +133,14 @@ class ServeArguments:
         metadata={"help": "Open connections before a new one is answered 503 with Retry-After (default: 4x "
                   "--max_concurrent_requests)."},
     )
+    max_per_client: int | None = field(
+        default=None,
+        metadata={
+            "help": "Connections open, and requests in flight, from one client address before its next one is "
+            "answered 503 with Retry-After (default: half of --max_concurrent_requests). Behind a reverse proxy every "
+            "connection comes from the proxy's address: raise it to --max_connections there."
+        },
+    )
     max_body_mib_in_flight: float = field(
         default=64.0,
         metadata={
@@ -210,6 +218,7 @@ class ServeArguments:
             body_timeout_s=self.body_timeout,
             header_timeout_s=self.header_timeout,
             max_connections=self.max_connections,
+            max_per_client=self.max_per_client,
             allowed_hosts=tuple(dict.fromkeys(allowed)),
         )
 

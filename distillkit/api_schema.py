@@ -149,6 +149,8 @@ _SATURATION_PROPERTIES: dict[str, Any] = {
     "max_body_bytes_in_flight": _COUNT,
     "connections": _COUNT,
     "max_connections": _COUNT,
+    "max_per_client": _COUNT,
+    "busiest_client_connections": _COUNT,
     "shed": {"type": "object", "additionalProperties": _COUNT},
     "texts_waiting": _COUNT,
     "max_pending_texts": _COUNT,

@@ -3,12 +3,13 @@
 - `HostAllowList`: a request whose `Host` is not an allowed name gets 400 (a DNS-rebinding page would otherwise be
   same-origin with this server, which defeats the JSON-only Content-Type defence).
 - `SecurityHeaders`: nosniff, no framing and a Content-Security-Policy that allows this server's own files only.
-- `InFlightLimit`: at most `max_concurrent_requests` requests inside the app; one more gets a JSON 503 at once.
+- `InFlightLimit`: at most `max_concurrent_requests` requests inside the app, and at most `max_per_client` from one
+  client address; one more gets a JSON 503 with Retry-After at once.
 - `BodyGuard`: every request body is read whole, within `body_timeout_s`, before the app sees it; the bytes of the
   bodies in flight are capped (`max_body_bytes_in_flight`, announced lengths counted before a byte arrives).
 - `guarded_protocol`: uvicorn's h11 protocol with a deadline for request headers (and idle connections) and a cap
-  on open connections whose refusal is a JSON 503 with Retry-After (uvicorn's own `limit_concurrency` answers a bare
-  text 503 without it).
+  on open connections, in all and per client address, whose refusal is a JSON 503 with Retry-After (uvicorn's own
+  `limit_concurrency` answers a bare text 503 without it).
 
 `ServerLoad` counts what is in flight; `/healthz` and `/readyz` report it against the limits.
 """
@@ -52,14 +53,18 @@ class GuardLimits:
     body_timeout_s: float = 10.0  # a request's whole body must arrive within this
     header_timeout_s: float = 5.0  # a connection must send a request's headers within this (idle ones close)
     max_connections: int | None = None  # open connections; None: 4 x max_concurrent_requests
+    # Connections open and requests in flight from one client address; None: half of max_concurrent_requests, so
+    # that one address reconnecting slow clients can never hold every slot (another address keeps at least half).
+    max_per_client: int | None = None
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names served; "*" serves any
 
     def __post_init__(self):
         for name in ("max_concurrent_requests", "max_body_bytes_in_flight"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} {getattr(self, name)}: must be at least 1")
-        if self.max_connections is not None and self.max_connections < 1:
-            raise UsageError(f"--max_connections {self.max_connections}: must be at least 1")
+        for name in ("max_connections", "max_per_client"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"--{name} {getattr(self, name)}: must be at least 1")
         for name in ("body_timeout_s", "header_timeout_s"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"--{name[:-2]} {getattr(self, name)}: must be more than 0 seconds")
@@ -69,6 +74,10 @@ class GuardLimits:
     @property
     def connection_limit(self) -> int:
         return self.max_connections if self.max_connections is not None else 4 * self.max_concurrent_requests
+
+    @property
+    def per_client_limit(self) -> int:
+        return self.max_per_client if self.max_per_client is not None else max(1, self.max_concurrent_requests // 2)
 
 
 def normalise_host(host: str) -> str:
@@ -90,7 +99,12 @@ class ServerLoad:
     requests_in_flight: int = 0
     body_bytes_in_flight: int = 0
     connections: int = 0
-    shed: dict[str, int] = field(default_factory=lambda: {"requests": 0, "body_bytes": 0, "connections": 0})
+    # Per client address (the peer's IP, or the ASGI scope's client host); an address leaves when its count is 0.
+    connections_by_client: dict[str, int] = field(default_factory=dict)
+    requests_by_client: dict[str, int] = field(default_factory=dict)
+    shed: dict[str, int] = field(
+        default_factory=lambda: {"requests": 0, "body_bytes": 0, "connections": 0, "per_client": 0}
+    )
 
     def __post_init__(self):
         if self.limits.max_body_bytes_in_flight < self.max_body_bytes:
@@ -108,6 +122,19 @@ class ServerLoad:
     def release_body_bytes(self, n: int) -> None:
         self.body_bytes_in_flight -= n
 
+    def client_at_limit(self, counts: dict[str, int], client: str | None) -> bool:
+        """Whether `client` already holds `per_client_limit` of `counts` (connections or requests); an unknown
+        address (a Unix socket, a server that gives none) is not limited: it cannot be told apart from others."""
+        return client is not None and counts.get(client, 0) >= self.limits.per_client_limit
+
+    @staticmethod
+    def count_client(counts: dict[str, int], client: str | None, change: int) -> None:
+        if client is None:
+            return
+        counts[client] = counts.get(client, 0) + change
+        if counts[client] <= 0:
+            del counts[client]
+
     def report(self) -> dict[str, Any]:
         """In-flight counts against their limits, and `saturated`: a new request may be refused now."""
         limits = self.limits
@@ -124,8 +151,17 @@ class ServerLoad:
             "max_body_bytes_in_flight": limits.max_body_bytes_in_flight,
             "connections": self.connections,
             "max_connections": limits.connection_limit,
+            "max_per_client": limits.per_client_limit,
+            "busiest_client_connections": max(self.connections_by_client.values(), default=0),
             "shed": dict(self.shed),
         }
+
+
+def per_client_message(limits: GuardLimits, what: str) -> str:
+    return (
+        f"too busy for one client: {limits.per_client_limit} {what} from your address (--max_per_client); "
+        "retry shortly"
+    )
 
 
 def json_error_body(status: int, message: str) -> bytes:
@@ -187,9 +223,16 @@ class HostAllowList:
         await self.app(scope, receive, send)
 
 
+def client_address(scope: dict) -> str | None:
+    """The client's address as the server saw it (uvicorn puts the peer's IP in the scope; TestClient a name)."""
+    client = scope.get("client")
+    return client[0] if client else None
+
+
 class InFlightLimit:
-    """At most `max_concurrent_requests` HTTP requests inside the app at once; one more gets a JSON 503 with
-    Retry-After at once. /healthz and /readyz are never refused (they report the saturation)."""
+    """At most `max_concurrent_requests` HTTP requests inside the app at once, and at most `per_client_limit` from
+    one client address; one more gets a JSON 503 with Retry-After at once. /healthz and /readyz are never refused
+    (they report the saturation)."""
 
     def __init__(self, app: Any, load: ServerLoad, retry_after: int) -> None:
         self.app = app
@@ -206,11 +249,19 @@ class InFlightLimit:
             message = f"server busy: {limit} requests in flight (--max_concurrent_requests); retry shortly"
             await send_json_error(send, 503, message, self.retry_after, close=True)
             return
+        client = client_address(scope)
+        if self.load.client_at_limit(self.load.requests_by_client, client):
+            self.load.shed["per_client"] += 1
+            message = per_client_message(self.load.limits, "requests in flight")
+            await send_json_error(send, 503, message, self.retry_after, close=True)
+            return
         self.load.requests_in_flight += 1
+        self.load.count_client(self.load.requests_by_client, client, +1)
         try:
             await self.app(scope, receive, send)
         finally:
             self.load.requests_in_flight -= 1
+            self.load.count_client(self.load.requests_by_client, client, -1)
 
 
 class BodyGuard:
@@ -304,7 +355,8 @@ def raw_json_response(status: int, reason: str, message: str, retry_after: int |
 def guarded_protocol(load: ServerLoad, retry_after: int) -> type[H11Protocol]:
     """uvicorn's h11 protocol, bounded: a connection must send a request's headers within `header_timeout_s` of
     opening or of its last response (else 408, or a silent close when it sent nothing), and past `connection_limit`
-    open connections a new one gets a JSON 503 with Retry-After. Pass it as uvicorn's `http=`."""
+    open connections, or `per_client_limit` from its address, a new one gets a JSON 503 with Retry-After. Pass it as
+    uvicorn's `http=`."""
     limits = load.limits
 
     async def refuse_connection(scope: dict, receive: Any, send: Any) -> None:
@@ -312,7 +364,12 @@ def guarded_protocol(load: ServerLoad, retry_after: int) -> type[H11Protocol]:
         message = f"server busy: {limits.connection_limit} connections open (--max_connections); retry shortly"
         await send_json_error(send, 503, message, retry_after, close=True)
 
+    async def refuse_client(scope: dict, receive: Any, send: Any) -> None:
+        load.shed["per_client"] += 1
+        await send_json_error(send, 503, per_client_message(limits, "connections open"), retry_after, close=True)
+
     over_capacity = SecurityHeaders(refuse_connection)  # it bypasses the app's middleware: same headers
+    over_client_capacity = SecurityHeaders(refuse_client)
 
     class GuardedH11Protocol(H11Protocol):
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
@@ -320,14 +377,20 @@ def guarded_protocol(load: ServerLoad, retry_after: int) -> type[H11Protocol]:
             load.connections = len(self.connections)
             self._header_timer: asyncio.TimerHandle | None = None
             self._bytes_waiting = False  # bytes of a request whose headers are not complete yet
+            # The peer's IP, not X-Forwarded-For: a client cannot name itself another address at this level.
+            self._client_address = self.client[0] if self.client else None
             if len(self.connections) > limits.connection_limit:
                 self.app = over_capacity  # this connection's request is answered 503, then it closes
+            elif load.client_at_limit(load.connections_by_client, self._client_address):
+                self.app = over_client_capacity  # the same, for an address that holds its share already
+            load.count_client(load.connections_by_client, self._client_address, +1)
             self._arm_header_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_timer()
             super().connection_lost(exc)
             load.connections = len(self.connections)
+            load.count_client(load.connections_by_client, self._client_address, -1)
 
         def _request_in_progress(self) -> bool:
             return self.cycle is not None and not self.cycle.response_complete

@@ -344,7 +344,7 @@ def test_requests_past_max_concurrent_requests_get_a_json_503_with_retry_after_a
     clf = registry.models["teacher"].clf
     with (
         blocked_registry(clf, max_queue_wait_s=30) as (busy, release),
-        real_server(app_module.create_app(busy, guard=GuardLimits(max_concurrent_requests=2))) as url,
+        real_server(app_module.create_app(busy, guard=GuardLimits(max_concurrent_requests=2, max_per_client=8))) as url,
         ThreadPoolExecutor(max_workers=2) as pool,
     ):
         waiting = [
@@ -542,7 +542,10 @@ def test_slow_client_script_counts_what_the_server_shed_and_probes_healthz(regis
         assert len(list(csv.DictReader(f))) == normal["healthz_probes"]
 
     # Two slots, three slow clients: the slots stay held, the normal clients are shed and /healthz says so.
-    crowded = app_module.create_app(registry, guard=GuardLimits(max_concurrent_requests=2, body_timeout_s=1))
+    # One address (loopback) fills the slots on purpose here: its per-client share is every connection.
+    crowded = app_module.create_app(
+        registry, guard=GuardLimits(max_concurrent_requests=2, body_timeout_s=1, max_per_client=8)
+    )
     with real_server(crowded) as url:
         args = ["--url", url, "--clients", "2", "--slow_clients", "3", "--duration", "1.5"]
         normal, slow = slow_clients.main(args + ["--output_dir", str(tmp_path / "b")])

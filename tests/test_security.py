@@ -420,10 +420,12 @@ def registry(tiny_classifier_dir):
     served.close()
 
 
-def open_request(url: str, head: bytes) -> socket.socket:
-    """A raw connection that has sent `head` (a request, or part of one) and keeps the rest back, as a slow client."""
+def open_request(url: str, head: bytes, source: str | None = None) -> socket.socket:
+    """A raw connection that has sent `head` (a request, or part of one) and keeps the rest back, as a slow client;
+    `source`: the loopback address it connects from (the server sees it as the client's address)."""
     host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=30)  # a server that never answers fails the read
+    address = (source, 0) if source else None
+    sock = socket.create_connection((host, int(port)), timeout=30, source_address=address)  # no answer fails the read
     sock.sendall(head)
     return sock
 
@@ -460,7 +462,7 @@ def test_a_slow_body_holds_a_slot_for_seconds_not_minutes_and_healthz_reports_it
     """Defect: 200 POSTs that announced 1 MB and sent 10 bytes held every slot for 60 s while /healthz said ok."""
     from distillkit.server_guard import GuardLimits
 
-    guard = GuardLimits(max_concurrent_requests=2, body_timeout_s=1.0)
+    guard = GuardLimits(max_concurrent_requests=2, body_timeout_s=1.0, max_per_client=8)  # one address fills them
     with real_server(app_module.create_app(registry, guard=guard)) as url:
         slow = [open_request(url, post_head(60_000)) for _ in range(2)]
         health = wait_for_health(url, requests_in_flight=2)
@@ -540,6 +542,59 @@ def test_connections_past_max_connections_get_a_json_503_with_retry_after(regist
         for sock in idle:
             sock.close()
         wait_for_health(url, connections=1)
+
+
+def test_one_client_address_gets_at_most_max_per_client_slots_and_another_is_still_served(registry):
+    """Gap: one address reconnecting slow clients could take every connection and request slot, so everyone else got
+    503s for as long as it went on. Now an address holds at most --max_per_client connections (the peer's IP, at the
+    protocol) and requests in flight (the ASGI scope's client); past that it alone gets a JSON 503 with Retry-After."""
+    from distillkit.server_guard import GuardLimits
+
+    greedy = "127.0.0.2"  # Linux routes all of 127/8 to loopback: a second client address on this machine
+    try:
+        socket.create_connection(("127.0.0.1", 9), timeout=1, source_address=(greedy, 0)).close()
+    except ConnectionRefusedError:
+        pass  # nothing listens on port 9: the source address itself was usable
+    except OSError as err:
+        pytest.skip(f"cannot connect from {greedy} on this machine ({err}); the ASGI half below still runs")
+
+    guard = GuardLimits(max_concurrent_requests=8, max_per_client=2, body_timeout_s=60, header_timeout_s=60)
+    with real_server(app_module.create_app(registry, guard=guard)) as url:
+        slow = [open_request(url, post_head(1000), source=greedy) for _ in range(2)]  # its share: 2 slow bodies
+        wait_for_health(url, requests_in_flight=2, busiest_client_connections=2)
+        third = b"GET /api/models HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        status, headers, body = read_response(open_request(url, third, source=greedy))
+        assert status == 503 and headers["retry-after"] == "5" and headers["content-type"] == "application/json"
+        assert "2 connections open from your address (--max_per_client)" in json.loads(body)["error"]
+        assert headers["x-content-type-options"] == "nosniff"
+        # 127.0.0.1 is another address: served while 127.0.0.2 is at its cap, and the server is not saturated.
+        assert httpx.post(f"{url}/api/predict", json={"texts": ["served"]}, timeout=30).status_code == 200
+        health = httpx.get(f"{url}/healthz", timeout=10).json()
+        assert health["status"] == "ok" and health["max_per_client"] == 2 and health["shed"]["per_client"] == 1
+        for sock in slow:
+            sock.close()
+        wait_for_health(url, requests_in_flight=0, busiest_client_connections=1)  # the probe's own connection
+        body = b'{"texts": ["back"]}'
+        request = post_head(len(body), body).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+        status, _, answer = read_response(open_request(url, request, source=greedy))
+        assert status == 200, answer  # its slots are free again
+
+    # The request-level count reads the ASGI scope's client (what TestClient sets; uvicorn puts the peer there).
+    app = app_module.create_app(registry, guard=GuardLimits(max_per_client=1))
+    app.state.load.requests_by_client["203.0.113.7"] = 1  # as if that address had one request in the app
+    with TestClient(app, base_url=LOCAL_URL, client=("203.0.113.7", 40000)) as client:
+        refused = client.post("/api/predict", json={"texts": ["hi"]})
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5", refused.text
+        assert "1 requests in flight from your address (--max_per_client)" in refused.json()["error"]
+        assert client.get("/healthz").status_code == 200  # never refused: it reports the load
+    with TestClient(app, base_url=LOCAL_URL, client=("198.51.100.1", 40000)) as client:
+        assert client.post("/api/predict", json={"texts": ["hi"]}).status_code == 200
+    assert app.state.load.requests_by_client == {"203.0.113.7": 1}  # the served request's count went with it
+    default = GuardLimits(max_concurrent_requests=200)
+    assert default.per_client_limit == 100  # one address never holds more than half the request slots
+    assert app_module.ServeArguments(model_dirs=["m"], max_per_client=3).guard.per_client_limit == 3
+    with pytest.raises(UsageError, match="--max_per_client 0: must be at least 1"):
+        GuardLimits(max_per_client=0)
 
 
 def test_every_503_carries_retry_after_even_at_shutdown(registry):
