@@ -239,3 +239,12 @@ def process_max_rss_mb() -> float:
     """getrusage's peak resident set of this process so far (KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def process_rss_mb(pid: int) -> float:
+    """Another process's resident set now (VmRSS in /proc/PID/status), in MiB; Linux only."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**10  # kB
+    raise OSError(f"/proc/{pid}/status has no VmRSS (a zombie process?)")

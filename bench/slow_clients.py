@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -60,6 +61,9 @@ class SlowClientArguments:
     body_timeout: float = field(default=10.0, metadata={"help": "app.py --body_timeout."})
     max_concurrent_requests: int = field(default=200, metadata={"help": "app.py --max_concurrent_requests."})
     max_body_mib_in_flight: float = field(default=64.0, metadata={"help": "app.py --max_body_mib_in_flight."})
+    max_per_client: int | None = field(
+        default=None, metadata={"help": "app.py --max_per_client (every client here is one address: 127.0.0.1)."}
+    )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier run's results."})
 
     def __post_init__(self):
@@ -139,13 +143,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(args: SlowClientArguments, model_dir: str, log_path: str) -> tuple[subprocess.Popen, str]:
-    """app.py on a free loopback port, with the guard options asked for; returns once /healthz answers."""
+def start_server(args: Any, model_dir: str, log_path: str) -> tuple[subprocess.Popen, str]:
+    """app.py on a free loopback port, with the guard options `args` asks for (SlowClientArguments, or
+    burst_memory.BurstMemoryArguments); returns once /healthz answers."""
     port = free_port()
     command = [sys.executable, str(REPO / "app.py"), "--model_dirs", model_dir, "--host", "127.0.0.1"]
     command += ["--port", str(port), "--body_timeout", str(args.body_timeout), "--log_level", "warning"]
     command += ["--max_concurrent_requests", str(args.max_concurrent_requests)]
     command += ["--max_body_mib_in_flight", str(args.max_body_mib_in_flight)]
+    if args.max_per_client is not None:
+        command += ["--max_per_client", str(args.max_per_client)]
     log = open(log_path, "w")
     server = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -561,3 +561,23 @@ def test_slow_client_script_counts_what_the_server_shed_and_probes_healthz(regis
         with pytest.raises(SystemExit):
             slow_clients.main(bad + ["--output_dir", str(tmp_path / "c")])
         assert message in capsys.readouterr().err
+
+
+def test_burst_memory_script_reads_the_servers_rss_before_at_the_peak_and_after(tmp_path, capsys):
+    """Issue 27: bench/burst_memory.py measures the started server's memory around a burst (figures not asserted)."""
+    from bench import burst_memory
+
+    args = ["--large_clients", "2", "--large_body_mib", "0.25", "--slow_clients", "2", "--duration", "2"]
+    args += ["--body_timeout", "1", "--settle", "0", "--warmup_requests", "2", "--output_dir", str(tmp_path / "m")]
+    rows = burst_memory.main(args)
+    assert [r["phase"] for r in rows] == ["before", "burst peak", "after"]
+    assert all(r["rss_mib"] > 0 for r in rows) and rows[0]["ratio_to_before"] == 1.0
+    assert rows[1]["rss_mib"] >= rows[0]["rss_mib"]  # the peak is the largest sample, 'before' among them
+    assert rows[-1]["ordinary_requests_ok_after"] == 5  # the server still answers after the burst
+    assert "408: 4" in rows[0]["burst_answers"]  # every body left unfinished is cut at --body_timeout
+    with open(tmp_path / "m" / "rss.csv", newline="") as f:
+        assert {r["phase"] for r in csv.DictReader(f)} >= {"before", "burst", "after"}
+    assert "ratio_to_before" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        burst_memory.main(["--large_clients", "0", "--slow_clients", "0", "--output_dir", str(tmp_path / "n")])
+    assert "nothing to run" in capsys.readouterr().err
