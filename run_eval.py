@@ -36,7 +36,7 @@ import torch
 from distillkit.bias_eval import BIAS_FILE, BIAS_SUMMARY_FILE, BiasArguments, BiasScorer, load_bias_set
 from distillkit.bias_report import BIAS_VS_TEACHER_FILE, write_bias_section
 from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args, parse_class_names
-from distillkit.data import DataTrainingArguments, load_text_classification_data, trained_label_flags
+from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.evaluation import (
     SpeedSettings,
     evaluate_model,
@@ -47,6 +47,7 @@ from distillkit.evaluation import (
 )
 from distillkit.integrity import BrokenModelError
 from distillkit.loading import expand_onnx_variants, find_model_dirs
+from distillkit.recorded_reading import read_as_recorded
 from distillkit.runtime import is_model_dir, load_model_checked
 from distillkit.records import RunRecord
 from distillkit.report import (
@@ -79,15 +80,19 @@ class EvalArguments:
         },
     )
     split: str = field(default="test", metadata={"help": "Split to score.", "choices": ["train", "validation", "test"]})
-    seed: int = field(
-        default=42,
+    seed: int | None = field(
+        default=None,
         metadata={
-            "help": "Seed of the held-out splits when the data set lacks validation/test files (use the training runs' --seed)."
+            "help": "Seed of the held-out splits when the data set lacks validation/test files or --max_*_samples draws "
+            "a sample. Default: the seed the models recorded; models of different seeds on such a split are refused "
+            "(each seed's held-out rows hold the others' training rows)."
         },
     )
     class_names: list[str] | None = field(
         default=None,
-        metadata={"help": "Class names in label-id order, as given to training: a,b,c or a b c (→ id2label)."},
+        metadata={
+            "help": "Class names in label-id order: a,b,c or a b c (→ id2label). Default: the names the models recorded."
+        },
     )
     label_names: list[str] | None = field(default=None, metadata={"help": "Alias of --class_names."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size of the prediction pass."})
@@ -154,41 +159,6 @@ def clear_old_outputs(output_dir: str) -> None:
                     os.remove(os.path.join(folder, name))
 
 
-LABEL_FLAGS = ("text_column", "label_column", "label_columns", "label_threshold")
-
-
-def recorded_label_flags(model_dirs: list[str], data_args: DataTrainingArguments) -> DataTrainingArguments:
-    """The data read as the models were trained on it: without label flags given, the columns and threshold the
-    models recorded for this data set (one target for all of them, else an error); with flags given, a warning per
-    model that recorded another target."""
-    recorded: dict[str, dict] = {}
-    for path in model_dirs:
-        record = RunRecord.load(path) if os.path.isdir(path) else None
-        if record is not None and record.dataset:
-            flags = trained_label_flags(record.dataset, data_args.dataset_name)
-            if any(v is not None for v in flags.values()):
-                recorded[path] = flags
-    given = {name: getattr(data_args, name) for name in LABEL_FLAGS if getattr(data_args, name) is not None}
-    if given:
-        for path, flags in recorded.items():
-            other = {k: flags.get(k) for k in given if flags.get(k) != given[k]}
-            if other:
-                logger.warning(f"{path} was trained with {other}; scoring it with {given} as told")
-        return data_args
-    targets = {json.dumps(flags, sort_keys=True) for flags in recorded.values()}
-    if len(targets) > 1:
-        detail = "; ".join(f"{p}: {f}" for p, f in recorded.items())
-        raise UsageError(
-            f"the models were trained on different targets of {data_args.dataset_name} ({detail}); score them "
-            "separately, or pass --label_column/--label_columns/--label_threshold to score them all on one"
-        )
-    if not targets:
-        return data_args
-    flags = {k: v for k, v in json.loads(targets.pop()).items() if v is not None}
-    logger.info(f"reading {data_args.dataset_name} as the models were trained on it: {flags}")
-    return dataclasses.replace(data_args, **flags)
-
-
 def position_limit(path: str) -> int | None:
     """The most tokens a model takes (its config's max_position_embeddings; an adapter's base's), None if unknown."""
     folder = path if os.path.isdir(path) else os.path.dirname(path)
@@ -242,13 +212,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     check_output_dir(eval_args)
     model_dirs = collect_model_dirs(eval_args)
     data_args = check_max_seq_length(model_dirs, data_args)
-    data_args = recorded_label_flags(model_dirs, data_args)
+    # The data as the models read it: their columns, threshold, class names and split seed, unless told otherwise.
+    reading = read_as_recorded(model_dirs, data_args, eval_args.seed, eval_args.class_names)
+    data_args = reading.data_args
     data = load_text_classification_data(
-        data_args, seed=eval_args.seed, cache_dir=eval_args.cache_dir, class_names=eval_args.class_names
+        data_args, seed=reading.seed, cache_dir=eval_args.cache_dir, class_names=reading.class_names
     )
+    reading.check_split(data, eval_args.split)
     bias_scorer = None
     if bias_args.bias_dataset:
-        bias_set = load_bias_set(bias_args, seed=eval_args.seed, cache_dir=eval_args.cache_dir)
+        bias_set = load_bias_set(bias_args, seed=reading.seed, cache_dir=eval_args.cache_dir)
         bias_scorer = BiasScorer(
             bias_set,
             data_args.max_seq_length,

@@ -12,7 +12,7 @@ import codecs
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,9 @@ class TextClassificationData:
     label_names: list[str] | None
     source: dict
     problem_type: str = SINGLE_LABEL
+    # The splits whose rows the seed chose, and how (carved from train, or a seeded sample): a reader scoring one of
+    # them must use the seed the model trained with, or its training rows end up among the held-out ones.
+    seeded_splits: dict[str, str] = field(default_factory=dict)
 
     @property
     def multi_label(self) -> bool:
@@ -173,8 +176,15 @@ def load_text_classification_data(
         if split in originals:
             columns_out["label_original"] = originals[split]
         splits[split] = Dataset.from_dict(columns_out, features=label_features(source, num_labels, columns_out))
+    seeded_splits = {}
+    for split in ("test", "validation"):
+        if split not in splits:
+            seeded_splits[split] = seeded_splits["train"] = f"no {split} file: held out from train with the seed"
     data = _add_missing_splits(DatasetDict(splits), args, seed)
     data = _subsample(data, args, seed)
+    for split, flag in (("train", "max_train_samples"), ("validation", "max_eval_samples"), ("test", "max_test_samples")):
+        if split not in seeded_splits and len(data[split]) < len(splits.get(split, data[split])):
+            seeded_splits[split] = f"--{flag} {getattr(args, flag)}: a sample drawn with the seed"
     for split, ds in data.items():
         if len(ds) == 0:
             raise UsageError(f"split {split!r} is empty; lower --max_*_samples or raise the split percentages")
@@ -198,7 +208,12 @@ def load_text_classification_data(
         shares = ", ".join(f"{names[i] if i < len(names) else i} {c:,} ({c / n:.1%})" for i, c in enumerate(counts))
         logger.info(f"{split}: {n:,} rows; {'texts per label' if source.multi_label else 'classes'}: {shares}")
     return TextClassificationData(
-        splits=data, num_labels=num_labels, label_names=source.names, source=record, problem_type=source.problem_type
+        splits=data,
+        num_labels=num_labels,
+        label_names=source.names,
+        source=record,
+        problem_type=source.problem_type,
+        seeded_splits=seeded_splits,
     )
 
 
