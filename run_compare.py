@@ -35,7 +35,9 @@ from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import FINISHED_MARKER, UsageError, configure_logging, exit_on_usage_error, is_finished_run, list_checkpoints
 from distillkit.data import DataTrainingArguments
 from distillkit.data_files import load_raw_splits
+from distillkit.integrity import missing_weights
 from distillkit.loading import find_model_dirs
+from distillkit.records import is_adapter_dir
 from distillkit.report import PER_LABEL_FILE
 from distillkit.methods import DEFAULT_METHODS, EVAL_STEP, METHODS, PRETRAINED, base_stage, check_methods
 
@@ -193,6 +195,18 @@ def method_command(name: str, seed: int, args: CompareArguments) -> tuple[str, l
     return method.script, flags + shlex.split(args.lora_args)
 
 
+def check_stage_weights(stage: str, stage_dir: str) -> None:
+    """A finished stage whose weights are gone can be neither skipped nor built on, and running the same command again
+    cannot bring them back: say so, and how to train it again, before any stage runs on it."""
+    problem = missing_weights(stage_dir, is_adapter_dir(stage_dir))
+    if problem is not None:
+        raise UsageError(
+            f"stage {stage}: {stage_dir} is a finished run with {problem}; running the same command again cannot bring "
+            f"them back: remove {stage_dir}, or pass --overwrite_output_dir true, with {stage.split('/')[-1]} in "
+            "--methods, to train it again"
+        )
+
+
 class Runner:
     def __init__(self, args: CompareArguments, data: list[str], training: list[str]):
         self.args, self.data, self.training = args, data, training
@@ -221,6 +235,8 @@ class Runner:
             logger.info(f"[{name}] skipped: {output_dir} holds a finished export")
             return "skipped"
         if is_finished_run(output_dir):
+            if "--overwrite_output_dir" not in cmd:
+                check_stage_weights(name, output_dir)
             finished = os.path.join(output_dir, FINISHED_MARKER)
             before = os.stat(finished).st_mtime_ns
             status = self.execute(name, cmd + ["--skip_if_finished", "true"])
@@ -324,6 +340,8 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
                     f"{name} starts from {base}, which has no finished run in {os.path.join(root, base)}: "
                     f"add {base} to --methods"
                 )
+            if base != PRETRAINED and not args.dry_run:
+                check_stage_weights(f"seed{seed}/{base}", os.path.join(root, base))
             script, flags = method_command(name, seed, args)
             export = METHODS[name].kind == "export"
             if export:

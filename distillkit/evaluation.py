@@ -23,8 +23,8 @@ from .cli import UsageError
 from .data import TextClassificationData
 from .integrity import BrokenModelError
 from .metrics import never_predicted, never_predicted_warning, per_label_table
-from .records import ADAPTER_CONFIG, merged_name
-from .runtime import ONNX_FILE, LoadedClassifier, encode_texts, is_onnx_file, predict_logits, variant_suffix
+from .records import merged_name
+from .runtime import ONNX_FILE, LoadedClassifier, adapter_base_name, encode_texts, is_onnx_file, predict_logits, variant_suffix
 from .students import count_parameters
 from .tasks import Task
 
@@ -96,7 +96,7 @@ def made_from(clf: LoadedClassifier) -> str | None:
     from, else what the model was fine-tuned from."""
     record = clf.record
     if clf.is_adapter:
-        return (record.base_model if record else None) or adapter_base(clf.path)
+        return (record.base_model if record else None) or adapter_base_name(clf.path)
     if record is None:
         return None
     if record.merged:
@@ -210,11 +210,6 @@ def weights_size_mb(path: str) -> float:
         if (f.endswith((".safetensors", ".bin", ".pt")) and f != "training_args.bin") or f == ONNX_FILE
     )
     return total / 2**20
-
-
-def adapter_base(path: str) -> str | None:
-    with open(os.path.join(path, ADAPTER_CONFIG)) as f:
-        return json.load(f).get("base_model_name_or_path")
 
 
 def _adapter_trainable_params(path: str) -> int | None:

@@ -289,16 +289,9 @@ def load_trained_classifier(model_dir: str):
             task = json.load(f).get("task_type")
         if task != "SEQ_CLS":
             raise UsageError(f"--model_dir {model_dir}: a {task} adapter, not a sequence classifier (SEQ_CLS)")
-    else:
-        with open(os.path.join(model_dir, "config.json")) as f:
-            architectures = json.load(f).get("architectures") or []
-        if not any(a.endswith("ForSequenceClassification") for a in architectures):
-            raise UsageError(
-                f"--model_dir {model_dir}: not a trained classifier (architectures {architectures or 'unknown'}, "
-                "expected *ForSequenceClassification); train it first with run_finetune.py or run_distill.py"
-            )
     try:
-        clf = load_model_checked(model_dir)  # the tokenizer, labels and warm-up outputs checked (distillkit.integrity)
+        # The weights, a trained head, the tokenizer, labels and warm-up outputs checked (distillkit.integrity).
+        clf = load_model_checked(model_dir)
     except UsageError as err:
         raise UsageError(f"--model_dir {err}") from None
     if clf.is_adapter:  # PEFT's answer to ONNX export of LoRA: merge, then export

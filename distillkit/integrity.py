@@ -5,6 +5,8 @@ tokenizer files `AutoTokenizer` builds a 5-token vocabulary (every word `[UNK]`)
 answer, a NaN weight makes every probability NaN. Each check here raises `UsageError` (one `error:` line naming the
 file and what is wrong) or `BrokenModelError` (the model loads but its outputs cannot be used), never a wrong answer:
 
+- the weights: the files exist, the model is a sequence classifier whose every parameter (its head above all) was
+  saved, and an adapter's base model is still where the adapter says;
 - the tokenizer: its files exist, and it is the one the model was trained with (`tokenizer_fingerprint`, recorded in
   run_record.json and in an ONNX export's metadata);
 - the files an export wrote are the files it checked (`file_sha256`, recorded in onnx_export.json);
@@ -42,6 +44,72 @@ WARMUP_TEXTS = [
 
 class BrokenModelError(Exception):
     """The model loads but cannot be trusted to answer (non-finite or constant outputs, wrong output width)."""
+
+
+# --- the weights -------------------------------------------------------------------------------------------------
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # a model, whole or sharded
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors",)
+NOT_A_CLASSIFIER_HINT = "train it first with run_finetune.py or run_distill.py"
+
+
+def missing_weights(directory: str, adapter: bool) -> str | None:
+    """What is wrong when `directory` holds no weights the loaders read (safetensors only), else None."""
+    names = ADAPTER_WEIGHT_FILES if adapter else WEIGHT_FILES
+    if any(os.path.isfile(os.path.join(directory, name)) for name in names):
+        return None
+    other = [n for n in ("pytorch_model.bin", "adapter_model.bin") if os.path.isfile(os.path.join(directory, n))]
+    found = f" (only {', '.join(other)}, which is never loaded: safetensors only)" if other else ""
+    return f"no weights ({' or '.join(names)}){found}"
+
+
+def require_weights(directory: str, adapter: bool) -> None:
+    """UsageError unless `directory` holds its weights: a run killed while saving, or a file removed since."""
+    problem = missing_weights(directory, adapter)
+    if problem is not None:
+        raise UsageError(
+            f"{directory}: {problem}; the run that wrote it did not finish saving or the file was removed: "
+            "train it again (--overwrite_output_dir) or remove the directory"
+        )
+
+
+def require_classifier_architecture(directory: str, architectures: Sequence[str] | None) -> None:
+    """A base model (BertModel, ...) has no classification head: loading it as a classifier invents a random one."""
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures or []):
+        raise UsageError(
+            f"{directory}: not a trained classifier (architectures {list(architectures or []) or 'unknown'}, "
+            f"expected *ForSequenceClassification); {NOT_A_CLASSIFIER_HINT}"
+        )
+
+
+def require_all_parameters_loaded(directory: str, loading_info: dict[str, Any]) -> None:
+    """UsageError when loading initialised parameters fresh (missing from, or shaped otherwise than, the saved
+    weights): a classification head that was never trained answers at random."""
+    fresh = list(loading_info.get("missing_keys") or [])
+    fresh += [key[0] if isinstance(key, tuple) else key for key in loading_info.get("mismatched_keys") or []]
+    if fresh:
+        shown = ", ".join(sorted(map(str, fresh))[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
+        raise UsageError(
+            f"{directory}: not a trained classifier: its weights lack {shown}, which loading would initialise at "
+            f"random; {NOT_A_CLASSIFIER_HINT}"
+        )
+
+
+def local_base_missing(base: str | None) -> bool:
+    """An adapter's `base_model_name_or_path` that is a local path (absolute, ./ or ../, or deeper than a hub id's
+    owner/name) and no longer exists."""
+    if not base:
+        return False
+    local = os.path.isabs(base) or base.startswith((".", "~")) or base.count("/") > 1
+    return local and not os.path.isdir(os.path.expanduser(base))
+
+
+def require_adapter_base(directory: str, base: str | None) -> None:
+    if local_base_missing(base):
+        raise UsageError(
+            f"{directory}: the adapter's base model {base} is gone (adapter_config.json base_model_name_or_path: no "
+            "such directory); restore it there, or set base_model_name_or_path to a copy of the model it adapted"
+        )
 
 
 # --- the tokenizer ----------------------------------------------------------------------------------------------

@@ -34,7 +34,11 @@ from .integrity import (
     check_outputs,
     check_thresholds,
     check_tokenizer,
+    require_adapter_base,
+    require_all_parameters_loaded,
+    require_classifier_architecture,
     require_tokenizer_files,
+    require_weights,
     tokenizer_file_names,
     verify_checksums,
 )
@@ -149,6 +153,12 @@ def adapter_head_kwargs(path: str, record: RunRecord | None) -> dict[str, Any]:
     return task
 
 
+def adapter_base_name(path: str) -> str | None:
+    """The model an adapter directory adapts: adapter_config.json's `base_model_name_or_path`."""
+    with open(os.path.join(path, ADAPTER_CONFIG)) as f:
+        return json.load(f).get("base_model_name_or_path")
+
+
 def load_classifier_dir(path: str, name: str | None = None, device: str | torch.device = "cpu") -> LoadedClassifier:
     """Load a saved full model or PEFT adapter in eval mode (safetensors only, never remote code), checked.
 
@@ -165,13 +175,25 @@ def load_classifier_dir(path: str, name: str | None = None, device: str | torch.
         raise UsageError(f"{path}: not a model directory (expected config.json or {ADAPTER_CONFIG})")
     require_tokenizer_files(path)  # before AutoTokenizer can invent a 5-token vocabulary
     adapter = is_adapter_dir(path)
+    require_weights(path, adapter)
     record, results = RunRecord.load(path), read_results(path)
     if adapter:
         from peft import AutoPeftModelForSequenceClassification
 
-        model = AutoPeftModelForSequenceClassification.from_pretrained(
-            path, use_safetensors=True, **adapter_head_kwargs(path, record)
-        )
+        base = adapter_base_name(path)
+        require_adapter_base(path, base)
+        try:
+            model = AutoPeftModelForSequenceClassification.from_pretrained(
+                path, use_safetensors=True, **adapter_head_kwargs(path, record)
+            )
+        except (OSError, ValueError) as err:  # a hub id that cannot be reached, or a base that is not a model
+            if base and os.path.isdir(base):
+                raise
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UsageError(
+                f"{path}: the adapter's base model {base} cannot be loaded (adapter_config.json base_model_name_or_path: "
+                f"not a local directory; {first[:200]}); set base_model_name_or_path to a local copy of it"
+            ) from None
         # The decision rule tuned at training time: set on the config, as transformers does not know the attribute
         # (a from_pretrained kwarg would reach the model's __init__).
         check_thresholds(results.get("decision_thresholds"), f"{path}: all_results.json")
@@ -180,11 +202,13 @@ def load_classifier_dir(path: str, name: str | None = None, device: str | torch.
                 setattr(model.config, key, results[key])
     else:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        require_classifier_architecture(path, config.architectures)  # a base model: no head to load
         # Before the weights: a label count that does not fit the head would fail deep inside from_pretrained.
         check_labels(path, config.id2label, record.label_names if record else None, config.problem_type == MULTI_LABEL)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, use_safetensors=True, trust_remote_code=False
+        model, loading = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, use_safetensors=True, trust_remote_code=False, output_loading_info=True
         )
+        require_all_parameters_loaded(path, loading)  # a head (or any layer) the weights lack would be random
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     clf = LoadedClassifier(
