@@ -35,7 +35,16 @@ import torch
 
 from distillkit.bias_eval import BIAS_FILE, BIAS_SUMMARY_FILE, BiasArguments, BiasScorer, load_bias_set
 from distillkit.bias_report import BIAS_VS_TEACHER_FILE, write_bias_section
-from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args, parse_class_names
+from distillkit.cli import (
+    UsageError,
+    configure_logging,
+    discard_staging_dir,
+    exit_on_usage_error,
+    parse_args,
+    parse_class_names,
+    publish_files,
+    staging_dir_for,
+)
 from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.evaluation import (
     SpeedSettings,
@@ -148,7 +157,7 @@ def check_output_dir(args: EvalArguments) -> None:
 
 def clear_old_outputs(output_dir: str) -> None:
     """Stale predictions and plots of models no longer compared must not linger beside the new report."""
-    for name in (BIAS_FILE, BIAS_SUMMARY_FILE, BIAS_VS_TEACHER_FILE):
+    for name in (BIAS_FILE, BIAS_SUMMARY_FILE, BIAS_VS_TEACHER_FILE, BROKEN_FILE):
         if os.path.isfile(os.path.join(output_dir, name)):
             os.remove(os.path.join(output_dir, name))
     for sub, ext in (("predictions", ".csv"), ("plots", ".png"), ("bias_predictions", ".csv")):
@@ -292,10 +301,31 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     summary = summarize(results)
     per_label = pd.concat(tables, ignore_index=True)  # support, F1, ROC-AUC, PR-AUC per label (class) per model
 
-    out = eval_args.output_dir
+    # Everything is written whole into a staging folder beside --output_dir, then moved in: a failure while writing
+    # leaves the old report as it was, never half of it beside half of the new one.
+    staging = staging_dir_for(eval_args.output_dir)
+    try:
+        report = write_outputs(staging, eval_args, data_args, data, results, summary, per_label, predictions,
+                               histories, settings, bias_scorer, bias_tables, bias_rows, bias_texts, broken)  # fmt: skip
+    except BaseException:
+        discard_staging_dir(staging)
+        raise
+    clear_old_outputs(eval_args.output_dir)
+    publish_files(staging, eval_args.output_dir)
+    report = os.path.join(eval_args.output_dir, os.path.relpath(report, staging))
+    logger.info(f"wrote results.csv, summary.csv, {PER_LABEL_FILE}, predictions/ and plots/ in {eval_args.output_dir}; {report}")
+    if broken:
+        report_broken(broken)
+        sys.exit(1)
+    return results
+
+
+def write_outputs(out, eval_args, data_args, data, results, summary, per_label, predictions, histories, settings,
+                  bias_scorer, bias_tables, bias_rows, bias_texts, broken) -> str:  # fmt: skip
+    """Every output file into `out` (a staging folder): predictions, plots, tables, report.md, the bias files and
+    broken_models.csv (or an empty marker that removes a stale one). Returns report.md's path."""
     os.makedirs(os.path.join(out, "predictions"), exist_ok=True)
     os.makedirs(os.path.join(out, "plots"), exist_ok=True)
-    clear_old_outputs(out)
     for name, frame in predictions.items():
         frame.to_csv(os.path.join(out, "predictions", f"{name}.csv"), index=False)
     label_names = [data.id2label[i] for i in range(data.num_labels)]
@@ -362,15 +392,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         bias_table.to_csv(os.path.join(out, BIAS_FILE), index=False)
         bias_summary.to_csv(os.path.join(out, BIAS_SUMMARY_FILE), index=False)
         write_bias_section(report, bias_table, bias_summary, bias_scorer.bias_set.source)
-    logger.info(f"wrote results.csv, summary.csv, {PER_LABEL_FILE}, predictions/ and plots/ in {out}; {report}")
-    broken_file = os.path.join(out, BROKEN_FILE)
     if broken:
-        pd.DataFrame(broken).to_csv(broken_file, index=False)
-        report_broken(broken)
-        sys.exit(1)
-    if os.path.isfile(broken_file):  # a stale list from an earlier run
-        os.remove(broken_file)
-    return results
+        pd.DataFrame(broken).to_csv(os.path.join(out, BROKEN_FILE), index=False)
+    return report
 
 
 def report_broken(broken: list[dict]) -> None:

@@ -293,6 +293,22 @@ def replace_directory(staging: str, output_dir: str) -> None:
     shutil.rmtree(holder, ignore_errors=True)  # the replaced directory, if any, with it
 
 
+def publish_files(staging: str, output_dir: str) -> list[str]:
+    """Move every file written whole into `staging` (`staging_dir_for`) to the same relative path in `output_dir`,
+    replacing files of the same name and leaving its other files alone, then discard `staging`: a writer that fails
+    part-way leaves `output_dir` as it was. Returns the relative paths published."""
+    published = []
+    for root, _, files in os.walk(staging):
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(root, name), staging)
+            target = os.path.join(output_dir, rel)
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            os.replace(os.path.join(root, name), target)
+            published.append(rel)
+    discard_staging_dir(staging)
+    return published
+
+
 def clear_stale_checkpoints(output_dir: str) -> None:
     """With --overwrite_output_dir, old checkpoints must not be mistaken for this run's on a later resume."""
     for path in list_checkpoints(output_dir):
