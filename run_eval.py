@@ -8,6 +8,14 @@ Models are full classifiers, PEFT adapter directories, merged models or ONNX exp
 and its int8 twin are scored as two rows, `runtime` names the runtime). With several seeds (EXP/seed42/...,
 EXP/seed43/...) rows are grouped by method in summary.csv (mean ± std).
 
+The data set is read as the models recorded reading it (run_record.json): the text and label columns, the score
+threshold, the class names and the seed that held out the splits it lacks; a flag given wins, with a warning per model
+that recorded otherwise. Models that recorded different readings (targets, class names, or seeds when the scored split
+is drawn with the seed) are refused in one `error:` line: score them in separate calls, or pass the flag.
+A directory that cannot be scored (no weights, a head that was never trained, an adapter whose base is gone, bad
+files) is reported as broken in broken_models.csv and one `error:` line; the healthy models are still scored. The
+report is written only once every model is scored, all files at once: a failure leaves the old report whole.
+
 Each model is scored by its own task (config.problem_type): softmax and argmax, or a binary model's saved
 positive-class threshold; for multi-label models the per-label sigmoids at their saved thresholds (results.csv's
 f1 is then micro-F1, roc_auc the macro AUC over labels, accuracy the subset accuracy). per_label.csv has support,
@@ -45,7 +53,7 @@ from distillkit.cli import (
     publish_files,
     staging_dir_for,
 )
-from distillkit.data import DataTrainingArguments, load_text_classification_data
+from distillkit.data import DataTrainingArguments, TextClassificationData, load_text_classification_data
 from distillkit.evaluation import (
     SpeedSettings,
     evaluate_model,
@@ -320,8 +328,23 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     return results
 
 
-def write_outputs(out, eval_args, data_args, data, results, summary, per_label, predictions, histories, settings,
-                  bias_scorer, bias_tables, bias_rows, bias_texts, broken) -> str:  # fmt: skip
+def write_outputs(
+    out: str,
+    eval_args: EvalArguments,
+    data_args: DataTrainingArguments,
+    data: TextClassificationData,
+    results: pd.DataFrame,
+    summary: pd.DataFrame,
+    per_label: pd.DataFrame,
+    predictions: dict[str, pd.DataFrame],
+    histories: dict[str, list[dict[str, float]]],
+    settings: SpeedSettings,
+    bias_scorer: BiasScorer | None,
+    bias_tables: list[pd.DataFrame],
+    bias_rows: list[dict],
+    bias_texts: dict[str, pd.DataFrame],
+    broken: list[dict],
+) -> str:
     """Every output file into `out` (a staging folder): predictions, plots, tables, report.md, the bias files and
     broken_models.csv (or an empty marker that removes a stale one). Returns report.md's path."""
     os.makedirs(os.path.join(out, "predictions"), exist_ok=True)
