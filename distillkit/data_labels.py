@@ -167,8 +167,11 @@ def pick_label_source(
                 positive=preset.binary_positive,
             )  # fmt: skip
         return LabelSource([label_column], asked or SINGLE_LABEL, "ids", names=list(feature.names))
-    values = [v for v in train[label_column][:1000] if v is not None]
+    # The whole column: one row of "3,17" after a thousand single ids still makes the task multi-label.
+    values = [v for v in train[label_column] if v is not None]
     is_list = isinstance(feature, (Sequence, list)) or any(_is_id_list(v) for v in values)
+    if asked == MULTI_LABEL and getattr(feature, "dtype", None) in ("string", "large_string"):
+        is_list = True  # asked for: ids as text ("3", "3,17") are read as id lists
     preset_list = bool(preset and preset.first_of_list and label_column == preset.label_column)
     names = list(preset.label_names) if preset and preset.label_names else None
     inner = feature.feature if isinstance(feature, Sequence) else (feature[0] if isinstance(feature, list) else None)
