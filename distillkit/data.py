@@ -207,6 +207,8 @@ def load_text_classification_data(
         n = record["rows"][split]
         shares = ", ".join(f"{names[i] if i < len(names) else i} {c:,} ({c / n:.1%})" for i, c in enumerate(counts))
         logger.info(f"{split}: {n:,} rows; {'texts per label' if source.multi_label else 'classes'}: {shares}")
+    if not source.multi_label:
+        warn_one_class_splits(record["class_counts"], names)
     return TextClassificationData(
         splits=data,
         num_labels=num_labels,
@@ -215,6 +217,24 @@ def load_text_classification_data(
         problem_type=source.problem_type,
         seeded_splits=seeded_splits,
     )
+
+
+def warn_one_class_splits(counts_by_split: dict[str, list[int]], names: list[str]) -> None:
+    """A split holding one class only trains a model that learns that class alone (train), or scores nothing but it
+    (validation/test: the decision tuning, F1 of the other classes and ROC-AUC mean nothing there): say so."""
+    consequence = {
+        "train": "the model can only learn to predict it; check --label_column / --label_threshold",
+        "validation": "decision tuning and per-class validation metrics mean little on it",
+        "test": "the other classes' F1 and ROC-AUC cannot be measured on it",
+    }
+    for split, counts in counts_by_split.items():
+        present = [i for i, c in enumerate(counts) if c]
+        if len(present) == 1:
+            name = names[present[0]] if present[0] < len(names) else str(present[0])
+            logger.warning(
+                f"split {split!r} holds one class only: {name} (class {present[0]}, all {counts[present[0]]:,} rows); "
+                f"{consequence.get(split, 'its metrics mean little')}"
+            )
 
 
 def check_class_name_count(
