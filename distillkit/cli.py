@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import logging
 import os
 import re
@@ -57,28 +59,47 @@ def exit_on_usage_error(main: Callable[..., T]) -> Callable[..., T]:
 
 
 def parse_args(dataclass_types: tuple[type, ...], args: list[str] | None = None) -> tuple[Any, ...]:
-    """Parse the command line, or a single `.json`/`.yaml` file of arguments (as run_glue does)."""
+    """Parse the command line, or a `.json`/`.yaml` file of arguments (as run_glue does) followed by any flags:
+    `run_distill.py args.yaml --seed 3` reads the file first and the flags override it."""
     parser = HfArgumentParser(dataclass_types)
     parser.error = _one_line_error  # argparse's own refusals (an invalid int, an unknown flag) are one line too
     argv = sys.argv[1:] if args is None else args
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        path = os.path.abspath(argv[0])
-        if not os.path.isfile(path):
-            raise UsageError(f"argument file {argv[0]} does not exist")
-        try:
-            if path.endswith(".json"):
-                return parser.parse_json_file(json_file=path)
-            with open(path) as f:
-                values = yaml.safe_load(f) or {}
-            # YAML 1.1 reads `save_strategy: no` as False; the strategies mean the string "no".
-            values = {k: ("no" if v is False and k.endswith("_strategy") else v) for k, v in values.items()}
-            return parser.parse_dict(_coerce_numbers(values, dataclass_types))
-        except (ValueError, TypeError) as err:  # unknown keys, or a value a dataclass rejected
-            raise UsageError(f"{argv[0]}: {_first_line(err)}") from err
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        values = _read_argument_file(argv[0], dataclass_types)
+        if len(argv) == 1:
+            try:
+                return parser.parse_dict(values)
+            except (ValueError, TypeError) as err:  # unknown keys, or a value a dataclass rejected
+                raise UsageError(f"{argv[0]}: {_first_line(err)}") from err
+        known = {f.name for dtype in dataclass_types for f in dataclasses.fields(dtype) if f.init}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"{argv[0]}: unknown argument(s) {', '.join(unknown)}")
+        # The file's values become the defaults the flags override (argparse converts string defaults by type).
+        parser.set_defaults(**values)
+        argv = argv[1:]
     try:
-        return parser.parse_args_into_dataclasses(args=argv)
+        return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     except ValueError as err:  # a dataclass's __post_init__ rejected a value
         raise UsageError(_first_line(err)) from err
+
+
+def _read_argument_file(name: str, dataclass_types: tuple[type, ...]) -> dict[str, Any]:
+    path = os.path.abspath(name)
+    if not os.path.isfile(path):
+        raise UsageError(f"argument file {name} does not exist")
+    try:
+        with open(path) as f:
+            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    except (ValueError, yaml.YAMLError) as err:
+        raise UsageError(f"{name}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: {_first_line(err)}") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise UsageError(f"{name}: expected a mapping of argument names to values")
+    # YAML 1.1 reads `save_strategy: no` as False; the strategies mean the string "no".
+    values = {k: ("no" if v is False and k.endswith("_strategy") else v) for k, v in values.items()}
+    return _coerce_numbers(values, dataclass_types)
 
 
 def _one_line_error(message: str) -> typing.NoReturn:
