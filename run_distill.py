@@ -20,6 +20,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments
+from distillkit.data_args import check_max_seq_length
 from distillkit.layer_plot import PLOT_FILE as LAYER_PLOT
 from distillkit.layer_plot import plot_layer_scores
 from distillkit.fingerprint import fingerprint_digest, model_identity, request_fingerprint
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         (TeacherArguments, StudentArguments, DataTrainingArguments, DistillationTrainingArguments), argv
     )
     # Everything below up to training only reads: bad input fails before anything is written.
+    data_args = check_max_seq_length([teacher_args.teacher_name_or_path], data_args)
     resume_from, data = start_run(training_args, data_args, teacher_args.cache_dir)
     teacher_dir = teacher_args.teacher_output_dir or default_teacher_dir(training_args.output_dir)
     teacher_training = teacher_training_args(training_args, teacher_dir, teacher_args)

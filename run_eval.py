@@ -54,6 +54,7 @@ from distillkit.cli import (
     staging_dir_for,
 )
 from distillkit.data import DataTrainingArguments, TextClassificationData, load_text_classification_data
+from distillkit.data_args import check_max_seq_length
 from distillkit.evaluation import (
     SpeedSettings,
     evaluate_model,
@@ -176,40 +177,6 @@ def clear_old_outputs(output_dir: str) -> None:
                     os.remove(os.path.join(folder, name))
 
 
-def position_limit(path: str) -> int | None:
-    """The most tokens a model takes (its config's max_position_embeddings; an adapter's base's), None if unknown."""
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    for name in ("config.json", "adapter_config.json"):
-        config_path = os.path.join(folder, name)
-        if not os.path.isfile(config_path):
-            continue
-        with open(config_path) as f:
-            config = json.load(f)
-        if name == "config.json" and config.get("max_position_embeddings"):
-            return int(config["max_position_embeddings"])
-        base = config.get("base_model_name_or_path")
-        if name == "adapter_config.json" and base and os.path.isdir(base):
-            return position_limit(base)
-    return None
-
-
-def check_max_seq_length(model_dirs: list[str], data_args: DataTrainingArguments) -> DataTrainingArguments:
-    """--max_seq_length within every model's position limit: a value given above it is an error; the default
-    (not given) is lowered to the smallest limit, with a warning, so small models score without a flag."""
-    limits = {path: limit for path in model_dirs if (limit := position_limit(path)) is not None}
-    if not limits:
-        return data_args
-    path, limit = min(limits.items(), key=lambda item: item[1])
-    wanted = data_args.max_seq_length
-    if wanted <= limit:
-        return data_args
-    if wanted != DataTrainingArguments.max_seq_length:
-        raise UsageError(
-            f"--max_seq_length {wanted}: {path} takes at most {limit} tokens (max_position_embeddings); "
-            f"pass --max_seq_length {limit} or less"
-        )
-    logger.warning(f"--max_seq_length {limit}: the default {wanted} is more than {path} takes (max_position_embeddings)")
-    return dataclasses.replace(data_args, max_seq_length=limit)
 
 
 def warn_if_other_data(path: str, record: RunRecord | None, data_source: dict) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import ModelArguments, UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments
+from distillkit.data_args import check_max_seq_length
 from distillkit.fingerprint import request_fingerprint
 from distillkit.losses import flag_list, teacher_terms
 from distillkit.teacher import finetune_classifier, load_config, teacher_record
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if training_args.uses_teacher:
         raise UsageError(f"run_finetune.py has no teacher: {flag_list(teacher_terms())} must be 0 (use run_distill.py)")
+    data_args = check_max_seq_length([model_args.model_name_or_path], data_args)
     resume_from, data = start_run(training_args, data_args, model_args.cache_dir)
     load_config(model_args.model_name_or_path, "--model_name_or_path", model_args.cache_dir, model_args.model_revision)
     fingerprint = request_fingerprint("teacher", model_args.model_name_or_path, data, data_args, training_args)

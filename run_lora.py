@@ -22,6 +22,7 @@ from transformers import AutoModelForSequenceClassification
 from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import ModelArguments, UsageError, exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments
+from distillkit.data_args import check_max_seq_length
 from distillkit.fingerprint import model_identity, request_fingerprint
 from distillkit.hub import MERGED_REPO_SUFFIX, push_run, wants_push
 from distillkit.lora import (
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         (ModelArguments, LoraArguments, DataTrainingArguments, LoraTrainingArguments), argv
     )
     # Everything below up to training only reads: bad input fails before anything is written.
+    data_args = check_max_seq_length([model_args.model_name_or_path], data_args)
     resume_from, data = start_run(training_args, data_args, model_args.cache_dir)
     base = loadable_name_or_path(model_args.model_name_or_path)
     config = load_config(base, "--model_name_or_path", model_args.cache_dir, model_args.model_revision)

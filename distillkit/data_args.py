@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import json
+import logging
+import os
 from dataclasses import dataclass, field
 
 from .cli import UsageError
 from .tasks import normalize_problem_type
+
+logger = logging.getLogger(__name__)
 
 
 TEXT_COLUMN_CANDIDATES = ("text", "comment_text", "sentence")
@@ -110,3 +116,43 @@ class DataTrainingArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name} {value}: must be a positive number of rows")
+
+
+def position_limit(path: str) -> int | None:
+    """The most tokens a model takes (its config's max_position_embeddings; an adapter's base's), None if unknown."""
+    if not os.path.exists(path):  # a hub id
+        return None
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    for name in ("config.json", "adapter_config.json"):
+        config_path = os.path.join(folder, name)
+        if not os.path.isfile(config_path):
+            continue
+        with open(config_path) as f:
+            config = json.load(f)
+        if name == "config.json" and config.get("max_position_embeddings"):
+            return int(config["max_position_embeddings"])
+        base = config.get("base_model_name_or_path")
+        if name == "adapter_config.json" and base and os.path.isdir(base):
+            return position_limit(base)
+    return None
+
+
+def check_max_seq_length(model_dirs: list[str], data_args: DataTrainingArguments) -> DataTrainingArguments:
+    """--max_seq_length within every model's position limit (every script that trains or scores checks it here):
+    a value given above it is an error, not a silent cap at the tokenizer's limit while the record says the value
+    given; the default (not given) is lowered to the smallest limit, with a warning, so small models run without
+    a flag. A hub id (no local config) is not checked."""
+    limits = {path: limit for path in model_dirs if (limit := position_limit(path)) is not None}
+    if not limits:
+        return data_args
+    path, limit = min(limits.items(), key=lambda item: item[1])
+    wanted = data_args.max_seq_length
+    if wanted <= limit:
+        return data_args
+    if wanted != DataTrainingArguments.max_seq_length:
+        raise UsageError(
+            f"--max_seq_length {wanted}: {path} takes at most {limit} tokens (max_position_embeddings); "
+            f"pass --max_seq_length {limit} or less"
+        )
+    logger.warning(f"--max_seq_length {limit}: the default {wanted} is more than {path} takes (max_position_embeddings)")
+    return dataclasses.replace(data_args, max_seq_length=limit)

@@ -16,6 +16,7 @@ from tolerances import FORWARD_REL
 
 import run_distill
 import run_finetune
+import run_lora
 from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import UsageError, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data
@@ -194,6 +195,10 @@ def test_training_max_seq_length_above_position_limit_is_refused(tmp_path, capsy
     out = tmp_path / "odd"
     argv = common_args(tiny_data_dir, out, teacher_name_or_path=tiny_base_model_dir, max_seq_length=100000)
     assert "at most 64 tokens" in _error_line(capsys, run_distill.main, argv)
+    assert not out.exists()
+    out = tmp_path / "lora"
+    argv = common_args(tiny_data_dir, out, model_name_or_path=tiny_base_model_dir, max_seq_length=100000)
+    assert "at most 64 tokens" in _error_line(capsys, run_lora.main, argv)
     assert not out.exists()
 
 
