@@ -33,7 +33,7 @@ from .data_labels import (
     pick_label_source,
     read_labels,
 )
-from .data_presets import DatasetPreset, find_preset
+from .data_presets import DatasetPreset, matching_preset
 from .tasks import MULTI_LABEL, SINGLE_LABEL, multi_hot
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def load_text_classification_data(
     override the names found in the data set or its preset.
     """
     raw = normalise_split_names(load_raw_splits(args, cache_dir))
-    preset = find_preset(args.dataset_name)
+    preset = matching_preset(args.dataset_name, raw["train"])
     text_column = _pick_text_column(raw["train"].column_names, args, preset)
     source = pick_label_source(raw["train"], args, preset, text_column)
     if source.names:

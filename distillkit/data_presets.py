@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 GO_EMOTIONS_LABELS = (
@@ -56,4 +60,40 @@ def find_preset(dataset_name: str) -> DatasetPreset | None:
         matches = [key for key in PRESETS if stem == key.split("/")[-1] or stem.startswith(key.split("/")[-1] + "_")]
         if matches:
             return PRESETS[max(matches, key=len)]
+    return None
+
+
+def matching_preset(dataset_name: str, train: Any) -> DatasetPreset | None:
+    """The preset for `dataset_name` when its train split (a `datasets.Dataset`) matches it; a local copy named like
+    a preset whose data is not that data set (no label column of the preset's, other class ids) is read as plain
+    data, with a warning: a folder called go_emotions holding a binary CSV must not get 28 class names."""
+    preset = find_preset(dataset_name)
+    if preset is None or dataset_name in PRESETS:  # a hub id is that data set
+        return preset
+    mismatch = _mismatch(preset, train)
+    if mismatch:
+        key = next(k for k, v in PRESETS.items() if v is preset)
+        logger.warning(
+            f"--dataset_name {dataset_name}: named like the {key} preset, but its data does not match it ({mismatch}); "
+            "the preset is not applied (its columns and class names are not used)"
+        )
+        return None
+    return preset
+
+
+def _mismatch(preset: DatasetPreset, train: Any) -> str | None:
+    """Why `train` is not the preset's data set, or None when it matches (its label column, its class ids)."""
+    columns = train.column_names
+    label_column = preset.threshold_column or preset.label_column
+    if label_column not in columns:
+        return f"no {label_column!r} column; it has {', '.join(columns)}"
+    feature = train.features[label_column]
+    names = getattr(feature, "names", None)  # a ClassLabel
+    if names is not None:
+        fits = (preset.binary_positive in names) if preset.binary_positive else len(names) == len(preset.label_names or names)
+        return None if fits else f"{label_column!r} has {len(names)} classes ({', '.join(names)})"
+    if preset.label_names and getattr(feature, "dtype", "").startswith(("int", "uint")):
+        ids = [int(v) for v in train[label_column] if v is not None]
+        if ids and (min(ids) < 0 or max(ids) >= len(preset.label_names)):
+            return f"{label_column!r} holds class ids up to {max(ids)}, the preset names {len(preset.label_names)} classes"
     return None
