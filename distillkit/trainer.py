@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import TrainOutput
 
 from .cli import UsageError, parse_class_names
@@ -330,6 +331,34 @@ def whole_run_train_loss(log_history: list[dict], global_step: int) -> float | N
     return total / global_step if global_step and last == global_step else None
 
 
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' length-grouped order (batches of similar length), drawn from a generator seeded with
+    `seed + epoch` instead of the global torch RNG.
+
+    The stock sampler permutes with the global RNG as it stands when an epoch starts. After the first epoch that
+    state is wherever the previous epoch's dropout left it, which a run resumed from a checkpoint never reproduces
+    (it restores the RNG only after the resumed epoch's order is drawn): the order of every epoch after the first
+    differed on resume. Seeding per epoch, as accelerate's SeedableRandomSampler does for `random`, makes the order
+    a function of (seed, epoch) alone, so a resumed run replays exactly the batches the uninterrupted run saw.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer (and accelerate's DataLoaderShard) before each epoch."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        indices = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
+        self.epoch += 1  # a caller that never calls set_epoch still gets a new order each pass
+        return iter(indices)
+
+
 class DistillationTrainer(Trainer):
     """Trains `model` (the student) against a frozen `teacher_model`.
 
@@ -385,6 +414,24 @@ class DistillationTrainer(Trainer):
             self.train_dataset = self._with_cached_teacher_logits(teacher_model)
         if self.args.needs_live_teacher:
             self.teacher = self._prepare_teacher(teacher_model)
+
+    def _get_train_sampler(self, train_dataset=None):
+        """The default `group_by_length` sampler, seeded per epoch so that a resumed run is exact
+        (`SeededLengthGroupedSampler`); every other strategy is transformers' own."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or dataset is None or not hasattr(dataset, "__len__"):
+            return super()._get_train_sampler(train_dataset)
+        name = self.processing_class.model_input_names[0] if self.processing_class is not None else "input_ids"
+        column = self.args.length_column_name
+        if column in getattr(dataset, "column_names", ()):
+            lengths = list(dataset[column])
+        elif name in getattr(dataset, "column_names", ()):
+            lengths = [len(ids) for ids in dataset[name]]
+        else:
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return SeededLengthGroupedSampler(batch, lengths, seed)
 
     def train(self, *args, **kwargs) -> TrainOutput:
         """`Trainer.train`, with `train_loss` the mean over the whole run, also after a resume."""
