@@ -1,7 +1,9 @@
 """Issue 28, data loading and arguments: split files that disagree, multi-label detection, "NA" texts, one-class
 splits, argument files with extra flags, --max_seq_length above the model's position limit, presets on data that is
 not theirs, and exact resume with the default (length-grouped) sampler. Each test names the defect it covers and
-fails on the code before its fix."""
+fails on the code before its fix, except three guards that passed already and keep the fixes from going too far:
+--problem_type single_label on one-id lists, no one-class warning on two-class splits, a matching go_emotions copy
+keeping its preset."""
 
 from __future__ import annotations
 
