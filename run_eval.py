@@ -30,8 +30,6 @@ summed probability of the classes named by --bias_toxic_classes (distillkit/bias
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import platform
