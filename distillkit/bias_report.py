@@ -3,15 +3,20 @@
 Input: bias.csv (model × identity) and bias_summary.csv (one row per model, with `method` and `seed`), as
 run_eval.py and the study write them. A method is compared with the teacher seed by seed (the teacher of the same
 seed; a lone teacher serves every seed): the mean difference of the Jigsaw final metric, of the BPSN power mean and
-of FPED, with a 95% t interval across seeds (distillkit.stats.t_interval). As in the study's paired table, a
-difference is called only when its interval excludes 0, one seed is never called, and there is no correction for
-the number of comparisons.
+of FPED, with a 95% t interval across seeds (distillkit.stats.t_interval) and the paired t-test's p-value.
+
+The family (docs/results/ANALYSIS_PLAN.md §4a): every method − teacher on each of those three measures, one family
+per report (per data set), corrected together by `distillkit.stats.adjust_p` (Holm by default; a one-seed row has
+no p-value and counts as p = 1 in the family's size). A difference is called by `distillkit.stats.call`: the
+corrected p below alpha and the t interval excluding 0 (for a t-test the 95% t interval excludes 0 exactly when the
+raw p is below 0.05, so a corrected p below 0.05 decides). One seed is never called.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import matplotlib
 
@@ -20,12 +25,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .stats import NOT_DISTINGUISHABLE, t_interval  # noqa: E402
+from scipy import stats as scipy_stats  # noqa: E402
+
+from .stats import A_BETTER, B_BETTER, NOT_DISTINGUISHABLE, adjust_p, call, t_interval  # noqa: E402
 
 REFERENCE = "teacher"
 COMPARED = (("final_metric", "final metric"), ("power_mean_bpsn_auc", "BPSN power mean"), ("fped", "FPED"))
 BIAS_VS_TEACHER_FILE = "bias_vs_teacher.csv"
 FPR_CHANGES = 5  # identities listed per method: the largest mean FPR change against the teacher
+DIFFERS = "differs from its teacher"
+NO_CALL = "one seed: no call"
+CORRECTION_NAMES = {"holm": "Holm", "bh": "Benjamini–Hochberg", "none": "no correction"}
+DIRECTION = {A_BETTER: "higher", B_BETTER: "lower"}  # method − teacher > 0 / < 0; "better" depends on the measure
 
 
 def _seed(value: object) -> object:
@@ -52,9 +63,27 @@ def _per_identity(table: pd.DataFrame, models: list[str]) -> pd.DataFrame:
     return table[table.model.isin(models)].groupby("identity")[["bpsn_auc", "fpr"]].mean()
 
 
-def compare_with_teacher(table: pd.DataFrame, summary: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
-    """One row per (method, measure): mean over seeds of method − teacher, its 95% t interval and the call; plus the
-    identities whose FPR changes most (mean over seeds, signed) in `fpr_changes`."""
+def paired_p_value(diffs: np.ndarray) -> float:
+    """Two-sided p of the paired t-test across seeds (a one-sample t-test of the per-seed differences against 0, the
+    same as `scipy.stats.ttest_rel` on the two columns, as distillkit.stats.paired_difference uses); NaN with
+    fewer than two seeds or identical differences."""
+    if len(diffs) < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # zero variance: no p-value, NaN says so
+        return float(scipy_stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def compare_with_teacher(
+    table: pd.DataFrame,
+    summary: pd.DataFrame,
+    reference: str = REFERENCE,
+    correction: str = "holm",
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """One row per (method, measure): mean over seeds of method − teacher, its 95% t interval, the paired t-test's p,
+    the p corrected over the family (every row of this table: each method × the measures in COMPARED) and the call;
+    plus the identities whose FPR changes most (mean over seeds, signed) in `fpr_changes`."""
     values = summary.set_index("model")
     rows = []
     for method, pairs in teacher_pairs(summary, reference).items():
@@ -69,7 +98,6 @@ def compare_with_teacher(table: pd.DataFrame, summary: pd.DataFrame, reference: 
         for column, label in COMPARED:
             diffs = values.loc[students, column].to_numpy(float) - values.loc[teachers, column].to_numpy(float)
             low, high = t_interval(diffs)
-            called = not math.isnan(low) and (low > 0 or high < 0)
             rows.append(
                 {
                     "method": method,
@@ -81,11 +109,27 @@ def compare_with_teacher(table: pd.DataFrame, summary: pd.DataFrame, reference: 
                     "diff": float(diffs.mean()),
                     "ci_low": low,
                     "ci_high": high,
-                    "verdict": ("higher" if low > 0 else "lower") if called else NOT_DISTINGUISHABLE,
+                    "p_value": paired_p_value(diffs),
                     "fpr_changes": changes,
                 }
             )
-    return pd.DataFrame(rows)
+    columns = ["method", "measure", "label", "n_seeds", "mean_method", "mean_teacher", "diff", "ci_low", "ci_high"]
+    columns += ["p_value", "p_adjusted", "correction", "family_size", "verdict", "fpr_changes"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    comparison = pd.DataFrame(rows)
+    comparison["p_adjusted"] = adjust_p(comparison.p_value.to_numpy(), correction)
+    comparison["correction"] = correction
+    comparison["family_size"] = len(comparison)
+    comparison["verdict"] = [
+        NO_CALL if n < 2 else _verdict(call(p, low, high, alpha))
+        for n, p, low, high in zip(comparison.n_seeds, comparison.p_adjusted, comparison.ci_low, comparison.ci_high)
+    ]
+    return comparison[columns]
+
+
+def _verdict(decision: str) -> str:
+    return f"{DIFFERS} ({DIRECTION[decision]})" if decision in DIRECTION else NOT_DISTINGUISHABLE
 
 
 def plot_bias_beside_teacher(
@@ -119,29 +163,70 @@ def _f(value: float, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _p(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
+
+
 def _comparison_sentence(rows: pd.DataFrame) -> str:
     method = rows.method.iloc[0]
     n = int(rows.n_seeds.iloc[0])
     parts = []
     for row in rows.itertuples():
-        interval = f" [{_f(row.ci_low)}, {_f(row.ci_high)}]" if n > 1 else ""
-        parts.append(f"{row.label} {_f(row.mean_method)} vs {_f(row.mean_teacher)} ({row.diff:+.3f}{interval})")
-    called = rows[rows.verdict != NOT_DISTINGUISHABLE]
+        detail = f"; 95% t [{_f(row.ci_low)}, {_f(row.ci_high)}], corrected p {_p(row.p_adjusted)}" if n > 1 else ""
+        parts.append(f"{row.label} {_f(row.mean_method)} vs {_f(row.mean_teacher)} ({row.diff:+.3f}{detail})")
+    called = rows[rows.verdict.str.startswith(DIFFERS)]
     if n < 2:
         verdict = "one seed: no interval, so no call"
     elif called.empty:
-        verdict = "not distinguishable from the teacher on any of them"
+        verdict = "not distinguishable from its teacher on any of them"
     else:
-        verdict = "differs from the teacher: " + ", ".join(f"{r.label} {r.verdict}" for r in called.itertuples())
+        verdict = f"{DIFFERS}: " + ", ".join(
+            f"{r.label} {'higher' if r.diff > 0 else 'lower'} by {abs(r.diff):.3f}" for r in called.itertuples()
+        )
     return (
         f"- **{method}** ({n} seed{'s' if n != 1 else ''}): {'; '.join(parts)} — {verdict}. "
         f"Largest FPR changes: {rows.fpr_changes.iloc[0]}."
     )
 
 
+def _amount(row: object) -> str:
+    return f"{row.label} {row.diff:+.3f} [{_f(row.ci_low)}, {_f(row.ci_high)}]"
+
+
+def _differ_sentence(comparison: pd.DataFrame) -> str:
+    """The paragraph's first claim: which methods differ from their teacher after the correction, and by how much."""
+    called = comparison[comparison.verdict.str.startswith(DIFFERS)]
+    several = comparison[comparison.n_seeds > 1]
+    if several.empty:
+        return "Every method has one seed: no interval and no p-value, so no difference from the teacher is called."
+    if called.empty:
+        return "No method differs from its teacher on any bias measure after the correction (not distinguishable)."
+    by_method = [
+        f"**{method}** ({', '.join(_amount(r) for r in rows.itertuples())})"
+        for method, rows in called.groupby("method", sort=False)
+    ]
+    return f"Differ from their teacher after the correction (method − teacher): {'; '.join(by_method)}."
+
+
+def _comparison_table(comparison: pd.DataFrame) -> list[str]:
+    lines = [
+        "| method | measure | seeds | method | teacher | method − teacher | 95% t interval | p | corrected p | call |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in comparison.itertuples():
+        interval = f"[{_f(r.ci_low)}, {_f(r.ci_high)}]" if r.n_seeds > 1 else "–"
+        lines.append(
+            f"| {r.method} | {r.label} | {r.n_seeds} | {_f(r.mean_method)} | {_f(r.mean_teacher)} | {r.diff:+.3f} | "
+            f"{interval} | {_p(r.p_value)} | {_p(r.p_adjusted)} | {r.verdict} |"
+        )
+    return lines
+
+
 def bias_markdown(
     table: pd.DataFrame, summary: pd.DataFrame, comparison: pd.DataFrame, plots: dict[str, str], output_dir: str,
-    source: str,
+    source: str, alpha: float = 0.05,
 ) -> list[str]:
     lines = [
         "## Identity bias (`bias.csv`, `bias_summary.csv`)",
@@ -170,11 +255,20 @@ def bias_markdown(
     if comparison.empty:
         lines.append(f"No model has a `{REFERENCE}` among the scored models to be compared with.")
     else:
+        correction = str(comparison.correction.iloc[0])
+        named = CORRECTION_NAMES.get(correction, correction)
         lines.append(
-            "Method − teacher, paired by seed (mean, with a 95% t interval across seeds when there are several). A "
-            "difference is called only when the interval excludes 0; no correction for the number of comparisons. "
-            "FPR changes are per identity, mean over seeds, method − teacher."
+            "Method − teacher, paired by seed (mean over seeds, a 95% t interval across seeds and the paired t-test's "
+            f"p when there are several). The family is every method × these {len(COMPARED)} measures "
+            f"({int(comparison.family_size.iloc[0])} tests, docs/results/ANALYSIS_PLAN.md), corrected together "
+            + ("(none: --correction none)" if correction == "none" else f"by {named}")
+            + "; a difference is called only when its corrected p is below "
+            f"{alpha:g} and its interval excludes 0, otherwise it is not "
+            "distinguishable. One seed is never called. Higher is less biased for the final metric and the BPSN "
+            "power mean, lower is fairer for FPED. FPR changes are per identity, mean over seeds, method − teacher."
         )
+        lines += ["", _differ_sentence(comparison), ""]
+        lines += _comparison_table(comparison)
         lines.append("")
         for _, rows in comparison.groupby("method", sort=False):
             lines.append(_comparison_sentence(rows))
@@ -185,12 +279,17 @@ def bias_markdown(
 
 
 def write_bias_section(
-    report_path: str, table: pd.DataFrame, summary: pd.DataFrame, source: str
+    report_path: str,
+    table: pd.DataFrame,
+    summary: pd.DataFrame,
+    source: str,
+    correction: str = "holm",
+    alpha: float = 0.05,
 ) -> pd.DataFrame:
     """Append the bias section to report.md (plots in plots/bias_<method>.png); returns the comparison table, also
-    written as bias_vs_teacher.csv."""
+    written as bias_vs_teacher.csv. `correction` and `alpha`: over the bias family (every method × measure)."""
     output_dir = os.path.dirname(report_path)
-    comparison = compare_with_teacher(table, summary)
+    comparison = compare_with_teacher(table, summary, correction=correction, alpha=alpha)
     pairs = teacher_pairs(summary)
     plots = {}
     for method in dict.fromkeys(summary.method):
@@ -200,5 +299,5 @@ def write_bias_section(
         plots[method] = plot_bias_beside_teacher(table, models, sorted(set(teachers)), method, path)
     comparison.to_csv(os.path.join(output_dir, BIAS_VS_TEACHER_FILE), index=False)
     with open(report_path, "a") as f:
-        f.write("\n\n" + "\n".join(bias_markdown(table, summary, comparison, plots, output_dir, source)) + "\n")
+        f.write("\n\n" + "\n".join(bias_markdown(table, summary, comparison, plots, output_dir, source, alpha)) + "\n")
     return comparison

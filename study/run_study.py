@@ -16,8 +16,9 @@ For each (method, seed), in the order of PHASES (the core question first, for ev
 The bias stage (on by default for the toxicity sets, --bias_datasets): run_eval also scores the stage's model on the
 identity-bias set (--bias_dataset, a stratified sample of --bias_max_per_identity texts per identity × label), the
 stage folder gets bias.csv and bias_summary.csv, and the report docs/results/<data set>/bias.csv, bias_summary.csv,
-bias_vs_teacher.csv and its identity-bias section (each method beside the teacher, paired by seed). A published stage
-without its bias figures is scored again from its weights in --work_dir, or trained again when they are gone.
+bias_vs_teacher.csv and its identity-bias section (each method beside the teacher, paired by seed; the bias family,
+every method − teacher on three measures, corrected by --correction at --alpha). A published stage without its bias
+figures is scored again from its weights in --work_dir, or trained again when they are gone.
 A stage whose folder exists is skipped, also on a fresh clone where the weights are gone (a method that starts from
 a teacher or student not on disk trains that base again, same seed). Commit with
 `git add docs/results/<data set> && git commit -m ... -- docs/results/<data set> docs/results/README.md`.
@@ -124,8 +125,9 @@ class StudyArguments:
         default="holm",
         metadata={
             "help": "Multiple-comparison correction over each data set's declared family of pairs × metrics: holm "
-            "(family-wise error), bh (Benjamini–Hochberg false discovery rate) or none. docs/results/ANALYSIS_PLAN.md "
-            "fixes it before the run."
+            "(family-wise error), bh (Benjamini–Hochberg false discovery rate) or none; the identity-bias family "
+            "(method − teacher on the bias measures) is corrected separately, the same way. "
+            "docs/results/ANALYSIS_PLAN.md fixes it before the run."
         },
     )
     alpha: float = field(default=0.05, metadata={"help": "A difference is called when its corrected p is below this."})
@@ -492,7 +494,9 @@ def build_report(
         source = setup.get("dataset", "the bias set") + (
             f", {setup['max_per_identity']} texts per identity (stratified by label)" if setup.get("max_per_identity") else ""
         )
-        write_bias_section(report, bias_table, bias_summary, source)
+        write_bias_section(
+            report, bias_table, bias_summary, source, correction=correction, alpha=alpha
+        )
     # Plots of an earlier layout must not linger beside the new report. Removed only now, and only when unlinked:
     # deleting them all first let a commit taken mid-rebuild hold a report whose plots were gone.
     linked = set(linked_images(report))
