@@ -4,12 +4,11 @@ The code lives in `distillkit/trainer.py`, so the package never imports a top-le
 name users, the README and the scripts import it by.
 """
 
+from distillkit.deepspeed_teacher import deepspeed_teacher_config, prepare_deepspeed_teacher
 from distillkit.trainer import (
     DistillationTrainer,
     DistillationTrainingArguments,
     LogAtCheckpoints,
-    deepspeed_teacher_config,
-    prepare_deepspeed_teacher,
     whole_run_train_loss,
 )
 

@@ -96,3 +96,15 @@ def test_distillkit_has_no_import_cycle():
         inside = set(component)
         details.append("; ".join(f"{m} -> {', '.join(sorted(graph[m] & inside))}" for m in component))
     assert not found, "import cycles in distillkit/:\n" + "\n".join(details)
+
+
+MAX_MODULE_LINES = 600  # issue 25: a module past this is split by concept, not grown
+
+
+def test_no_package_module_is_over_the_line_limit():
+    long = {
+        path.name: n
+        for path in sorted((REPO / PACKAGE).glob("*.py"))
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"over {MAX_MODULE_LINES} lines: {long}"
