@@ -203,3 +203,21 @@ requires_shared = pytest.mark.skipif(
     not (SHARED / "models" / "all-MiniLM-L6-v2").is_dir() or not (SHARED / "data" / "wiki_toxic_small").is_dir(),
     reason="needs the real assets in ../shared (models/all-MiniLM-L6-v2, data/wiki_toxic_small) beside the repo",
 )
+
+
+def usage_error_lines(capsys, main, argv, code: int = 2) -> list[str]:
+    """Run a script's main expecting it to fail with `code`: its `error:` lines (at least one, no traceback)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert lines, err
+    return lines
+
+
+def usage_error_line(capsys, main, argv) -> str:
+    """A script's usage error (exit 2): its one `error:` line."""
+    (line,) = usage_error_lines(capsys, main, argv)
+    return line

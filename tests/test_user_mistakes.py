@@ -8,7 +8,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import common_args, synthetic_rows
+from conftest import common_args, synthetic_rows, usage_error_line
 
 import run_distill
 import run_eval
@@ -22,17 +22,6 @@ FAST_EVAL = ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_tex
 FAST_EVAL += ["--bootstrap_samples", "10"]
 
 
-def _error_line(capsys, main, argv) -> str:
-    """Run a script's main expecting a usage error: its one `error:` line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [x for x in err.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 @pytest.mark.parametrize("threshold", [-0.2, 0.0, 1.0, 1.5, math.nan])
 def test_label_threshold_outside_0_1_or_nan_is_refused(tiny_data_dir, threshold):
     with pytest.raises(UsageError, match="--label_threshold .*between 0 and 1"):
@@ -42,7 +31,7 @@ def test_label_threshold_outside_0_1_or_nan_is_refused(tiny_data_dir, threshold)
 
 def test_label_threshold_nan_is_one_error_line_from_a_script(tmp_path, capsys, tiny_classifier_dir, tiny_data_dir):
     argv = common_args(tiny_data_dir, tmp_path / "odd", teacher_name_or_path=tiny_classifier_dir, label_threshold="nan")
-    assert "--label_threshold nan" in _error_line(capsys, run_distill.main, argv)
+    assert "--label_threshold nan" in usage_error_line(capsys, run_distill.main, argv)
     assert not (tmp_path / "odd").exists()
 
 
@@ -63,10 +52,10 @@ def test_class_names_must_match_the_data(tmp_path, tiny_data_dir):
         load_text_classification_data(multi_args, seed=0, class_names=["x", "y", "z"])
 
 
-def test_class_weights_of_the_wrong_length_is_one_error_line(tmp_path, capsys, tiny_classifier_dir, tiny_data_dir):
+def test_class_weights_of_the_wrong_length_is_oneusage_error_line(tmp_path, capsys, tiny_classifier_dir, tiny_data_dir):
     out = tmp_path / "odd"
     argv = common_args(tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, class_weights="1,2,3")
-    assert "--class_weights 1,2,3: expected 2 positive numbers" in _error_line(capsys, run_distill.main, argv)
+    assert "--class_weights 1,2,3: expected 2 positive numbers" in usage_error_line(capsys, run_distill.main, argv)
     assert not out.exists()
 
 
@@ -79,7 +68,7 @@ def test_balanced_class_weights_with_a_class_absent_from_train(tmp_path, capsys,
             rows = rows[rows.label != 1]
         rows.to_csv(data / f"{split}.csv", index=False)
     argv = common_args(data, tmp_path / "odd", teacher_name_or_path=tiny_classifier_dir, class_weights="balanced")
-    line = _error_line(capsys, run_distill.main, argv + ["--class_names", "a,b,c"])
+    line = usage_error_line(capsys, run_distill.main, argv + ["--class_names", "a,b,c"])
     assert "--class_weights balanced: classes [1] have no example in train" in line
 
 
@@ -88,11 +77,11 @@ def test_balanced_class_weights_with_a_class_absent_from_train(tmp_path, capsys,
     [("per_device_train_batch_size", "0"), ("per_device_eval_batch_size", "0"), ("learning_rate", "-1e-3"),
      ("learning_rate", "nan"), ("gradient_accumulation_steps", "0")],
 )  # fmt: skip
-def test_batch_size_0_or_a_negative_learning_rate_is_one_error_line(tmp_path, capsys, tiny_classifier_dir,
+def test_batch_size_0_or_a_negative_learning_rate_is_oneusage_error_line(tmp_path, capsys, tiny_classifier_dir,
                                                                     tiny_data_dir, flag, value):  # fmt: skip
     out = tmp_path / "odd"
     argv = common_args(tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir) + [f"--{flag}={value}"]
-    assert f"--{flag} {value}" in _error_line(capsys, run_distill.main, argv).replace("-0.001", "-1e-3")
+    assert f"--{flag} {value}" in usage_error_line(capsys, run_distill.main, argv).replace("-0.001", "-1e-3")
     assert not out.exists()
 
 
@@ -133,7 +122,7 @@ def test_eval_max_seq_length_above_the_position_limit_is_refused(tmp_path, capsy
     out = tmp_path / "report"
     argv = ["--model_dirs", tiny_classifier_dir, "--dataset_name", tiny_data_dir, "--output_dir", out]
     argv += FAST_EVAL + ["--max_seq_length", "100000"]
-    line = _error_line(capsys, run_eval.main, argv)
+    line = usage_error_line(capsys, run_eval.main, argv)
     assert "--max_seq_length 100000" in line and "at most 64 tokens" in line
     assert not out.exists()
     # Not given: the default (128) is lowered to the model's 64, with a warning, and the model is scored.

@@ -13,7 +13,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import common_args, synthetic_rows
+from conftest import common_args, synthetic_rows, usage_error_line
 from tolerances import FORWARD_REL
 
 import run_distill
@@ -23,17 +23,6 @@ from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import UsageError, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.data_presets import GO_EMOTIONS_LABELS
-
-
-def _error_line(capsys, main, argv) -> str:
-    """Run a script's main expecting a usage error: its one `error:` line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [x for x in err.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def _write_splits(directory, frames: dict, ext: str = "csv", sep: dict | None = None):
@@ -191,16 +180,16 @@ def test_argument_file_combines_with_extra_flags(tmp_path, tiny_data_dir, ext):
 def test_training_max_seq_length_above_position_limit_is_refused(tmp_path, capsys, tiny_base_model_dir, tiny_data_dir):
     out = tmp_path / "ft"
     argv = common_args(tiny_data_dir, out, model_name_or_path=tiny_base_model_dir, max_seq_length=100000)
-    line = _error_line(capsys, run_finetune.main, argv)
+    line = usage_error_line(capsys, run_finetune.main, argv)
     assert "--max_seq_length 100000" in line and "at most 64 tokens" in line
     assert not out.exists()
     out = tmp_path / "odd"
     argv = common_args(tiny_data_dir, out, teacher_name_or_path=tiny_base_model_dir, max_seq_length=100000)
-    assert "at most 64 tokens" in _error_line(capsys, run_distill.main, argv)
+    assert "at most 64 tokens" in usage_error_line(capsys, run_distill.main, argv)
     assert not out.exists()
     out = tmp_path / "lora"
     argv = common_args(tiny_data_dir, out, model_name_or_path=tiny_base_model_dir, max_seq_length=100000)
-    assert "at most 64 tokens" in _error_line(capsys, run_lora.main, argv)
+    assert "at most 64 tokens" in usage_error_line(capsys, run_lora.main, argv)
     assert not out.exists()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import common_args, synthetic_rows
+from conftest import common_args, synthetic_rows, usage_error_lines
 from safetensors.torch import load_file, save_file
 
 import app
@@ -27,18 +27,6 @@ from distillkit.records import RunRecord
 
 FAST_EVAL = ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_texts", "32", "--num_threads", "1"]
 FAST_EVAL += ["--bootstrap_samples", "10"]
-
-
-def _error_lines(capsys, main, argv, code: int = 2) -> list[str]:
-    """Run a script's main expecting it to fail with `code`: its `error:` lines (no traceback)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    assert exit_info.value.code == code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [x for x in err.splitlines() if x.startswith("error:")]
-    assert lines, err
-    return lines
 
 
 def _eval(model_dirs, data_dir, out, *extra) -> pd.DataFrame:
@@ -101,7 +89,7 @@ def test_defect1_eval_refuses_models_of_different_seeds_on_a_carved_test_split(t
     b = _recorded_model(tiny_classifier_dir, tmp_path / "b", args, seed=8)
     out = tmp_path / "report"
     argv = ["--model_dirs", a, b, "--dataset_name", train_only_data, "--output_dir", out] + FAST_EVAL
-    (line,) = _error_lines(capsys, run_eval.main, argv)
+    (line,) = usage_error_lines(capsys, run_eval.main, argv)
     assert "seed 7" in line and "seed 8" in line and "--seed" in line
     assert not out.exists()
     # A data set with its own test file: the seed does not choose the test rows, so both are scored together.
@@ -189,7 +177,7 @@ def test_defect2_eval_reports_a_base_model_without_trained_head_as_broken(tmp_pa
     shutil.copytree(tiny_classifier_dir, good)
     out = tmp_path / "report"
     argv = ["--model_dirs", base, headless, good, "--dataset_name", tiny_data_dir, "--output_dir", out] + FAST_EVAL
-    lines = _error_lines(capsys, run_eval.main, argv, code=1)
+    lines = usage_error_lines(capsys, run_eval.main, argv, code=1)
     assert len(lines) == 2
     assert str(base) in lines[0] and "not a trained classifier" in lines[0]
     assert str(headless) in lines[1] and "classifier.weight" in lines[1]
@@ -201,7 +189,7 @@ def test_defect2_eval_reports_a_base_model_without_trained_head_as_broken(tmp_pa
 def test_defect2_export_refuses_a_head_that_was_never_trained(tmp_path, capsys, tiny_classifier_dir):
     headless = _headless_classifier(tiny_classifier_dir, tmp_path / "headless")
     argv = ["--model_dir", headless, "--output_dir", tmp_path / "onnx"]
-    (line,) = _error_lines(capsys, run_export.main, argv)
+    (line,) = usage_error_lines(capsys, run_export.main, argv)
     assert str(headless) in line and "classifier.weight" in line
     assert not (tmp_path / "onnx").exists()
 
@@ -242,11 +230,11 @@ def test_defect3_unloadable_model_dir_is_one_error_line_in_every_reader(tmp_path
     else:
         path, words = _no_weights(tiny_classifier_dir, tmp_path / "empty"), "no weights"
     argv = ["--model_dirs", path, "--dataset_name", tiny_data_dir, "--output_dir", tmp_path / "report"] + FAST_EVAL
-    (line,) = _error_lines(capsys, run_eval.main, argv, code=1)
+    (line,) = usage_error_lines(capsys, run_eval.main, argv, code=1)
     assert str(path) in line and words in line
-    (line,) = _error_lines(capsys, app.main, ["--model_dirs", path, "--port", "0"])
+    (line,) = usage_error_lines(capsys, app.main, ["--model_dirs", path, "--port", "0"])
     assert str(path) in line and words in line
-    (line,) = _error_lines(capsys, run_export.main, ["--model_dir", path, "--output_dir", tmp_path / "onnx"])
+    (line,) = usage_error_lines(capsys, run_export.main, ["--model_dir", path, "--output_dir", tmp_path / "onnx"])
     assert str(path) in line and words in line
 
 
@@ -260,7 +248,7 @@ def test_defect3_compare_says_what_to_do_for_a_stage_without_weights(tmp_path, c
     teacher = _no_weights(tiny_classifier_dir, exp / "seed0" / "teacher")
     (teacher / "all_results.json").write_text("{}")
     argv = compare_argv(tiny_base_model_dir, tiny_data_dir, exp, "--seeds", "0", "--methods", "odd")
-    (line,) = _error_lines(capsys, run_compare.main, argv)
+    (line,) = usage_error_lines(capsys, run_compare.main, argv)
     assert str(teacher) in line and "no weights" in line
     assert "--overwrite_output_dir" in line and "remove" in line and "resume" not in line
     assert not (exp / "seed0" / "odd").exists()
