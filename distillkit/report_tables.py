@@ -81,6 +81,18 @@ def pairs_markdown(pairs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def saved_predictions_label_table(frame: pd.DataFrame, label_names: list[str]) -> list[dict[str, Any]]:
+    """metrics.per_label_table of one model's saved predictions (label, pred, prob_* columns): each label's
+    (class's) support, F1, ROC-AUC and PR-AUC at the model's saved decision rule."""
+    k = len(label_names)
+    probs = frame[[f"prob_{j}" for j in range(k)]].to_numpy(dtype=float)
+    if is_multi_label(frame):
+        gold, pred = (multi_hot(label_id_lists(frame[c]), k) for c in ("label", "pred"))
+    else:
+        gold, pred = (np.eye(k, dtype=int)[frame[c].to_numpy(dtype=np.int64)] for c in ("label", "pred"))
+    return per_label_table(probs, gold, pred, label_names)
+
+
 def per_label_over_seeds(
     results: pd.DataFrame, predictions: dict[str, pd.DataFrame], label_names: list[str]
 ) -> pd.DataFrame | None:
@@ -95,12 +107,7 @@ def per_label_over_seeds(
         frame = predictions.get(model)
         if frame is None:
             continue
-        probs = frame[[f"prob_{j}" for j in range(k)]].to_numpy(dtype=float)
-        if is_multi_label(frame):
-            gold, pred = (multi_hot(label_id_lists(frame[c]), k) for c in ("label", "pred"))
-        else:
-            gold, pred = (np.eye(k, dtype=int)[frame[c].to_numpy(dtype=np.int64)] for c in ("label", "pred"))
-        rows += [{"model": method, **row} for row in per_label_table(probs, gold, pred, label_names)]
+        rows += [{"model": method, **row} for row in saved_predictions_label_table(frame, label_names)]
     if not rows:
         return None
     table = pd.DataFrame(rows)

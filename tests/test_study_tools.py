@@ -1,0 +1,74 @@
+"""study/before_after.py and study/lora_sweep.py: the figures they compute and the choices they make."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from study.before_after import before_after, edition, markdown
+from study.lora_sweep import best_row, edge_extension, selection_metric, summary_markdown
+
+
+def _stage(root, method, seed, labels, preds, macro_f1):
+    folder = root / "stages" / method / f"seed{seed}"
+    folder.mkdir(parents=True)
+    model = f"seed{seed}-{method}"
+    pd.DataFrame([{"model": model, "method": method, "seed": seed, "macro_f1": macro_f1}]).to_csv(
+        folder / "results.csv", index=False
+    )
+    probs = [[0.9, 0.1] if p == 0 else [0.2, 0.8] for p in preds]
+    frame = pd.DataFrame({"label": labels, "pred": preds, "prob_0": [p[0] for p in probs], "prob_1": [p[1] for p in probs]})
+    frame.to_csv(folder / "predictions.csv.gz", index=False)
+    (folder / "loss_history.json").write_text("[]")
+    (folder / "stage.json").write_text(json.dumps({"label_names": ["calm", "toxic"]}))
+
+
+def test_before_after_recomputes_the_rarest_class_f1_over_shared_seeds(tmp_path):
+    labels = [0, 0, 0, 0, 0, 0, 1, 1]  # toxic is the rarest class: 2 test texts
+    before, after = tmp_path / "before", tmp_path / "after"
+    _stage(before, "lora", 42, labels, [0] * 8, 0.43)  # never predicts toxic: F1 0
+    _stage(before, "lora", 43, labels, [0] * 8, 0.40)  # a seed the after edition lacks: left out
+    _stage(after, "lora", 42, labels, [0, 0, 0, 0, 0, 1, 1, 0], 0.70)  # tp 1, fp 1, fn 1: F1 0.5
+    b, names = edition(str(before), ["lora"])
+    a, _ = edition(str(after), ["lora"])
+    table, rarest = before_after(b, a, names)
+    assert rarest == "toxic"
+    row = table.iloc[0]
+    assert row.seeds == "42"
+    assert row.rarest_f1_before == 0.0 and row.rarest_f1_after == pytest.approx(0.5)
+    assert row.macro_f1_before == pytest.approx(0.43) and row.macro_f1_after == pytest.approx(0.70)
+    assert "| lora | 42 | 0.430 → 0.700 | 0.000 → 0.500 |" in markdown(table, rarest, 2)
+
+
+def test_lora_sweep_extends_a_grid_whose_best_is_an_edge_and_picks_ties_low():
+    assert edge_extension([1e-3, 2e-3, 4e-3], 4e-3) == pytest.approx(8e-3)
+    assert edge_extension([1e-3, 2e-3, 4e-3], 1e-3) == pytest.approx(5e-4)
+    assert edge_extension([1e-3, 2e-3, 4e-3], 2e-3) is None
+    rows = pd.DataFrame(
+        {"learning_rate": [4e-3, 1e-3, 2e-3], "warmup": [0.0, 0.1, 0.0], "eval_pr_auc": [0.7, 0.7, 0.6]}
+    )
+    assert best_row(rows, "eval_pr_auc")[["learning_rate", "warmup"]].tolist() == [1e-3, 0.1]
+    assert selection_metric("single_label_classification", 2) == "eval_pr_auc"
+    assert selection_metric("multi_label_classification", 28) == "eval_roc_auc"
+
+
+def test_lora_sweep_summary_says_when_the_best_is_at_the_grid_edge():
+    rows = pd.DataFrame(
+        {
+            "learning_rate": [1e-3, 2e-3],
+            "warmup": [0.0, 0.0],
+            "seed": [42, 42],
+            "problem_type": ["single_label_classification"] * 2,
+            "num_labels": [2, 2],
+            "eval_pr_auc": [0.5, 0.6],
+            "eval_roc_auc": [0.7, 0.8],
+            "eval_macro_f1": [0.6, 0.65],
+            "train_loss": [0.4, 0.3],
+        }
+    )
+    assert "at the grid's edge" in summary_markdown({"toy": rows})
+    rows.loc[len(rows)] = [4e-3, 0.0, 42, "single_label_classification", 2, 0.55, 0.7, 0.6, 0.3]
+    text = summary_markdown({"toy": rows})
+    assert "Best: learning rate 0.002, warmup 0" in text and "edge" not in text
