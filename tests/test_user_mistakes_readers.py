@@ -58,7 +58,7 @@ def train_only_data(tmp_path) -> Path:
 # --- defect 1: the model's split seed, class names and threshold --------------------------------------------------
 
 
-def test_defect1_eval_carves_the_test_split_with_the_models_recorded_seed(tmp_path, tiny_classifier_dir, train_only_data):
+def test_eval_carves_the_test_split_with_the_models_recorded_seed(tmp_path, tiny_classifier_dir, train_only_data):
     """Old code: seed 42 whatever the model's seed, so training rows were scored as `test`."""
     args = DataTrainingArguments(dataset_name=str(train_only_data), max_seq_length=32)
     model = _recorded_model(tiny_classifier_dir, tmp_path / "model", args, seed=7)
@@ -72,7 +72,7 @@ def test_defect1_eval_carves_the_test_split_with_the_models_recorded_seed(tmp_pa
     assert not set(scored.text) & (trained_on - set(held_out))
 
 
-def test_defect1_eval_warns_when_seed_flag_overrides_the_recorded_seed(tmp_path, caplog, tiny_classifier_dir,
+def test_eval_warns_when_seed_flag_overrides_the_recorded_seed(tmp_path, caplog, tiny_classifier_dir,
                                                                          train_only_data):  # fmt: skip
     args = DataTrainingArguments(dataset_name=str(train_only_data), max_seq_length=32)
     model = _recorded_model(tiny_classifier_dir, tmp_path / "model", args, seed=7)
@@ -82,7 +82,7 @@ def test_defect1_eval_warns_when_seed_flag_overrides_the_recorded_seed(tmp_path,
     assert "trained with seed 7" in caplog.text and "--seed 42" in caplog.text
 
 
-def test_defect1_eval_refuses_models_of_different_seeds_on_a_carved_test_split(tmp_path, capsys, tiny_classifier_dir,
+def test_eval_refuses_models_of_different_seeds_on_a_carved_test_split(tmp_path, capsys, tiny_classifier_dir,
                                                                                  train_only_data, tiny_data_dir):  # fmt: skip
     args = DataTrainingArguments(dataset_name=str(train_only_data), max_seq_length=32)
     a = _recorded_model(tiny_classifier_dir, tmp_path / "a", args, seed=7)
@@ -111,7 +111,7 @@ def named_labels(tmp_path) -> Path:
     return directory
 
 
-def test_defect1_eval_uses_the_class_names_the_model_recorded(tmp_path, caplog, tiny_classifier_dir, named_labels):
+def test_eval_uses_the_class_names_the_model_recorded(tmp_path, caplog, tiny_classifier_dir, named_labels):
     """Trained with --class_names rude,calm (rude is id 0): old code read the data sorted (calm = 0) and refused it."""
     model = tmp_path / "model"
     shutil.copytree(tiny_classifier_dir, model)
@@ -138,7 +138,7 @@ def test_defect1_eval_uses_the_class_names_the_model_recorded(tmp_path, caplog, 
     assert "trained with class names ['rude', 'calm']" in caplog.text
 
 
-def test_defect1_eval_uses_the_label_threshold_the_model_recorded(tmp_path, tiny_classifier_dir):
+def test_eval_uses_the_label_threshold_the_model_recorded(tmp_path, tiny_classifier_dir):
     """A score column thresholded at 0.8 in training: scored at 0.8, not the default."""
     directory = tmp_path / "scores"
     directory.mkdir()
@@ -167,7 +167,7 @@ def _headless_classifier(tiny_classifier_dir, path: Path) -> Path:
     return path
 
 
-def test_defect2_eval_reports_a_base_model_without_trained_head_as_broken(tmp_path, capsys, tiny_base_model_dir,
+def test_eval_reports_a_base_model_without_trained_head_as_broken(tmp_path, capsys, tiny_base_model_dir,
                                                                           tiny_classifier_dir, tiny_data_dir):  # fmt: skip
     """Old code scored a newly initialised random head (run_export.py refused the same directory)."""
     base = tmp_path / "base"
@@ -186,7 +186,7 @@ def test_defect2_eval_reports_a_base_model_without_trained_head_as_broken(tmp_pa
     assert sorted(pd.read_csv(out / "broken_models.csv").model) == ["base", "headless"]
 
 
-def test_defect2_export_refuses_a_head_that_was_never_trained(tmp_path, capsys, tiny_classifier_dir):
+def test_export_refuses_a_head_that_was_never_trained(tmp_path, capsys, tiny_classifier_dir):
     headless = _headless_classifier(tiny_classifier_dir, tmp_path / "headless")
     argv = ["--model_dir", headless, "--output_dir", tmp_path / "onnx"]
     (line,) = usage_error_lines(capsys, run_export.main, argv)
@@ -223,7 +223,7 @@ def _no_weights(tiny_classifier_dir, path: Path) -> Path:
 
 
 @pytest.mark.parametrize("broken", ["adapter_base_gone", "no_weights"])
-def test_defect3_unloadable_model_dir_is_one_error_line_in_every_reader(tmp_path, capsys, tiny_classifier_dir,
+def test_unloadable_model_dir_is_one_error_line_in_every_reader(tmp_path, capsys, tiny_classifier_dir,
                                                                          tiny_data_dir, broken):  # fmt: skip
     if broken == "adapter_base_gone":
         path, words = _adapter_on_a_copy(tiny_classifier_dir, tmp_path), "base model"
@@ -238,7 +238,7 @@ def test_defect3_unloadable_model_dir_is_one_error_line_in_every_reader(tmp_path
     assert str(path) in line and words in line
 
 
-def test_defect3_compare_says_what_to_do_for_a_stage_without_weights(tmp_path, capsys, tiny_base_model_dir,
+def test_compare_says_what_to_do_for_a_stage_without_weights(tmp_path, capsys, tiny_base_model_dir,
                                                                      tiny_classifier_dir, tiny_data_dir):  # fmt: skip
     """Old code ran the student stage on a teacher directory without weights, which crashed, then said 'run the same
     command again to resume': running again cannot bring the weights back."""
@@ -257,7 +257,7 @@ def test_defect3_compare_says_what_to_do_for_a_stage_without_weights(tmp_path, c
 # --- defect 4: no half-written report -----------------------------------------------------------------------------
 
 
-def test_defect4_eval_writes_no_partial_report_when_writing_fails(tmp_path, monkeypatch, tiny_classifier_dir,
+def test_eval_writes_no_partial_report_when_writing_fails(tmp_path, monkeypatch, tiny_classifier_dir,
                                                                   tiny_data_dir):  # fmt: skip
     """Old code wrote predictions/ (after removing the old ones) before the plots and results.csv: a crash in between
     left a report that was half the old run and half the new."""
@@ -283,7 +283,7 @@ def test_defect4_eval_writes_no_partial_report_when_writing_fails(tmp_path, monk
 # --- defect 5: run_lora.py --overwrite_output_dir is a fresh start ------------------------------------------------
 
 
-def test_defect5_lora_overwrite_leaves_no_previous_weights(tmp_path, tiny_classifier_dir, tiny_data_dir):
+def test_lora_overwrite_leaves_no_previous_weights(tmp_path, tiny_classifier_dir, tiny_data_dir):
     out = tmp_path / "lora"
     shutil.copytree(tiny_classifier_dir, out)  # a previous full model in --output_dir
     (out / "all_results.json").write_text("{}")
