@@ -9,9 +9,10 @@ and its int8 twin are scored as two rows, `runtime` names the runtime). With sev
 EXP/seed43/...) rows are grouped by method in summary.csv (mean ± std).
 
 The data set is read as the models recorded reading it (run_record.json): the text and label columns, the score
-threshold, the class names and the seed that held out the splits it lacks; a flag given wins, with a warning per model
-that recorded otherwise. Models that recorded different readings (targets, class names, or seeds when the scored split
-is drawn with the seed) are refused in one `error:` line: score them in separate calls, or pass the flag.
+threshold, the class names, and the seed and split percentages that held out the splits it lacks; a flag given wins,
+with a warning per model that recorded otherwise (a split percentage equal to its default counts as not given). Models
+that recorded different readings (targets, class names, or seeds or percentages when they choose the scored rows) are
+refused in one `error:` line: score them in separate calls, or pass the flag.
 A directory that cannot be scored (no weights, a head that was never trained, an adapter whose base is gone, bad
 files) is reported as broken in broken_models.csv and one `error:` line; the healthy models are still scored. The
 report is written only once every model is scored, all files at once: a failure leaves the old report whole.

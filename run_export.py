@@ -10,6 +10,10 @@ model-int8.onnx with --quantize int8, the tokenizer, config.json (labels, traini
 onnx_export.json. The fp32 logits must equal PyTorch's within --tolerance on real texts (the validation split of
 --dataset_name, else a few built-in comments), or nothing is kept and the exit status is 1. With --dataset_name the
 int8 model's agreement with fp32 and both F1 scores on the validation split are recorded in onnx_export.json.
+The validation split is read as the model recorded reading that data set (run_record.json, as run_eval.py reads it:
+distillkit/recorded_reading.py): its text and label columns, score threshold, class names, and the seed and split
+percentages that carved a validation split the data set lacks; a flag given wins, with a warning. --max_seq_length
+is checked against the model's position limit (max_position_embeddings) as in training.
 run_eval.py and app.py take the output directory like any model directory.
 """
 
@@ -31,8 +35,10 @@ from distillkit.cli import (
     replace_directory,
     staging_dir_for,
 )
-from distillkit.data import DataTrainingArguments, load_text_classification_data, trained_label_flags
+from distillkit.data import DataTrainingArguments, load_text_classification_data
+from distillkit.data_args import checked_max_seq_length
 from distillkit.export import TOLERANCE, ExportCheckError, QuantSettings, export_classifier
+from distillkit.recorded_reading import read_as_recorded
 from distillkit.runtime import ONNX_FILE, is_model_dir, is_onnx_dir
 from distillkit.records import ADAPTER_CONFIG, RunRecord
 
@@ -73,9 +79,24 @@ class ExportArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Validation texts used for the check and int8 quality (default: all)."}
     )
-    max_seq_length: int = field(default=128, metadata={"help": "Truncation of the texts, as in training."})
-    seed: int = field(
-        default=42, metadata={"help": "Seed of held-out splits when the data set lacks a validation file."}
+    max_seq_length: int = field(
+        default=DataTrainingArguments.max_seq_length,
+        metadata={"help": "Truncation of the texts, as in training; at most the model's max_position_embeddings."},
+    )
+    seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Seed of held-out splits when the data set lacks a validation file (or --max_eval_samples draws "
+            "a sample). Default: the seed the model recorded."
+        },
+    )
+    validation_split_percentage: float = field(
+        default=DataTrainingArguments.validation_split_percentage,
+        metadata={"help": "%% of train held out as validation when there is no validation file; default: the model's."},
+    )
+    test_split_percentage: float = field(
+        default=DataTrainingArguments.test_split_percentage,
+        metadata={"help": "%% of train held out (before validation) when there is no test file; default: the model's."},
     )
     per_channel: bool = field(default=QuantSettings.per_channel, metadata={"help": "int8: one scale per channel."})
     matmul_only: bool = field(default=QuantSettings.matmul_only, metadata={"help": "int8: quantize only MatMul."})
@@ -118,33 +139,29 @@ def check_output_dir(args: ExportArguments) -> None:
         )
 
 
-LABEL_FLAGS = ("text_column", "label_column", "label_columns", "label_threshold")
-
-
-def validation_data_arguments(args: ExportArguments) -> DataTrainingArguments:
-    """The validation data read as the model was trained: its task type (go_emotions: 28 classes or 28 labels),
-    and, on the data set the run read and without label flags given, the run's columns and threshold. Detection
-    alone would not find --label_columns data, or would threshold a score column at another cut."""
-    record = RunRecord.load(args.model_dir)
-    given = {name: getattr(args, name) for name in LABEL_FLAGS}
-    if record is not None and not any(v is not None for v in given.values()):
-        given = trained_label_flags(record.dataset, args.dataset_name)
-        if any(v is not None for v in given.values()):
-            logger.info(f"reading {args.dataset_name} as {args.model_dir} was trained on it: {given}")
-    return DataTrainingArguments(
-        dataset_name=args.dataset_name,
-        max_eval_samples=args.max_eval_samples,
-        max_seq_length=args.max_seq_length,
-        problem_type=record.problem_type if record is not None else None,
-        **given,
-    )
-
-
-def validation_texts(args: ExportArguments) -> tuple[list[str] | None, np.ndarray | None]:
+def validation_texts(args: ExportArguments, max_seq_length: int) -> tuple[list[str] | None, np.ndarray | None]:
+    """The validation split of --dataset_name, read as the model recorded reading it (read_as_recorded, as run_eval.py
+    does), in its task type (go_emotions: 28 classes or 28 labels): detection alone would not find --label_columns
+    data, would threshold a score column at another cut, or carve another validation split."""
     if not args.dataset_name:
         return None, None
-    data_args = validation_data_arguments(args)
-    split = load_text_classification_data(data_args, seed=args.seed).splits["validation"]
+    record = RunRecord.load(args.model_dir)
+    data_args = DataTrainingArguments(
+        dataset_name=args.dataset_name,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        label_columns=args.label_columns,
+        label_threshold=args.label_threshold,
+        problem_type=record.problem_type if record is not None else None,
+        validation_split_percentage=args.validation_split_percentage,
+        test_split_percentage=args.test_split_percentage,
+        max_eval_samples=args.max_eval_samples,
+        max_seq_length=max_seq_length,
+    )
+    reading = read_as_recorded([args.model_dir], data_args, args.seed, class_names=None)
+    data = load_text_classification_data(reading.data_args, seed=reading.seed, class_names=reading.class_names)
+    reading.check_split(data, "validation")
+    split = data.splits["validation"]
     return list(split["text"]), np.asarray(split["label"], dtype=np.int64)
 
 
@@ -155,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("__main__", "distillkit"):
         logging.getLogger(name).setLevel(logging.INFO)
     check_output_dir(args)
-    texts, labels = validation_texts(args)
+    max_seq_length = checked_max_seq_length([args.model_dir], args.max_seq_length)
+    texts, labels = validation_texts(args, max_seq_length)
     settings = QuantSettings(
         per_channel=args.per_channel,
         matmul_only=args.matmul_only,
@@ -173,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
             quantize=args.quantize,
             texts=texts,
             labels=labels,
-            max_length=args.max_seq_length,
+            max_length=max_seq_length,
             settings=settings,
             tolerance=args.tolerance,
         )

@@ -52,6 +52,9 @@ class TextClassificationData:
     # The splits whose rows the seed chose, and how (carved from train, or a seeded sample): a reader scoring one of
     # them must use the seed the model trained with, or its training rows end up among the held-out ones.
     seeded_splits: dict[str, str] = field(default_factory=dict)
+    # The held-out splits carved from train (no file of their own): their rows, and train's, also depend on the
+    # --validation_split_percentage / --test_split_percentage they were carved with.
+    carved_splits: tuple[str, ...] = ()
 
     @property
     def multi_label(self) -> bool:
@@ -177,9 +180,9 @@ def load_text_classification_data(
             columns_out["label_original"] = originals[split]
         splits[split] = Dataset.from_dict(columns_out, features=label_features(source, num_labels, columns_out))
     seeded_splits = {}
-    for split in ("test", "validation"):
-        if split not in splits:
-            seeded_splits[split] = seeded_splits["train"] = f"no {split} file: held out from train with the seed"
+    carved_splits = tuple(split for split in ("test", "validation") if split not in splits)
+    for split in carved_splits:
+        seeded_splits[split] = seeded_splits["train"] = f"no {split} file: held out from train with the seed"
     data = _add_missing_splits(DatasetDict(splits), args, seed)
     data = _subsample(data, args, seed)
     for split, flag in (("train", "max_train_samples"), ("validation", "max_eval_samples"), ("test", "max_test_samples")):
@@ -216,6 +219,7 @@ def load_text_classification_data(
         source=record,
         problem_type=source.problem_type,
         seeded_splits=seeded_splits,
+        carved_splits=carved_splits,
     )
 
 

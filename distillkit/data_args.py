@@ -137,22 +137,27 @@ def position_limit(path: str) -> int | None:
     return None
 
 
-def check_max_seq_length(model_dirs: list[str], data_args: DataTrainingArguments) -> DataTrainingArguments:
-    """--max_seq_length within every model's position limit (every script that trains or scores checks it here):
-    a value given above it is an error, not a silent cap at the tokenizer's limit while the record says the value
-    given; the default (not given) is lowered to the smallest limit, with a warning, so small models run without
-    a flag. A hub id (no local config) is not checked."""
+def checked_max_seq_length(model_dirs: list[str], wanted: int) -> int:
+    """`wanted` (a --max_seq_length) within every model's position limit (every script that trains, scores or exports
+    checks it here): a value given above it is an error, not a silent cap at the tokenizer's limit while the record
+    says the value given; the default (`DataTrainingArguments.max_seq_length`, taken as not given) is lowered to the
+    smallest limit, with a warning, so small models run without a flag. A hub id (no local config) is not checked."""
     limits = {path: limit for path in model_dirs if (limit := position_limit(path)) is not None}
     if not limits:
-        return data_args
+        return wanted
     path, limit = min(limits.items(), key=lambda item: item[1])
-    wanted = data_args.max_seq_length
     if wanted <= limit:
-        return data_args
+        return wanted
     if wanted != DataTrainingArguments.max_seq_length:
         raise UsageError(
             f"--max_seq_length {wanted}: {path} takes at most {limit} tokens (max_position_embeddings); "
             f"pass --max_seq_length {limit} or less"
         )
     logger.warning(f"--max_seq_length {limit}: the default {wanted} is more than {path} takes (max_position_embeddings)")
-    return dataclasses.replace(data_args, max_seq_length=limit)
+    return limit
+
+
+def check_max_seq_length(model_dirs: list[str], data_args: DataTrainingArguments) -> DataTrainingArguments:
+    """`data_args` with its --max_seq_length checked by `checked_max_seq_length`."""
+    length = checked_max_seq_length(model_dirs, data_args.max_seq_length)
+    return data_args if length == data_args.max_seq_length else dataclasses.replace(data_args, max_seq_length=length)

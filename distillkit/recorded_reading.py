@@ -2,7 +2,8 @@
 
 A model learnt one reading of its data: the text and label columns, the score threshold, the class names (their order
 is the label ids when the labels are written as names) and the seed that carved the held-out splits a data set
-lacks (or drew a --max_*_samples sample). Its run recorded all of them (run_record.json: the request fingerprint,
+lacks (or drew a --max_*_samples sample), with the --validation_split_percentage / --test_split_percentage that
+carved them. Its run recorded all of them (run_record.json: the request fingerprint,
 else the `dataset` record). A reader given none of these flags reads the data that way; a flag given wins, with a
 warning for each model that recorded otherwise. Models that recorded different readings of the data set are not
 scored in one table: one `error:` line says which, and how to score them.
@@ -24,6 +25,7 @@ from .records import RunRecord
 logger = logging.getLogger(__name__)
 
 LABEL_FLAGS = ("text_column", "label_column", "label_columns", "label_threshold")
+SPLIT_PERCENTAGES = ("validation_split_percentage", "test_split_percentage")  # the fingerprint records both
 DEFAULT_SEED = 42  # the seed of a reading no model recorded (the training scripts' default)
 
 
@@ -35,6 +37,7 @@ class RecordedReading:
     flags: dict[str, Any]  # LABEL_FLAGS
     class_names: list[str] | None
     seed: int | None
+    split_percentages: dict[str, float] = dataclasses.field(default_factory=dict)  # SPLIT_PERCENTAGES recorded
 
 
 def _generic(names: list[str] | None) -> bool:
@@ -69,6 +72,9 @@ def recorded_reading(path: str, dataset_name: str | None) -> RecordedReading | N
         flags=flags,
         class_names=None if _generic(names) else [str(n) for n in names],
         seed=None if seed is None else int(seed),
+        split_percentages={
+            name: float(fingerprint[name]) for name in SPLIT_PERCENTAGES if fingerprint.get(name) is not None
+        },
     )
 
 
@@ -119,22 +125,30 @@ def _class_names(readings: list[RecordedReading], given: list[str] | None, datas
 
 @dataclass
 class Reading:
-    """The data flags, class names and seed to read the data set with, and the seed each model recorded."""
+    """The data flags, class names and seed to read the data set with, and the seed and split percentages each model
+    recorded."""
 
     data_args: DataTrainingArguments
     class_names: list[str] | None
     seed: int
     seed_given: bool
     recorded_seeds: dict[str, int]
+    percentages_given: tuple[str, ...] = ()  # the SPLIT_PERCENTAGES given (a value other than the default)
+    recorded_percentages: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def check_split(self, data: TextClassificationData, split: str) -> None:
         """The scored split's rows are the ones the models held out. When the seed chose them (`seeded_splits`: no
         such file, or a sample), models of different seeds held out different rows, each containing the others'
         training rows: one table cannot score them (an error, unless --seed says which rows to use, with a warning
-        per model trained with another seed)."""
+        per model trained with another seed). Rows carved from train depend on the split percentages the same way."""
         how = data.seeded_splits.get(split)
         if how is None:
             return
+        self._check_split_seed(split, how)
+        for name in _percentages_choosing(split, data.carved_splits):
+            self._check_split_percentage(split, how, name)
+
+    def _check_split_seed(self, split: str, how: str) -> None:
         if self.seed_given:
             for path, seed in self.recorded_seeds.items():
                 if seed != self.seed:
@@ -155,6 +169,60 @@ class Reading:
                 "call, or pass --seed N to score them all on seed N's rows"
             )
 
+    def _check_split_percentage(self, split: str, how: str, name: str) -> None:
+        """As for the seed: the carved rows depend on the percentage; models that recorded different ones are refused
+        unless --<name> says which rows to use (a warning per model trained with another)."""
+        value = getattr(self.data_args, name)
+        recorded = {path: p[name] for path, p in self.recorded_percentages.items() if name in p}
+        if name in self.percentages_given:
+            for path, was in recorded.items():
+                if was != value:
+                    logger.warning(
+                        f"{path} was trained with {name} {was:g}; scoring it on the {split} rows of --{name} {value:g} "
+                        f"as told ({how}): some of them may be its training rows"
+                    )
+            return
+        by_value: dict[float, list[str]] = {}
+        for path, was in recorded.items():
+            by_value.setdefault(was, []).append(path)
+        if len(by_value) > 1:
+            detail = "; ".join(f"{name} {was:g}: {', '.join(paths)}" for was, paths in sorted(by_value.items()))
+            raise UsageError(
+                f"--split {split} of {self.data_args.dataset_name} depends on --{name} ({how}) and the models were "
+                f"trained with different values ({detail}): each one's {split} rows hold the others' training rows, "
+                f"so they are not scored in one table; score them in separate calls, or pass --{name} N to score them "
+                "all on the same rows"
+            )
+
+
+def _percentages_choosing(split: str, carved: tuple[str, ...]) -> list[str]:
+    """The split percentages that choose `split`'s rows: test is carved from train first, then validation from
+    what is left (each a percentage of the original train)."""
+    names = []
+    if "test" in carved and (split != "validation" or "validation" in carved):
+        names.append("test_split_percentage")
+    if "validation" in carved and split in ("validation", "train"):
+        names.append("validation_split_percentage")
+    return names
+
+
+def _split_percentages(readings: list[RecordedReading], data_args: DataTrainingArguments) -> tuple[
+        DataTrainingArguments, tuple[str, ...]]:  # fmt: skip
+    """The percentages to carve missing splits with: a flag given (a value other than its default) wins; else the one
+    value the models recorded (several: `Reading.check_split` refuses them where they choose the scored rows).
+    Returns the data flags and the names given."""
+    given = tuple(n for n in SPLIT_PERCENTAGES if getattr(data_args, n) != getattr(DataTrainingArguments, n))
+    chosen = {}
+    for name in SPLIT_PERCENTAGES:
+        values = {r.split_percentages[name] for r in readings if name in r.split_percentages}
+        if name not in given and len(values) == 1:
+            chosen[name] = values.pop()
+    chosen = {k: v for k, v in chosen.items() if v != getattr(data_args, k)}
+    if chosen:
+        logger.info(f"carving the splits {data_args.dataset_name} lacks as the models did: {chosen}")
+        data_args = dataclasses.replace(data_args, **chosen)
+    return data_args, given
+
 
 def read_as_recorded(
     model_dirs: list[str], data_args: DataTrainingArguments, seed: int | None, class_names: list[str] | None
@@ -163,6 +231,7 @@ def read_as_recorded(
     `class_names` None: not given). Check the scored split with `Reading.check_split` once the data is loaded."""
     readings = [r for path in model_dirs if (r := recorded_reading(path, data_args.dataset_name)) is not None]
     data_args = _label_flags(readings, data_args)
+    data_args, percentages_given = _split_percentages(readings, data_args)
     class_names = _class_names(readings, class_names, data_args.dataset_name)
     recorded_seeds = {r.path: r.seed for r in readings if r.seed is not None}
     if seed is None:  # one seed recorded: its held-out rows; several: check_split refuses them if the seed matters
@@ -170,4 +239,7 @@ def read_as_recorded(
         chosen = seeds.pop() if len(seeds) == 1 else DEFAULT_SEED
     else:
         chosen = seed
-    return Reading(data_args, class_names, chosen, seed is not None, recorded_seeds)
+    recorded_percentages = {r.path: r.split_percentages for r in readings if r.split_percentages}
+    return Reading(
+        data_args, class_names, chosen, seed is not None, recorded_seeds, percentages_given, recorded_percentages
+    )
