@@ -186,6 +186,48 @@ def summary_markdown(tables: dict[str, pd.DataFrame]) -> str:
     return "\n".join(lines)
 
 
+def joint_choice(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.Series | None]:
+    """The one default for every data set: among the configurations every data set ran, the one whose worst
+    data set loses least against that data set's own best (its selection metric / the best; ties: lower
+    learning rate, then less warmup). Returns each configuration's ratios and the choice."""
+    ratios = []
+    for dataset, rows in tables.items():
+        metric = selection_metric(rows["problem_type"].iloc[0], int(rows["num_labels"].iloc[0]))
+        best = rows[metric].max()
+        ratios.append(rows.assign(dataset=dataset, ratio=rows[metric] / best)[["dataset", "learning_rate", "warmup", "ratio"]])
+    if not ratios:
+        return pd.DataFrame(), None
+    wide = pd.concat(ratios).pivot_table(index=["learning_rate", "warmup"], columns="dataset", values="ratio")
+    wide = wide.dropna()  # only configurations every data set ran
+    if wide.empty:
+        return wide, None
+    wide["worst"] = wide.min(axis=1)
+    wide = wide.reset_index().sort_values(["learning_rate", "warmup"])
+    return wide, wide.loc[wide["worst"].idxmax()]
+
+
+def joint_markdown(tables: dict[str, pd.DataFrame]) -> str:
+    wide, choice = joint_choice(tables)
+    if choice is None or len(tables) < 2:
+        return ""
+    names = sorted(tables)
+    lines = [
+        "## One default for every data set",
+        "",
+        "Each configuration's selection metric as a share of the best on that data set; the default is the "
+        "configuration whose worst share is highest.",
+        "",
+        "| learning rate | warmup | " + " | ".join(names) + " | worst |",
+        "|---|---|" + "---|" * len(names) + "---|",
+    ]
+    for _, r in wide.iterrows():
+        mark = "**" if (r["learning_rate"], r["warmup"]) == (choice["learning_rate"], choice["warmup"]) else ""
+        cells = " | ".join(f"{r[n]:.3f}" for n in names)
+        lines.append(f"| {mark}{r['learning_rate']:g}{mark} | {r['warmup']:g} | {cells} | {r['worst']:.3f} |")
+    lines += ["", f"Default: learning rate {choice['learning_rate']:g}, warmup {choice['warmup']:g}.", ""]
+    return "\n".join(lines)
+
+
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_args((SweepArguments,), argv)
@@ -198,9 +240,10 @@ def main(argv: list[str] | None = None) -> None:
         if name.endswith(".csv")
     }
     if tables:
+        text = summary_markdown(tables) + "\n" + joint_markdown(tables)
         with open(os.path.join(args.results_dir, "tables.md"), "w") as f:
-            f.write(summary_markdown(tables))
-        print(summary_markdown(tables))
+            f.write(text)
+        print(text)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,24 @@ def test_lora_sweep_summary_says_when_the_best_is_at_the_grid_edge():
     rows.loc[len(rows)] = [4e-3, 0.0, 42, "single_label_classification", 2, 0.55, 0.7, 0.6, 0.3]
     text = summary_markdown({"toy": rows})
     assert "Best: learning rate 0.002, warmup 0" in text and "edge" not in text
+
+
+def test_lora_sweep_default_is_the_configuration_whose_worst_data_set_loses_least():
+    from study.lora_sweep import joint_choice
+
+    def table(pr_aucs):
+        return pd.DataFrame(
+            {
+                "learning_rate": [1e-3, 2e-3, 4e-3],
+                "warmup": [0.0, 0.0, 0.0],
+                "problem_type": ["single_label_classification"] * 3,
+                "num_labels": [2] * 3,
+                "eval_pr_auc": pr_aucs,
+            }
+        )
+
+    # a: 2e-3 best by a hair; b: 2e-3 far behind. 1e-3 loses 1% on a and nothing on b: it is the default.
+    wide, choice = joint_choice({"a": table([0.99, 1.0, 0.98]), "b": table([0.6, 0.5, 0.4])})
+    assert choice["learning_rate"] == 1e-3
+    assert choice["worst"] == pytest.approx(0.99)
+    assert wide.set_index("learning_rate").loc[2e-3, "worst"] == pytest.approx(0.5 / 0.6)
