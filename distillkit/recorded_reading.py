@@ -144,37 +144,19 @@ class Reading:
         how = data.seeded_splits.get(split)
         if how is None:
             return
-        self._check_split_seed(split, how)
+        self._check_split_input(split, how, "seed", self.seed, self.recorded_seeds, self.seed_given)
         for name in _percentages_choosing(split, data.carved_splits):
-            self._check_split_percentage(split, how, name)
+            recorded = {path: p[name] for path, p in self.recorded_percentages.items() if name in p}
+            value = getattr(self.data_args, name)
+            self._check_split_input(split, how, name, value, recorded, name in self.percentages_given)
 
-    def _check_split_seed(self, split: str, how: str) -> None:
-        if self.seed_given:
-            for path, seed in self.recorded_seeds.items():
-                if seed != self.seed:
-                    logger.warning(
-                        f"{path} was trained with seed {seed}; scoring it on the {split} rows of --seed {self.seed} as "
-                        f"told ({how}): some of them may be its training rows"
-                    )
-            return
-        by_seed: dict[int, list[str]] = {}
-        for path, seed in self.recorded_seeds.items():
-            by_seed.setdefault(seed, []).append(path)
-        if len(by_seed) > 1:
-            detail = "; ".join(f"seed {seed}: {', '.join(paths)}" for seed, paths in sorted(by_seed.items()))
-            raise UsageError(
-                f"--split {split} of {self.data_args.dataset_name} depends on the training seed ({how}) and the models "
-                f"were trained with different seeds ({detail}): each seed's {split} rows hold the other seeds' "
-                "training rows, so they are not scored in one table; score each seed's models in its own run_eval.py "
-                "call, or pass --seed N to score them all on seed N's rows"
-            )
-
-    def _check_split_percentage(self, split: str, how: str, name: str) -> None:
-        """As for the seed: the carved rows depend on the percentage; models that recorded different ones are refused
-        unless --<name> says which rows to use (a warning per model trained with another)."""
-        value = getattr(self.data_args, name)
-        recorded = {path: p[name] for path, p in self.recorded_percentages.items() if name in p}
-        if name in self.percentages_given:
+    def _check_split_input(
+        self, split: str, how: str, name: str, value: float, recorded: dict[str, float], given: bool
+    ) -> None:
+        """One input that chose the carved rows (the seed, a split percentage): told a value, a warning per model
+        trained with another; not told, models that recorded different values are refused (one table cannot score
+        rows that hold some models' training rows)."""
+        if given:
             for path, was in recorded.items():
                 if was != value:
                     logger.warning(

@@ -221,3 +221,13 @@ def usage_error_line(capsys, main, argv) -> str:
     """A script's usage error (exit 2): its one `error:` line."""
     (line,) = usage_error_lines(capsys, main, argv)
     return line
+
+
+@pytest.fixture()
+def train_only_data(tmp_path) -> Path:
+    """A data set with a train file only: its validation and test splits are carved with the seed and percentages
+    (readers must carve them as training did)."""
+    directory = tmp_path / "train_only"
+    directory.mkdir()
+    synthetic_rows(80, 1).to_csv(directory / "train.csv", index=False)
+    return directory

@@ -43,15 +43,6 @@ def _recorded_model(source: Path, path: Path, data_args: DataTrainingArguments, 
 
 
 @pytest.fixture()
-def train_only_data(tmp_path) -> Path:
-    """A data set with a train file only: its validation and test splits are carved with the seed and percentages."""
-    directory = tmp_path / "train_only"
-    directory.mkdir()
-    synthetic_rows(80, 1).to_csv(directory / "train.csv", index=False)
-    return directory
-
-
-@pytest.fixture()
 def export_inputs(monkeypatch) -> dict:
     """What run_export.py hands the exporter (the check texts, their labels, the length): the real export still runs."""
     seen: dict = {}

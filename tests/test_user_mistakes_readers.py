@@ -46,15 +46,6 @@ def _recorded_model(source: Path, path: Path, data_args: DataTrainingArguments, 
     return path
 
 
-@pytest.fixture()
-def train_only_data(tmp_path) -> Path:
-    """A data set with a train file only: run_eval.py must carve its test split as training did."""
-    directory = tmp_path / "train_only"
-    directory.mkdir()
-    synthetic_rows(80, 1).to_csv(directory / "train.csv", index=False)
-    return directory
-
-
 # --- defect 1: the model's split seed, class names and threshold --------------------------------------------------
 
 
