@@ -60,7 +60,7 @@ def edition(folder: str, methods: list[str]) -> tuple[pd.DataFrame, list[str]]:
 def before_after(before: pd.DataFrame, after: pd.DataFrame, names: list[str]) -> tuple[pd.DataFrame, str]:
     """Per method, over the seeds both editions have: macro-F1 and the rarest test class's F1, before and after."""
     support = {n: after[f"support:{n}"].iloc[0] for n in names}
-    rarest = min(names, key=lambda n: (support[n], names.index(n)))
+    rarest = min(names, key=lambda n: (support[n], -names.index(n)))  # a tie: the later class (binary: positive)
     rows = []
     for method in [m for m in METHOD_ORDER if m in set(after.method)] + sorted(set(after.method) - set(METHOD_ORDER)):
         a = after[after.method == method].set_index("seed")
