@@ -87,6 +87,20 @@ def edge_extension(learning_rates: list[float], best_lr: float) -> float | None:
     return None
 
 
+def train_and_read(cmd: list[str], out: str, what: str) -> tuple[dict, dict, dict]:
+    """Run a training command (a finished run of the same request is skipped by the script) and read its
+    validation metrics, run record and training figures from `out`; a failure is one error line."""
+    logger.info(shlex.join(cmd))
+    code = subprocess.call(cmd, cwd=REPO)
+    if code != 0:
+        raise SystemExit(f"error: {what} (exit {code}); run again")
+    figures = []
+    for name in ("eval_results.json", "run_record.json", "train_results.json"):
+        with open(os.path.join(out, name)) as f:
+            figures.append(json.load(f))
+    return tuple(figures)
+
+
 def train_one(args: SweepArguments, lr: float, warmup: float) -> dict:
     """Train one configuration (skipped when finished) and return its validation row."""
     out = os.path.join(args.work_dir, args.dataset, f"lr{lr:g}-warmup{warmup:g}")
@@ -98,16 +112,7 @@ def train_one(args: SweepArguments, lr: float, warmup: float) -> dict:
         + shlex.split(args.budget if args.budget is not None else BUDGETS[args.dataset])
         + ["--do_eval", "true"]
     )
-    logger.info(shlex.join(cmd))
-    code = subprocess.call(cmd, cwd=REPO)
-    if code != 0:
-        raise SystemExit(f"error: run_lora.py failed for lr {lr:g}, warmup {warmup:g} (exit {code}); run again")
-    with open(os.path.join(out, "eval_results.json")) as f:
-        metrics = json.load(f)
-    with open(os.path.join(out, "run_record.json")) as f:
-        record = json.load(f)
-    with open(os.path.join(out, "train_results.json")) as f:
-        train = json.load(f)
+    metrics, record, train = train_and_read(cmd, out, f"run_lora.py failed for lr {lr:g}, warmup {warmup:g}")
     return {
         "dataset": args.dataset,
         "learning_rate": lr,
@@ -122,16 +127,22 @@ def train_one(args: SweepArguments, lr: float, warmup: float) -> dict:
     }
 
 
-def append_row(path: str, row: dict) -> pd.DataFrame:
-    """Add (or replace) one configuration's row, written to a temporary file and renamed."""
+def replace_row(path: str, row: dict, keys: tuple[str, ...]) -> pd.DataFrame:
+    """Add one row to a CSV (replacing the row with the same `keys`), written to a temporary file and renamed."""
     rows = pd.read_csv(path) if os.path.exists(path) else pd.DataFrame()
     if len(rows):
-        same = (rows["learning_rate"] == row["learning_rate"]) & (rows["warmup"] == row["warmup"])
-        rows = rows[~same]
-    rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True).sort_values(["warmup", "learning_rate"])
-    tmp = path + ".tmp"
-    rows.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+        rows = rows[~(rows[list(keys)] == pd.Series({k: row[k] for k in keys})).all(axis=1)]
+    rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
+    rows.to_csv(path + ".tmp", index=False)
+    os.replace(path + ".tmp", path)
+    return rows
+
+
+def append_row(path: str, row: dict) -> pd.DataFrame:
+    """Add (or replace) one configuration's row, sorted by warmup then learning rate."""
+    rows = replace_row(path, row, ("learning_rate", "warmup")).sort_values(["warmup", "learning_rate"])
+    rows.to_csv(path + ".tmp", index=False)
+    os.replace(path + ".tmp", path)
     return rows
 
 

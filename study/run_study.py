@@ -72,18 +72,22 @@ logger = logging.getLogger("run_study")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The training budget of each data set, the same for every method, chosen by the pilot documented in
-# docs/results/README.md ("Budget"). A data set without a decided budget is refused (--budget overrides).
+# The training budget of each data set, the same for every method. The second edition (docs/results/ANALYSIS_PLAN.md
+# §7–8): 0.7 × the first edition's training rows, 64 tokens, and the epochs that study/budget_pilot.py chose on the
+# full validation split (docs/results/pilot2/<data set>.csv; tests/test_study_tools.py checks EPOCHS against it).
+# The first edition's budgets are recorded in its stage.json files (docs/results/earlier/first_edition/).
+MAX_SEQ_LENGTH = 64
+TRAIN_ROWS = {"wiki_toxic": 1400, "hate_speech18": 2800, "go_emotions": 5600}
+# The 28-label multi-label form (issue 12), BCE with balanced pos_weight: unweighted BCE stayed at the labels' base
+# rates in the first edition's pilot (study/README_head.md).
+TASK_BUDGET_FLAGS = {"go_emotions": "--problem_type multi_label --class_weights balanced"}
+EPOCHS = {"wiki_toxic": 2, "hate_speech18": 3, "go_emotions": 2}
 BUDGETS = {
-    "wiki_toxic": "--max_train_samples 2000 --num_train_epochs 2",
-    "hate_speech18": "--max_train_samples 4000 --num_train_epochs 3",
-    # The 28-label multi-label form (issue 12), thresholds tuned on validation, BCE with balanced pos_weight: the
-    # unweighted pilot stayed at the labels' base rates (val macro AUC 0.54 at 8,000 x 3 and at lr 3e-4), the
-    # balanced one learns; at 8,000 rows a third epoch adds 0.003 val macro AUC (< 0.005). See study/README_head.md.
-    "go_emotions": "--max_train_samples 8000 --num_train_epochs 2 --problem_type multi_label --class_weights balanced",
+    name: f"--max_train_samples {rows} --num_train_epochs {EPOCHS[name]} {TASK_BUDGET_FLAGS.get(name, '')}".strip()
+    for name, rows in TRAIN_ROWS.items()
 }
 COMMON = (
-    "--teacher_learning_rate 5e-5 --max_seq_length 128 --per_device_train_batch_size 32 --save_strategy steps "
+    f"--teacher_learning_rate 5e-5 --max_seq_length {MAX_SEQ_LENGTH} --per_device_train_batch_size 32 --save_strategy steps "
     "--save_steps 25 --save_total_limit 1 --logging_steps 25 --do_eval false --do_predict false --use_cpu true "
     "--report_to none --disable_tqdm true"
 )
@@ -248,7 +252,7 @@ def train_and_score(args: StudyArguments, method: str, seed: int) -> str:
     out = os.path.join(work, "stage_eval", method, f"seed{seed}")
     run(
         [sys.executable, os.path.join(REPO, "run_eval.py"), "--model_dirs", os.path.join(work, f"seed{seed}", method)]
-        + ["--dataset_name", data, "--max_seq_length", "128", "--output_dir", out, "--overwrite_output_dir", "true"]
+        + ["--dataset_name", data, "--max_seq_length", str(MAX_SEQ_LENGTH), "--output_dir", out, "--overwrite_output_dir", "true"]
         + task_flags(budget)
         + shlex.split(EVAL_FLAGS)
         + bias_flags(args),
@@ -325,7 +329,7 @@ def score_bias_only(args: StudyArguments, method: str, seed: int) -> str:
     model_dir = os.path.join(args.work_dir, args.dataset, f"seed{seed}", method)
     bias_args = BiasArguments(bias_dataset=args.bias_dataset, bias_max_per_identity=args.bias_max_per_identity or None)
     clf = load_classifier_dir(model_dir, name=f"seed{seed}-{method}")
-    table, row, _ = BiasScorer(load_bias_set(bias_args, seed=42), max_length=128).score(clf)
+    table, row, _ = BiasScorer(load_bias_set(bias_args, seed=42), max_length=MAX_SEQ_LENGTH).score(clf)
     row["method"] = method
     tmp = os.path.join(os.path.dirname(target), f".tmp-bias-{os.path.basename(target)}")
     os.makedirs(tmp, exist_ok=True)

@@ -93,3 +93,73 @@ def test_lora_sweep_default_is_the_configuration_whose_worst_data_set_loses_leas
     assert choice["learning_rate"] == 1e-3
     assert choice["worst"] == pytest.approx(0.99)
     assert wide.set_index("learning_rate").loc[2e-3, "worst"] == pytest.approx(0.5 / 0.6)
+
+
+def test_budget_pilot_picks_the_first_epoch_after_which_one_more_adds_too_little():
+    from study.budget_pilot import choose_epochs
+
+    def table(f1, auc):
+        return pd.DataFrame({"epoch": range(1, len(f1) + 1), "eval_f1": f1, "eval_roc_auc": auc})
+
+    # 1 -> 2 adds 0.02 F1: keep going; 2 -> 3 adds 0.009 F1 and 0.004 AUC: both under the bar, so 2.
+    assert choose_epochs(table([0.80, 0.82, 0.829, 0.83, 0.84], [0.90, 0.91, 0.914, 0.92, 0.93]), "eval_f1") == 2
+    # F1 stalls but AUC still gains 0.005 (not < 0.005): not yet; it stops once both stall.
+    assert choose_epochs(table([0.80, 0.80, 0.80, 0.80], [0.90, 0.905, 0.906, 0.907]), "eval_f1") == 2
+    # A drop counts as "adds too little".
+    assert choose_epochs(table([0.80, 0.70, 0.90], [0.90, 0.80, 0.95]), "eval_f1") == 1
+    # Never stalls: the last epoch.
+    assert choose_epochs(table([0.5, 0.6, 0.7], [0.7, 0.8, 0.9]), "eval_f1") == 3
+
+
+def test_budget_pilot_reads_one_row_per_evaluated_epoch_from_the_log():
+    from study.budget_pilot import epoch_table, primary_metric
+
+    history = [
+        {"loss": 0.6, "epoch": 0.5, "step": 10},
+        {"eval_f1": 0.7, "eval_macro_f1": 0.75, "eval_roc_auc": 0.8, "eval_loss": 0.5, "epoch": 1.0},
+        {"eval_f1": 0.8, "eval_macro_f1": 0.85, "eval_roc_auc": 0.9, "eval_loss": 0.4, "epoch": 2.0},
+        {"train_runtime": 12.0, "epoch": 2.0},
+    ]
+    table = epoch_table(history)
+    assert table["epoch"].tolist() == [1, 2] and table["eval_roc_auc"].tolist() == [0.8, 0.9]
+    assert primary_metric("multi_label_classification") == "eval_macro_f1"
+    assert primary_metric("single_label_classification") == "eval_f1"
+
+
+def test_search_picks_each_familys_best_by_the_threshold_free_metric_ties_to_the_grid_order(tmp_path):
+    from study.lora_sweep import replace_row
+    from study.search import GRID, winners
+
+    path = str(tmp_path / "d.csv")
+    pr_auc = [0.60, 0.70, 0.70, 0.65, 0.50, 0.55, 0.40, 0.55]  # teacher: a tie at 3e-5/5e-5; LoRA: a tie too
+    for config, value in zip(GRID, pr_auc):
+        row = {"config": config.name, "family": config.family, "seed": 42, "eval_pr_auc": value,
+               "eval_f1": 0.9, "problem_type": "single_label_classification", "num_labels": 2}
+        replace_row(path, row, ("config", "seed"))
+    replace_row(path, {**row, "eval_pr_auc": 0.56}, ("config", "seed"))  # a re-run replaces its row
+    rows = pd.read_csv(path)
+    assert len(rows) == len(GRID)
+    best = winners(rows)
+    assert best["teacher"]["config"] == "teacher-lr3e-05"  # the earlier of the tied two, not the higher F1
+    assert best["lora"]["config"] == "lora-lr0.001-r16-all-linear"  # 0.56 after the re-run
+    assert GRID[-1].flags() == ["--learning_rate", "0.001", "--lora_r", "16", "--lora_target_modules", "all-linear"]
+
+
+def test_study_budgets_take_the_epochs_the_committed_pilots_chose():
+    import os
+
+    from study.budget_pilot import RESULTS_DIR, choose_epochs
+    from study.run_study import EPOCHS, REPO, TRAIN_ROWS
+
+    checked = 0
+    for dataset in TRAIN_ROWS:
+        path = os.path.join(REPO, RESULTS_DIR, f"{dataset}.csv")
+        if not os.path.exists(path):
+            continue
+        table = pd.read_csv(path)
+        assert table["train_rows"].iloc[0] == TRAIN_ROWS[dataset]
+        assert EPOCHS[dataset] == choose_epochs(table, table["primary"].iloc[0]), dataset
+        assert table.loc[table["chosen"], "epoch"].tolist() == [EPOCHS[dataset]]
+        checked += 1
+    if not checked:
+        pytest.skip(f"no pilot is committed yet in {RESULTS_DIR}")
