@@ -91,6 +91,10 @@ COMMON = (
     "--save_steps 25 --save_total_limit 1 --logging_steps 25 --do_eval false --do_predict false --use_cpu true "
     "--report_to none --disable_tqdm true"
 )
+# The search's winners per data set (study/search.py on the full validation split, docs/results/search/<data set>.csv;
+# tests/test_study_tools.py checks them against the CSVs): the teacher's learning rate, and LoRA's learning rate, rank
+# and target modules for every LoRA arm. A study data set without them is refused: its arms would not be the plan's.
+SEARCHED: dict[str, dict[str, float | int | str]] = {}
 EVAL_FLAGS = "--num_threads 1 --latency_runs 100 --throughput_texts 256 --bootstrap_samples 100"
 # The question first: teacher, odd, even and their CE-only controls for every seed; then LoRA and the other layer sets.
 # Then the CE-only controls of the other layer choices (the second edition: a control for every layer choice).
@@ -171,6 +175,11 @@ class StudyArguments:
             raise UsageError("--time_latency true times one data set's models: give --dataset NAME")
         if self.dataset and self.budget is None and self.dataset not in BUDGETS:
             raise UsageError(f"--dataset {self.dataset}: no budget in BUDGETS ({', '.join(BUDGETS)}); pass --budget")
+        if self.dataset and self.budget is None and not (self.report_only or self.time_latency) and self.dataset not in SEARCHED:
+            raise UsageError(
+                f"--dataset {self.dataset}: no searched hyperparameters in SEARCHED; run study/search.py --dataset "
+                f"{self.dataset} first (docs/results/ANALYSIS_PLAN.md §6), or pass --budget"
+            )
         if self.correction not in CORRECTIONS:
             raise UsageError(f"--correction {self.correction}: choose from {', '.join(CORRECTIONS)}")
         if not 0 < self.alpha < 1:
@@ -238,6 +247,17 @@ def task_flags(budget: str) -> list[str]:
     return out
 
 
+def searched_flags(dataset: str) -> list[str]:
+    """run_compare.py's flags for the search's winners (after COMMON, so they replace its teacher learning rate)."""
+    found = SEARCHED.get(dataset)
+    if found is None:
+        return []
+    lora = f"--lora_r {found['lora_r']} --lora_target_modules {found['lora_target_modules']}"
+    return ["--teacher_learning_rate", f"{found['teacher_learning_rate']:g}"] + [
+        "--lora_learning_rate", f"{found['lora_learning_rate']:g}", "--lora_args", lora
+    ]
+
+
 def train_and_score(args: StudyArguments, method: str, seed: int) -> str:
     """Train the stage (and its bases when their weights are gone) and score it alone; returns the eval folder."""
     work = os.path.join(args.work_dir, args.dataset)
@@ -246,7 +266,8 @@ def train_and_score(args: StudyArguments, method: str, seed: int) -> str:
     run(
         [sys.executable, os.path.join(REPO, "run_compare.py"), "--teacher_name_or_path", args.teacher]
         + ["--dataset_name", data, "--experiment_dir", work, "--seeds", str(seed)]
-        + ["--methods", *dependencies(method), method, *shlex.split(COMMON), *shlex.split(budget)],
+        + ["--methods", *dependencies(method), method, *shlex.split(COMMON), *searched_flags(args.dataset)]
+        + shlex.split(budget),
         args.dry_run,
     )
     out = os.path.join(work, "stage_eval", method, f"seed{seed}")
@@ -297,6 +318,7 @@ def publish(args: StudyArguments, method: str, seed: int, eval_dir: str) -> str:
                 "label_names": [str(names.get(i, i)) for i in range(len(probs))],
                 "budget": args.budget if args.budget is not None else BUDGETS[args.dataset],
                 "common": COMMON,
+                "searched": shlex.join(searched_flags(args.dataset)),
                 "eval": EVAL_FLAGS,
                 "machine": f"{platform.machine()} {os.cpu_count()} CPU(s)",
                 "torch": torch.__version__,

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -141,3 +142,29 @@ def test_the_evaluation_reads_the_task_the_budget_trains():
         "--label_columns", "a,b", "--label_threshold", "0.3",
     ]  # fmt: skip
     assert run_study.task_flags(run_study.BUDGETS["wiki_toxic"]) == []
+
+
+def test_a_study_data_set_without_its_searched_hyperparameters_is_refused(capsys, monkeypatch):
+    monkeypatch.setattr(run_study, "SEARCHED", {})
+    with pytest.raises(SystemExit):
+        run_study.main(["--dataset", "hate_speech18", "--dry_run", "true"])
+    assert "run study/search.py --dataset hate_speech18 first" in capsys.readouterr().err
+
+
+def test_the_searched_hyperparameters_reach_every_training_command(caplog, monkeypatch, tmp_path):
+    searched = {"teacher_learning_rate": 3e-5, "lora_learning_rate": 2e-3, "lora_r": 16, "lora_target_modules": "all-linear"}
+    monkeypatch.setattr(run_study, "SEARCHED", {"hate_speech18": searched})
+    with caplog.at_level("INFO", logger="run_study"):
+        run_study.main(
+            ["--dataset", "hate_speech18", "--methods", "teacher", "lora", "--seeds", "7", "--dry_run", "true"]
+            + ["--work_dir", str(tmp_path / "w"), "--results_dir", str(tmp_path / "r")]
+        )
+    compare = [r.message for r in caplog.records if "run_compare.py" in r.message]
+    assert len(compare) == 2
+    for line in compare:
+        words = shlex.split(line)
+        # The searched rate comes after COMMON's 5e-5, so it is the one argparse keeps.
+        rates = [words[i + 1] for i, w in enumerate(words) if w == "--teacher_learning_rate"]
+        assert rates[-1] == "3e-05"
+        assert words[words.index("--lora_learning_rate") + 1] == "0.002"
+        assert words[words.index("--lora_args") + 1] == "--lora_r 16 --lora_target_modules all-linear"

@@ -163,3 +163,26 @@ def test_study_budgets_take_the_epochs_the_committed_pilots_chose():
         checked += 1
     if not checked:
         pytest.skip(f"no pilot is committed yet in {RESULTS_DIR}")
+
+
+def test_study_uses_the_configurations_the_committed_search_chose():
+    import os
+
+    from study.run_study import REPO, SEARCHED, TRAIN_ROWS
+    from study.search import RESULTS_DIR, winners
+
+    checked = 0
+    for dataset in TRAIN_ROWS:
+        path = os.path.join(REPO, RESULTS_DIR, f"{dataset}.csv")
+        if not os.path.exists(path):
+            continue
+        best = winners(pd.read_csv(path))
+        assert SEARCHED[dataset] == {
+            "teacher_learning_rate": best["teacher"]["learning_rate"],
+            "lora_learning_rate": best["lora"]["learning_rate"],
+            "lora_r": int(best["lora"]["lora_r"]),
+            "lora_target_modules": best["lora"]["lora_target_modules"],
+        }, dataset
+        checked += 1
+    if not checked:
+        pytest.skip(f"no search is committed yet in {RESULTS_DIR}")
