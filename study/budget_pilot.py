@@ -78,7 +78,9 @@ def epoch_table(log_history: list[dict]) -> pd.DataFrame:
         for e in log_history
         if "eval_roc_auc" in e
     ]
-    return pd.DataFrame(rows).drop_duplicates("epoch", keep="last")
+    # The per-epoch evaluation comes first; a later entry of the same epoch (a final evaluation at the tuned rule)
+    # is not the untuned per-epoch figure the rule compares.
+    return pd.DataFrame(rows).drop_duplicates("epoch", keep="first")
 
 
 def run_pilot(args: PilotArguments) -> str:

@@ -119,9 +119,10 @@ def test_budget_pilot_reads_one_row_per_evaluated_epoch_from_the_log():
         {"eval_f1": 0.7, "eval_macro_f1": 0.75, "eval_roc_auc": 0.8, "eval_loss": 0.5, "epoch": 1.0},
         {"eval_f1": 0.8, "eval_macro_f1": 0.85, "eval_roc_auc": 0.9, "eval_loss": 0.4, "epoch": 2.0},
         {"train_runtime": 12.0, "epoch": 2.0},
+        {"eval_f1": 0.99, "eval_roc_auc": 0.9, "epoch": 2.0},  # a final evaluation at the tuned rule: not the epoch's
     ]
     table = epoch_table(history)
-    assert table["epoch"].tolist() == [1, 2] and table["eval_roc_auc"].tolist() == [0.8, 0.9]
+    assert table["epoch"].tolist() == [1, 2] and table["eval_f1"].tolist() == [0.7, 0.8]
     assert primary_metric("multi_label_classification") == "eval_macro_f1"
     assert primary_metric("single_label_classification") == "eval_f1"
 
