@@ -2,7 +2,8 @@
 """The main job: teacher → odd → even → LoRA → LoRA on the even student → run_eval.py, for one or several seeds.
 
 Which methods run is `--methods` (default: teacher odd even lora lora_even eval); every method is one entry of the
-registry in distillkit/methods.py (also bottom, top, spread, and the CE-only controls odd_ce, even_ce).
+registry in distillkit/methods.py (also bottom, top, spread, auto, the CE-only controls odd_ce, even_ce, ..., and
+lora_steps: LoRA for twice the epochs, and twice a given --max_steps, the optimizer steps of teacher + student).
 
     python run_compare.py --teacher_name_or_path ../shared/models/all-MiniLM-L6-v2 \\
         --dataset_name ../shared/data/wiki_toxic --experiment_dir EXP --seeds 42 43 44 --num_train_epochs 1
@@ -48,6 +49,7 @@ CHOICES = [*METHODS, EVAL_STEP]
 EVAL_REQUEST_FILE = "compare_eval_request.json"  # in the report dir: which eval command made the report
 REPORT_FILES = ("results.csv", "summary.csv", "report.md", PER_LABEL_FILE, EVAL_REQUEST_FILE)
 SET_HERE = ("--output_dir", "--seed", "--learning_rate", "--model_name_or_path", "--teacher_name_or_path")
+SCALED_FLAGS = ("--num_train_epochs", "--max_steps")  # what a method's epochs_factor multiplies
 
 
 @dataclass
@@ -134,6 +136,17 @@ def export_data_flags(data_args: DataTrainingArguments, seed: int) -> list[str]:
     return flags
 
 
+def parse_training_flags(flags: list[str]) -> DistillationTrainingArguments:
+    """The training flags as a stage reads them (defaults included); a bad one is a usage error."""
+    try:
+        (parsed,) = HfArgumentParser(DistillationTrainingArguments).parse_args_into_dataclasses(
+            args=flags + ["--output_dir", os.path.join(os.sep, "nonexistent")]
+        )
+    except ValueError as err:
+        raise UsageError(f"training flags {' '.join(flags)}: {str(err).splitlines()[0]}") from err
+    return parsed
+
+
 def check_training_flags(flags: list[str]) -> None:
     """Typos and flags this script sets itself fail here, before the first stage starts."""
     for flag in flags:
@@ -143,12 +156,34 @@ def check_training_flags(flags: list[str]) -> None:
                 f"{name} is set per stage by run_compare.py; use --experiment_dir, --seeds, --teacher_name_or_path, "
                 "--teacher_learning_rate / --student_learning_rate / --lora_learning_rate"
             )
-    try:
-        HfArgumentParser(DistillationTrainingArguments).parse_args_into_dataclasses(
-            args=flags + ["--output_dir", os.path.join(os.sep, "nonexistent")]
-        )
-    except ValueError as err:
-        raise UsageError(f"training flags {' '.join(flags)}: {str(err).splitlines()[0]}") from err
+    parse_training_flags(flags)
+
+
+def _length_flags(flags: list[str]) -> list[str]:
+    """The --num_train_epochs / --max_steps words among `flags` (`--flag value` or `--flag=value`), in order."""
+    out = []
+    for i, word in enumerate(flags):
+        name = word.split("=")[0]
+        if name in SCALED_FLAGS:
+            out += [word] if "=" in word else flags[i : i + 2]
+    return out
+
+
+def scaled_training_flags(factor: float, training: list[str], stage_flags: list[str] = ()) -> list[str]:
+    """The training flags of a method with `Method.epochs_factor` = `factor`: the effective --num_train_epochs
+    (the user's, else the scripts' default, 3) times `factor`, and --max_steps times `factor` (rounded, at least 1)
+    when one is given, since a positive --max_steps overrides the epochs. The effective values are read as the stage
+    reads them: `stage_flags` (the method's flags and --lora_args, which come first in its command), then `training`.
+    The user's own words stay, and the scaled values are appended, so they are the ones the stage parses (the last
+    one wins); the command log and the model's run_record.json (its fingerprint) show the scaled values.
+    """
+    if factor == 1:
+        return list(training)
+    parsed = parse_training_flags(_length_flags(list(stage_flags)) + list(training))
+    scaled = ["--num_train_epochs", str(parsed.num_train_epochs * factor)]
+    if parsed.max_steps > 0:
+        scaled += ["--max_steps", str(max(1, round(parsed.max_steps * factor)))]
+    return [*training, *scaled]
 
 
 def check_splits_for_seeds(data_args: DataTrainingArguments, seeds: list[int], cache_dir: str | None) -> None:
@@ -212,13 +247,17 @@ class Runner:
         self.args, self.data, self.training = args, data, training
         self.log_path = os.path.join(args.experiment_dir, "compare_commands.log")
 
-    def command(self, script: str, flags: list[str], training: bool = True, data: bool = True) -> list[str]:
+    def command(
+        self, script: str, flags: list[str], training: bool = True, data: bool = True, epochs_factor: float = 1.0
+    ) -> list[str]:
+        """The stage's command: `flags`, the data flags, then the training flags (with `epochs_factor` applied)."""
         path = os.path.join(REPO, script)
         if training and self.args.launcher == "accelerate":
             head = [sys.executable, "-m", "accelerate.commands.launch", *shlex.split(self.args.accelerate_args), path]
         else:
             head = [sys.executable, path]
-        return head + flags + (self.data if data else []) + (self.training if training else [])
+        train = scaled_training_flags(epochs_factor, self.training, flags) if training else []
+        return head + flags + (self.data if data else []) + train
 
     def run(self, name: str, cmd: list[str], output_dir: str, invalidated: bool = False, export: bool = False) -> str:
         """Run one stage: "ran" or "skipped".
@@ -347,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
             if export:
                 cmd = runner.command(script, flags + export_data_flags(data_args, seed), training=False, data=False)
             else:
-                cmd = runner.command(script, flags)
+                cmd = runner.command(script, flags, epochs_factor=METHODS[name].epochs_factor)
             invalidated = base != PRETRAINED and status.get(f"seed{seed}/{base}") == "ran"
             status[key] = runner.run(key, cmd, os.path.join(root, name), invalidated=invalidated, export=export)
             if status[key] == "ran":

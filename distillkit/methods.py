@@ -23,6 +23,10 @@ class Method:
     run_export.py turns `base` into ONNX; run_eval.py scores its fp32 and int8 models as `<name>` and `<name>-int8`).
     base: the stage it starts from (`teacher`, `even`, ...) or PRETRAINED.
     flags: the method's own flags, appended to the script's command.
+    epochs_factor: the method trains for this many times the run's epochs (and `--max_steps`, when one is given):
+    `run_compare.py` scales the effective `--num_train_epochs` of this method's command (`scaled_training_flags`).
+    Every other method keeps 1. `lora_steps` has 2: LoRA for as many optimizer steps as the teacher and a student
+    of the same rows, batch size and epochs cost together (the equal-steps arm of the study, ANALYSIS_PLAN.md §6).
     """
 
     name: str
@@ -30,6 +34,11 @@ class Method:
     base: str
     flags: tuple[str, ...] = ()
     summary: str = ""
+    epochs_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.epochs_factor > 0:
+            raise ValueError(f"method {self.name}: epochs_factor must be > 0, not {self.epochs_factor}")
 
     @property
     def script(self) -> str:
@@ -126,6 +135,13 @@ METHODS: dict[str, Method] = {
             "k layers from first to last, CE only (control)",
         ),
         Method("lora", "lora", PRETRAINED, summary="LoRA on the pretrained model"),
+        Method(
+            "lora_steps",
+            "lora",
+            PRETRAINED,
+            summary="LoRA on the pretrained model for the optimizer steps of teacher + student (2x the epochs)",
+            epochs_factor=2.0,
+        ),
         Method("lora_even", "lora", "even", summary="LoRA on the distilled even student"),
         Method(
             "even_onnx",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from conftest import REPO
@@ -138,3 +140,23 @@ def test_a_rerun_skips_only_the_same_request_and_invalidates_downstream(tmp_path
                      "2e-3", "--overwrite_output_dir", "true")
     )  # fmt: skip
     assert fresh == {"seed0/teacher": "ran", "seed0/odd": "ran", "eval": "ran"}
+
+
+@pytest.mark.skipif(not HAVE_LORA, reason="run_lora.py is not in this checkout")
+def test_lora_steps_trains_for_the_steps_of_teacher_and_student(tmp_path, tiny_base_model_dir, tiny_data_dir):
+    """The equal-steps arm: --max_steps 3 for every stage, so teacher + student cost 6 steps and lora_steps trains 6;
+    lora keeps 3. The doubled request is in the model's run record (its fingerprint) and in the command log."""
+    exp = tmp_path / "exp"
+    status = run_compare.main(
+        compare_argv(tiny_base_model_dir, tiny_data_dir, exp, "--seeds", "0", "--methods", "lora", "lora_steps")
+    )
+    assert status == {"seed0/lora": "ran", "seed0/lora_steps": "ran"}
+    steps = {}
+    for name in ("lora", "lora_steps"):
+        fingerprint = json.loads((exp / "seed0" / name / "run_record.json").read_text())["fingerprint"]
+        steps[name] = (fingerprint["max_steps"], fingerprint["num_train_epochs"])
+        history = json.loads((exp / "seed0" / name / "trainer_state.json").read_text())
+        assert history["global_step"] == steps[name][0]
+    assert steps == {"lora": (3, 3.0), "lora_steps": (6, 6.0)}
+    logged = (exp / "compare_commands.log").read_text()
+    assert logged.count("--max_steps 3 ") == 2 and logged.count("--max_steps 6") == 1  # appended to lora_steps' only

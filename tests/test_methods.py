@@ -8,7 +8,7 @@ import pytest
 
 import run_compare
 from distillkit.cli import UsageError
-from distillkit.methods import DEFAULT_METHODS, METHODS, check_methods, dependencies
+from distillkit.methods import DEFAULT_METHODS, METHODS, PRETRAINED, Method, check_methods, dependencies
 from distillkit.students import select_layers
 
 
@@ -41,6 +41,7 @@ def flag(flags: list[str], name: str) -> str | None:
         ("top_ce", "run_distill.py", "EXP/seed7/teacher", "top", True),
         ("spread_ce", "run_distill.py", "EXP/seed7/teacher", "spread", True),
         ("lora", "run_lora.py", "PRE", None, False),
+        ("lora_steps", "run_lora.py", "PRE", None, False),
         ("lora_even", "run_lora.py", "EXP/seed7/even", None, False),
         ("even_onnx", "run_export.py", "EXP/seed7/even", None, False),
     ],
@@ -88,11 +89,79 @@ def test_registry_order_and_dependencies():
     assert dependencies("lora_even") == ["teacher", "even"]
     assert dependencies("lora") == [] and dependencies("lora", "finetuned") == ["teacher"]
     assert dependencies("odd_ce") == ["teacher"] and dependencies("spread_ce") == ["teacher"]
-    assert set(DEFAULT_METHODS) <= set(METHODS) and len(METHODS) == 15
+    assert set(DEFAULT_METHODS) <= set(METHODS) and len(METHODS) == 16
     with pytest.raises(UsageError, match="unknown method"):
         check_methods(["odd", "middle"])
     with pytest.raises(UsageError, match="appears twice"):
         check_methods(["odd", "odd"])
+
+
+def last(cmd: list[str], name: str) -> str | None:
+    """The value the stage parses: argparse keeps a flag's last occurrence (`--flag v` or `--flag=v`)."""
+    value = None
+    for i, word in enumerate(cmd):
+        if word == name:
+            value = cmd[i + 1]
+        elif word.startswith(name + "="):
+            value = word.split("=", 1)[1]
+    return value
+
+
+def stage_commands(training: list[str], **kw) -> dict[str, list[str]]:
+    """Every training method's full command as run_compare.main builds it (its epochs_factor applied)."""
+    args = args_for(**kw)
+    runner = run_compare.Runner(args, ["--dataset_name", "DATA"], training)
+    out = {}
+    for name, method in METHODS.items():
+        if method.kind == "export":
+            continue
+        script, flags = run_compare.method_command(name, 7, args)
+        out[name] = runner.command(script, flags, epochs_factor=method.epochs_factor)
+    return out
+
+
+def test_lora_steps_trains_twice_the_epochs_and_no_other_method_changes():
+    """The equal-steps arm: LoRA for the optimizer steps of teacher + student, i.e. twice the run's epochs."""
+    assert METHODS["lora_steps"].epochs_factor == 2 and base_stage_is_pretrained("lora_steps")
+    assert {n for n, m in METHODS.items() if m.epochs_factor != 1} == {"lora_steps"}
+    training = ["--num_train_epochs", "2", "--per_device_train_batch_size", "32"]
+    commands = stage_commands(training)
+    for name, cmd in commands.items():
+        assert last(cmd, "--num_train_epochs") == ("4.0" if name == "lora_steps" else "2"), name
+        assert last(cmd, "--max_steps") is None and last(cmd, "--per_device_train_batch_size") == "32"
+    # Apart from the epochs and its output folder, it is the lora command.
+    lora, steps = commands["lora"], commands["lora_steps"]
+    assert steps[: len(lora)] == [w.replace(f"{os.sep}lora", f"{os.sep}lora_steps") for w in lora]
+    assert steps[len(lora) :] == ["--num_train_epochs", "4.0"]
+
+
+@pytest.mark.parametrize(
+    "training, lora_args, epochs, max_steps",
+    [
+        ([], "", "6.0", None),  # no --num_train_epochs: the scripts' default, 3
+        (["--num_train_epochs=1.5"], "", "3.0", None),
+        (["--max_steps", "3", "--num_train_epochs", "1"], "", "2.0", "6"),  # --max_steps wins in HF, so it scales too
+        ([], "--num_train_epochs 5 --lora_r 4", "10.0", None),  # --lora_args reach only the LoRA stages
+        (["--num_train_epochs", "2"], "--num_train_epochs 5", "4.0", None),  # the training flags come last: they win
+    ],
+)
+def test_the_factor_scales_the_epochs_the_stage_would_read(training, lora_args, epochs, max_steps):
+    commands = stage_commands(training, lora_args=lora_args)
+    assert last(commands["lora_steps"], "--num_train_epochs") == epochs
+    assert last(commands["lora_steps"], "--max_steps") == max_steps
+    assert last(commands["lora_steps"], "--lora_r") == last(commands["lora"], "--lora_r")
+    assert commands["lora"][-len(training) or len(commands["lora"]) :] == training  # unchanged
+    parsed = run_compare.parse_training_flags(training)
+    assert float(epochs) == 2 * float(last(commands["lora"], "--num_train_epochs") or parsed.num_train_epochs)
+
+
+def test_an_epochs_factor_must_be_positive():
+    with pytest.raises(ValueError, match="epochs_factor must be > 0"):
+        Method("x", "lora", PRETRAINED, epochs_factor=0)
+
+
+def base_stage_is_pretrained(name: str) -> bool:
+    return dependencies(name) == [] and METHODS[name].base == PRETRAINED
 
 
 @pytest.mark.parametrize(
