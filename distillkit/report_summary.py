@@ -26,6 +26,7 @@ METHOD_ORDER = (
     "top_ce",
     "spread_ce",
     "lora",
+    "lora_steps",
     "lora_even",
     "lora_odd",
 )

@@ -355,10 +355,17 @@ def sign_flips(table: pd.DataFrame) -> pd.Series:
 # --- which pairs the study asks about ----------------------------------------------------------------------------
 
 
+# The static layer choices `auto` is declared against (issue 24: auto is better than, or not distinguishable from,
+# the best of them), every one a priori, so the best static choice is not a pair picked from the means.
+STATIC_LAYER_CHOICES = ("odd", "even", "bottom", "top", "spread")
+
+
 def study_pairs(methods: list[str], controls: dict[str, str], reference: str = "teacher") -> list[tuple[str, str]]:
     """(A, B) pairs present in `methods`: odd vs even; each student vs its CE-only control; LoRA vs the even
-    student; then every method vs the teacher."""
-    wanted = [("odd", "even"), *controls.items(), ("lora", "even"), ("lora_even", "even")]
+    student (`lora_steps`: the equal-steps arm); `auto` vs every static layer choice; then every method vs the
+    teacher. docs/results/ANALYSIS_PLAN.md §3 declares this family."""
+    wanted = [("odd", "even"), *controls.items(), ("lora", "even"), ("lora_steps", "even"), ("lora_even", "even")]
+    wanted += [("auto", static) for static in STATIC_LAYER_CHOICES]
     wanted += [(m, reference) for m in methods if m != reference]
     present = set(methods)
     return [p for p in dict.fromkeys(wanted) if p[0] in present and p[1] in present]

@@ -100,7 +100,7 @@ EVAL_FLAGS = "--num_threads 1 --latency_runs 100 --throughput_texts 256 --bootst
 # Then the CE-only controls of the other layer choices (the second edition: a control for every layer choice).
 PHASES = (
     ("teacher", "odd", "even", "odd_ce", "even_ce"),
-    ("lora", "lora_even", "spread", "bottom", "top"),
+    ("lora", "lora_even", "lora_steps", "auto", "spread", "bottom", "top"),
     ("spread_ce", "bottom_ce", "top_ce"),
 )
 STUDY_METHODS = tuple(itertools.chain.from_iterable(PHASES))
@@ -319,6 +319,8 @@ def publish(args: StudyArguments, method: str, seed: int, eval_dir: str) -> str:
                 "budget": args.budget if args.budget is not None else BUDGETS[args.dataset],
                 "common": COMMON,
                 "searched": shlex.join(searched_flags(args.dataset)),
+                # lora_steps trains for 2x the budget's epochs (run_compare.scaled_training_flags)
+                "epochs_factor": METHODS[method].epochs_factor,
                 "eval": EVAL_FLAGS,
                 "machine": f"{platform.machine()} {os.cpu_count()} CPU(s)",
                 "torch": torch.__version__,

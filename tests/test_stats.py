@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 from scipy import stats as scipy_stats
 from sklearn.metrics import f1_score, roc_auc_score
 
@@ -29,6 +30,7 @@ from distillkit.stats import (
     text_resample_weights,
     weighted_metric,
 )
+from distillkit.methods import CONTROLS
 from distillkit.tasks import MULTI_LABEL
 
 LABELS = [1, 1, 0, 0]
@@ -126,6 +128,41 @@ def test_study_pairs_and_table():
     table = paired_table({"odd": A, "even": B}, [("odd", "even")], ["f1", "roc_auc"], n_resamples=50)
     assert list(table.metric) == ["f1", "roc_auc"] and set(table.a) == {"odd"}
     assert table["diff"][0] == pytest.approx(19 / 90)
+
+
+def test_the_equal_steps_arm_and_auto_against_every_static_choice_are_declared_only_when_present():
+    controls = {"odd": "odd_ce", "even": "even_ce"}
+    # Neither lora_steps nor auto: no new pair.
+    assert study_pairs(["teacher", "odd", "even", "lora"], controls) == [
+        ("odd", "even"), ("lora", "even"), ("odd", "teacher"), ("even", "teacher"), ("lora", "teacher"),
+    ]  # fmt: skip
+    pairs = study_pairs(["teacher", "even", "lora_steps", "auto", "top"], controls)
+    assert ("lora_steps", "even") in pairs and ("lora_steps", "teacher") in pairs
+    # auto against each static layer choice that ran (not odd, bottom, spread: absent), never the reverse.
+    assert [p for p in pairs if "auto" in p] == [("auto", "even"), ("auto", "top"), ("auto", "teacher")]
+    assert study_pairs(["teacher", "lora_steps", "auto"], controls) == [("lora_steps", "teacher"), ("auto", "teacher")]
+
+
+def test_the_family_with_every_study_arm_is_the_one_the_analysis_plan_declares():
+    """The plan is read beside the code (ANALYSIS_PLAN.md: where they disagree, the run waits): its counts come from
+    study_pairs over the study's default methods."""
+    from study.run_study import STUDY_METHODS
+
+    methods = list(STUDY_METHODS)
+    assert len(methods) == 15 and {"lora_steps", "auto"} <= set(methods)
+    pairs = study_pairs(methods, CONTROLS)
+    assert len(pairs) == len(set(pairs)) == 28
+    statics = ("odd", "even", "bottom", "top", "spread")
+    assert {("auto", x) for x in statics} | {("lora_steps", "even")} <= set(pairs)
+    assert sum(b == "teacher" for _, b in pairs) == 14
+    tests = 2 * len(pairs)  # two metrics per data set (stats.metric_names)
+    plan = (REPO / "docs" / "results" / "ANALYSIS_PLAN.md").read_text()
+    assert f"**{len(pairs)} pairs × 2 metrics = {tests} tests per data set**" in plan
+    assert f"0.05 / {tests} ≈ {0.05 / tests:.5f}" in plan
+    for seeds in (5, 10):
+        assert f"|t| > {scipy_stats.t.ppf(1 - 0.05 / tests / 2, seeds - 1):.1f} with {seeds} seeds" in plan
+    arms = len(methods) - 1  # the bias family: every arm but the teacher, three measures (§4a)
+    assert f"**{arms} arms × 3 measures = {3 * arms} tests per data set**" in plan
 
 
 def multi_label_frame(gold: np.ndarray, probs: np.ndarray, cut: float = 0.5) -> pd.DataFrame:

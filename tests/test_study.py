@@ -61,6 +61,7 @@ def test_study_publishes_stages_then_skips_them_on_a_fresh_machine(
     assert record["recorded_method"] == "odd_ce"  # run_eval names the CE-only student so too
     assert len(record["label_names"]) == 2
     assert record["torch"] and record["budget"] == BUDGET
+    assert record["epochs_factor"] == 1  # only lora_steps trains for more than the budget's epochs
     # No weights and no absolute path of this machine in anything published.
     for path in glob.glob(str(tmp_path / "results" / "**" / "*"), recursive=True):
         assert not path.endswith((".safetensors", ".bin")), path
@@ -124,8 +125,8 @@ def test_the_default_is_the_study_s_methods_with_a_control_for_every_layer_choic
     """Not every registry entry: a deployment variant (even_onnx) is no method of the question, and stopped a run."""
     (args,) = run_study.parse_args((run_study.StudyArguments,), ["--dataset", "wiki_toxic"])
     assert args.methods == [
-        "teacher", "odd", "even", "odd_ce", "even_ce", "lora", "lora_even", "spread", "bottom", "top",
-        "spread_ce", "bottom_ce", "top_ce",
+        "teacher", "odd", "even", "odd_ce", "even_ce", "lora", "lora_even", "lora_steps", "auto", "spread", "bottom",
+        "top", "spread_ce", "bottom_ce", "top_ce",
     ]  # fmt: skip
 
 
