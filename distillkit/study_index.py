@@ -11,10 +11,19 @@ import pandas as pd
 from .methods import CONTROLS
 from .report_summary import cost_column, method_rank, pareto_front
 from .report_tables import _fmt, _interval, _mean_std, call_words
-from .stats import METRIC_LABELS, NOT_DISTINGUISHABLE
+from .stats import METRIC_LABELS, NOT_DISTINGUISHABLE, STATIC_LAYER_CHOICES
 
-# The questions the index answers per data set: odd vs even, each layer choice vs its CE-only control, where LoRA sits.
-KEY_PAIRS = (("odd", "even"), *CONTROLS.items(), ("lora", "even"), ("lora_even", "even"), ("lora", "teacher"))
+# The questions the index answers per data set: odd vs even, each layer choice vs its CE-only control, where LoRA sits
+# (also at the student's total optimizer steps), and `auto` against every static layer choice (issue 24).
+KEY_PAIRS = (
+    ("odd", "even"),
+    *CONTROLS.items(),
+    ("lora", "even"),
+    ("lora_steps", "even"),
+    ("lora_even", "even"),
+    ("lora", "teacher"),
+    *(("auto", static) for static in STATIC_LAYER_CHOICES),
+)
 
 
 def _latency_ratio(summaries: dict[str, pd.DataFrame], method: str) -> float:

@@ -200,6 +200,17 @@ def test_the_cross_data_set_verdict_lists_each_call():
     assert "big 3.0 h (5 models); 3.0 h in all." in index  # 3 × 2400 s + 2 × 1800 s
 
 
+def test_the_cross_data_set_verdict_answers_the_equal_steps_and_auto_questions():
+    """Issues 23 and 24: LoRA at the student's total steps against even, and auto against every static choice."""
+    rows = [("lora_steps", "even", "f1", 5, 0.004, "not distinguishable"), ("auto", "top", "f1", 5, 0.02, "A better")]
+    rows += [("auto", s, "f1", 5, -0.001, "not distinguishable") for s in ("odd", "even", "bottom", "spread")]
+    table = pd.DataFrame(rows, columns=["a", "b", "metric", "n_seeds", "diff", "verdict"])
+    lines = study_verdict({}, {"big": table}, {"big": 2})
+    assert "- **lora_steps − even**: not distinguishable on big (+0.004, 5 seeds)." in lines
+    assert "- **auto − top**: auto better on big (+0.020, 5 seeds)." in lines
+    assert sum(line.startswith("- **auto − ") for line in lines) == 5
+
+
 @pytest.mark.parametrize("markdown", sorted(glob.glob(str(REPO / "docs" / "results" / "**" / "*.md"), recursive=True)))
 def test_committed_reports_link_existing_plots(markdown):
     missing = [p for p in linked_images(markdown) if not os.path.isfile(p)]
