@@ -81,7 +81,7 @@ TRAIN_ROWS = {"wiki_toxic": 1400, "hate_speech18": 2800, "go_emotions": 5600}
 # The 28-label multi-label form (issue 12), BCE with balanced pos_weight: unweighted BCE stayed at the labels' base
 # rates in the first edition's pilot (study/README_head.md).
 TASK_BUDGET_FLAGS = {"go_emotions": "--problem_type multi_label --class_weights balanced"}
-EPOCHS = {"wiki_toxic": 2, "hate_speech18": 4, "go_emotions": 2}
+EPOCHS = {"wiki_toxic": 2, "hate_speech18": 4, "go_emotions": 3}
 BUDGETS = {
     name: f"--max_train_samples {rows} --num_train_epochs {EPOCHS[name]} {TASK_BUDGET_FLAGS.get(name, '')}".strip()
     for name, rows in TRAIN_ROWS.items()
