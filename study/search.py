@@ -65,6 +65,7 @@ GRID = (
     Config("lora", 1e-3, 16, "all-linear"),
 )
 SCRIPTS = {"teacher": "run_finetune.py", "lora": "run_lora.py"}
+MAX_EXTENSIONS = 2  # at most two steps past an edge per family; a search still at an edge after them says so
 
 
 @dataclass
@@ -113,25 +114,51 @@ def train_one(args: SearchArguments, config: Config) -> dict:
     }
 
 
+def _grid_order(rows: pd.DataFrame) -> pd.Series:
+    """The grid's configurations first, in GRID order; edge extensions after them, in the order they ran."""
+    position = {c.name: i for i, c in enumerate(GRID)}
+    return pd.Series([position.get(name, len(GRID) + i) for i, name in enumerate(rows["config"])], index=rows.index)
+
+
 def winners(rows: pd.DataFrame) -> dict[str, pd.Series]:
     """The best configuration of each family by the threshold-free validation metric; ties to the grid's order."""
     metric = selection_metric(rows["problem_type"].iloc[0], int(rows["num_labels"].iloc[0]))
-    order = {c.name: i for i, c in enumerate(GRID)}
-    out = {}
-    for family, group in rows.groupby("family"):
-        group = group.assign(order=group["config"].map(order)).sort_values("order")
-        out[family] = group.loc[group[metric].idxmax()]
-    return out
+    rows = rows.assign(order=_grid_order(rows)).sort_values("order")
+    return {family: group.loc[group[metric].idxmax()] for family, group in rows.groupby("family")}
+
+
+def edge_extensions(rows: pd.DataFrame) -> list[Config]:
+    """For each family whose winner's learning rate is the highest (or lowest) tried with its rank and targets, the
+    configuration one factor 2 past that edge: a winner at the grid's edge says nothing of what lies beyond."""
+    extra = []
+    for family, best in winners(rows).items():
+        same = rows[rows["family"] == family]
+        if family == "lora":
+            same = same[(same["lora_r"] == best["lora_r"]) & (same["lora_target_modules"] == best["lora_target_modules"])]
+        rates = sorted(same["learning_rate"])
+        if len(rates) < 2 or rates[0] < best["learning_rate"] < rates[-1]:
+            continue
+        factor = 2.0 if best["learning_rate"] == rates[-1] else 0.5
+        lora = (int(best["lora_r"]), best["lora_target_modules"]) if family == "lora" else (None, None)
+        extra.append(Config(family, float(best["learning_rate"]) * factor, *lora))
+    return extra
 
 
 def search(args: SearchArguments) -> pd.DataFrame:
     os.makedirs(args.results_dir, exist_ok=True)
     path = os.path.join(args.results_dir, f"{args.dataset}.csv")
-    for config in GRID:
-        done = pd.read_csv(path) if os.path.exists(path) else pd.DataFrame()
-        if len(done) and ((done["config"] == config.name) & (done["seed"] == args.seed)).any():
-            continue
-        replace_row(path, train_one(args, config), ("config", "seed"))
+    configs = list(GRID)
+    for _ in range(MAX_EXTENSIONS + 1):
+        for config in configs:
+            done = pd.read_csv(path) if os.path.exists(path) else pd.DataFrame()
+            if len(done) and ((done["config"] == config.name) & (done["seed"] == args.seed)).any():
+                continue
+            replace_row(path, train_one(args, config), ("config", "seed"))
+        extra = [c for c in edge_extensions(pd.read_csv(path)) if c not in configs]
+        if not extra:
+            break
+        logger.info("a winner is at its grid's edge: adding %s", ", ".join(c.name for c in extra))
+        configs += extra
     return pd.read_csv(path)
 
 
@@ -153,7 +180,12 @@ def summary_markdown(tables: dict[str, pd.DataFrame]) -> str:
                 f"| {mark}{r['config']}{mark} | {r['eval_pr_auc']:.3f} | {r['eval_roc_auc']:.3f} | "
                 f"{r['eval_f1']:.3f} | {r['eval_macro_f1']:.3f} | {r['train_runtime_s']:.0f} |"
             )
-        lines.append("")
+        edge = {c.family for c in edge_extensions(rows)}
+        lines += [""] + [
+            f"Chosen {family}: `{r['config']}`"
+            + (" — **still at the edge of what was tried**" if family in edge else "")
+            for family, r in winners(rows).items()
+        ] + [""]
     return "\n".join(lines)
 
 

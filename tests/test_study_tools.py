@@ -187,3 +187,27 @@ def test_study_uses_the_configurations_the_committed_search_chose():
         checked += 1
     if not checked:
         pytest.skip(f"no search is committed yet in {RESULTS_DIR}")
+
+
+def test_search_extends_a_family_whose_winner_is_at_the_edge_of_its_learning_rates():
+    from study.search import GRID, Config, edge_extensions, summary_markdown
+
+    rows = pd.DataFrame(
+        [
+            {"config": c.name, "family": c.family, "learning_rate": c.learning_rate, "lora_r": c.lora_r,
+             "lora_target_modules": c.lora_target_modules, "seed": 42, "eval_pr_auc": value, "eval_roc_auc": 0.9,
+             "eval_f1": 0.8, "eval_macro_f1": 0.8, "train_runtime_s": 60.0, "budget": "--x 1",
+             "problem_type": "single_label_classification", "num_labels": 2}
+            for c, value in zip(GRID, [0.60, 0.65, 0.70, 0.75, 0.50, 0.55, 0.52, 0.54])
+        ]
+    )
+    # The teacher's best is its highest rate (1e-4): try 2e-4. LoRA's best (1e-3, r8) is inside {5e-4, 1e-3, 2e-3}.
+    assert edge_extensions(rows) == [Config("teacher", 2e-4)]
+    assert "Chosen teacher: `teacher-lr0.0001` — **still at the edge" in summary_markdown({"d": rows})
+    beyond = rows.iloc[[3]].assign(config="teacher-lr0.0002", learning_rate=2e-4, eval_pr_auc=0.74)
+    rows = pd.concat([rows, beyond], ignore_index=True)
+    assert edge_extensions(rows) == []  # 1e-4 now lies between 5e-5 and 2e-4
+    assert "Chosen teacher: `teacher-lr0.0001`\n" in summary_markdown({"d": rows})
+    # LoRA's winner at the low edge of its own rank and targets goes down by 2.
+    rows.loc[rows.config == "lora-lr0.0005-r8-query+value", "eval_pr_auc"] = 0.9
+    assert edge_extensions(rows) == [Config("lora", 2.5e-4, 8, "query,value")]
