@@ -2,7 +2,7 @@
 """Two editions of a data set's study stages side by side: macro-F1 and the rarest test class's (label's) F1 per
 method, over the seeds both editions have (issue 22's before/after table of the imbalance defaults).
 
-    python study/before_after.py --before docs/results/wiki_toxic --after docs/results/defaults_check/wiki_toxic
+    python study/before_after.py --before docs/results/earlier/first_edition/wiki_toxic --after docs/results/defaults_check/wiki_toxic
 
 Both folders hold study stages (`stages/<method>/seed<S>/`, as study/run_study.py publishes them). Every figure is
 recomputed from the stages' predictions at each model's saved decision rule; nothing is copied from a report.
