@@ -4,7 +4,7 @@
     nice -n 10 python study/budget_pilot.py --dataset wiki_toxic --work_dir ../study2_pilot
 
 The teacher (seed 42, learning rate 5e-5, the imbalance defaults on) is fine-tuned for up to --max_epochs epochs on
-the study's rows and sequence length (study/run_study.py's TRAIN_ROWS, MAX_SEQ_LENGTH, COMMON), and the whole
+the study's rows and sequence length (study/run_study.py's PILOT_ROWS, MAX_SEQ_LENGTH, COMMON), and the whole
 validation split is scored after each epoch (no --max_eval_samples). The rule, fixed before the run: the smallest
 E after which one more epoch adds less than 0.01 of the primary metric and less than 0.005 ROC-AUC; E = the last
 epoch when none does. The per-epoch table lands in docs/results/pilot2/<data set>.csv; study/run_study.py's EPOCHS
@@ -26,7 +26,7 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args  # noqa: E402
-from study.run_study import COMMON, REPO, TASK_BUDGET_FLAGS, TRAIN_ROWS  # noqa: E402
+from study.run_study import COMMON, PILOT_ROWS, REPO, TASK_BUDGET_FLAGS  # noqa: E402
 
 logger = logging.getLogger("budget_pilot")
 RESULTS_DIR = os.path.join("docs", "results", "pilot2")
@@ -36,7 +36,7 @@ AUC_GAIN = 0.005  # ... or this much ROC-AUC to be worth it
 
 @dataclass
 class PilotArguments:
-    dataset: str | None = field(default=None, metadata={"help": "A data set of study/run_study.py's TRAIN_ROWS."})
+    dataset: str | None = field(default=None, metadata={"help": "A data set of study/run_study.py's PILOT_ROWS."})
     max_epochs: int = field(default=5, metadata={"help": "Epochs trained; the rule picks one of 1..max_epochs."})
     seed: int = field(default=42, metadata={"help": "The pilot's one seed."})
     work_dir: str = field(default="../study2_pilot", metadata={"help": "Where the teacher goes (never committed)."})
@@ -45,8 +45,8 @@ class PilotArguments:
     teacher: str = field(default="../shared/models/all-MiniLM-L6-v2", metadata={"help": "Pretrained teacher."})
 
     def __post_init__(self) -> None:
-        if self.dataset not in TRAIN_ROWS:
-            raise UsageError(f"--dataset {self.dataset}: choose one of {', '.join(TRAIN_ROWS)}")
+        if self.dataset not in PILOT_ROWS:
+            raise UsageError(f"--dataset {self.dataset}: choose one of {', '.join(PILOT_ROWS)}")
         if self.max_epochs < 2:
             raise UsageError(f"--max_epochs {self.max_epochs}: the rule compares epochs; give 2 or more")
         for name in ("work_dir", "results_dir", "data_root", "teacher"):
@@ -90,7 +90,7 @@ def run_pilot(args: PilotArguments) -> str:
         [sys.executable, os.path.join(REPO, "run_finetune.py"), "--model_name_or_path", args.teacher]
         + ["--dataset_name", os.path.join(args.data_root, args.dataset), "--output_dir", out]
         + ["--seed", str(args.seed), "--learning_rate", "5e-5", *common]
-        + ["--max_train_samples", str(TRAIN_ROWS[args.dataset]), "--num_train_epochs", str(args.max_epochs)]
+        + ["--max_train_samples", str(PILOT_ROWS[args.dataset]), "--num_train_epochs", str(args.max_epochs)]
         + shlex.split(TASK_BUDGET_FLAGS.get(args.dataset, ""))
         + ["--eval_strategy", "epoch", "--do_eval", "true"]
     )
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     primary = primary_metric(problem_type)
     chosen = choose_epochs(table, primary)
     table.insert(0, "dataset", args.dataset)
-    table.insert(1, "train_rows", TRAIN_ROWS[args.dataset])
+    table.insert(1, "train_rows", PILOT_ROWS[args.dataset])
     table["primary"] = primary
     table["chosen"] = table["epoch"] == chosen
     os.makedirs(args.results_dir, exist_ok=True)

@@ -150,15 +150,15 @@ def test_study_budgets_take_the_epochs_the_committed_pilots_chose():
     import os
 
     from study.budget_pilot import RESULTS_DIR, choose_epochs
-    from study.run_study import EPOCHS, REPO, TRAIN_ROWS
+    from study.run_study import EPOCHS, PILOT_ROWS, REPO
 
     checked = 0
-    for dataset in TRAIN_ROWS:
+    for dataset in PILOT_ROWS:
         path = os.path.join(REPO, RESULTS_DIR, f"{dataset}.csv")
         if not os.path.exists(path):
             continue
         table = pd.read_csv(path)
-        assert table["train_rows"].iloc[0] == TRAIN_ROWS[dataset]
+        assert table["train_rows"].iloc[0] == PILOT_ROWS[dataset]
         assert EPOCHS[dataset] == choose_epochs(table, table["primary"].iloc[0]), dataset
         assert table.loc[table["chosen"], "epoch"].tolist() == [EPOCHS[dataset]]
         checked += 1
