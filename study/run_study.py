@@ -95,10 +95,6 @@ COMMON = (
     "--save_steps 25 --save_total_limit 1 --logging_steps 25 --do_eval false --do_predict false --use_cpu true "
     "--report_to none --disable_tqdm true"
 )
-# The search's winners per data set (study/search.py on the full validation split, docs/results/search/<data set>.csv;
-# tests/test_study_tools.py checks them against the CSVs): the teacher's learning rate, and LoRA's learning rate, rank
-# and target modules for every LoRA arm. A study data set without them is refused: its arms would not be the plan's.
-SEARCHED: dict[str, dict[str, float | int | str]] = {}
 EVAL_FLAGS = "--num_threads 1 --latency_runs 100 --throughput_texts 256 --bootstrap_samples 100"
 # The question first: teacher, odd, even and their CE-only controls for every seed; then LoRA and the other layer sets.
 # Then the CE-only controls of the other layer choices (the second edition: a control for every layer choice).
@@ -130,6 +126,10 @@ class StudyArguments:
     data_root: str = field(default="../shared/data", metadata={"help": "Folder holding one folder per data set."})
     teacher: str = field(default="../shared/models/all-MiniLM-L6-v2", metadata={"help": "Pretrained teacher."})
     budget: str | None = field(default=None, metadata={"help": "Training flags instead of BUDGETS[dataset], quoted."})
+    search_dir: str = field(
+        default="docs/results/search",
+        metadata={"help": "study/search.py's results: every arm takes the teacher and LoRA hyperparameters it chose."},
+    )
     n_resamples: int = field(
         default=DEFAULT_RESAMPLES, metadata={"help": "Bootstrap resamples of the paired differences (seeds and texts)."}
     )
@@ -179,11 +179,14 @@ class StudyArguments:
             raise UsageError("--time_latency true times one data set's models: give --dataset NAME")
         if self.dataset and self.budget is None and self.dataset not in BUDGETS:
             raise UsageError(f"--dataset {self.dataset}: no budget in BUDGETS ({', '.join(BUDGETS)}); pass --budget")
-        if self.dataset and self.budget is None and not (self.report_only or self.time_latency) and self.dataset not in SEARCHED:
-            raise UsageError(
-                f"--dataset {self.dataset}: no searched hyperparameters in SEARCHED; run study/search.py --dataset "
-                f"{self.dataset} first (docs/results/ANALYSIS_PLAN.md §6), or pass --budget"
-            )
+        self.search_dir = os.path.normpath(os.path.join(REPO, self.search_dir))
+        if self.dataset and self.budget is None and not (self.report_only or self.time_latency):
+            if searched_hyperparameters(self.search_dir, self.dataset) is None:
+                raise UsageError(
+                    f"--dataset {self.dataset}: its search in {portable(self.search_dir)} is missing or unfinished; "
+                    f"run study/search.py --dataset {self.dataset} first (docs/results/ANALYSIS_PLAN.md §6), or pass "
+                    "--budget"
+                )
         if self.correction not in CORRECTIONS:
             raise UsageError(f"--correction {self.correction}: choose from {', '.join(CORRECTIONS)}")
         if not 0 < self.alpha < 1:
@@ -251,9 +254,22 @@ def task_flags(budget: str) -> list[str]:
     return out
 
 
-def searched_flags(dataset: str) -> list[str]:
-    """run_compare.py's flags for the search's winners (after COMMON, so they replace its teacher learning rate)."""
-    found = SEARCHED.get(dataset)
+def searched_hyperparameters(search_dir: str, dataset: str) -> dict[str, float | int | str] | None:
+    """The search's winners for the data set (study/search.py's CSV in `search_dir`); None when the search is missing
+    or unfinished. Every arm of the data set trains with them (ANALYSIS_PLAN §6)."""
+    from study.search import chosen_hyperparameters, is_complete  # search.py imports this module
+
+    path = os.path.join(search_dir, f"{dataset}.csv")
+    if not os.path.isfile(path):
+        return None
+    rows = pd.read_csv(path)
+    return chosen_hyperparameters(rows) if is_complete(rows) else None
+
+
+def searched_flags(args: StudyArguments) -> list[str]:
+    """run_compare.py's flags for the search's winners (after COMMON, so they replace its teacher learning rate);
+    none when --budget replaces the study's budget."""
+    found = None if args.budget is not None else searched_hyperparameters(args.search_dir, args.dataset)
     if found is None:
         return []
     lora = f"--lora_r {found['lora_r']} --lora_target_modules {found['lora_target_modules']}"
@@ -270,7 +286,7 @@ def train_and_score(args: StudyArguments, method: str, seed: int) -> str:
     run(
         [sys.executable, os.path.join(REPO, "run_compare.py"), "--teacher_name_or_path", args.teacher]
         + ["--dataset_name", data, "--experiment_dir", work, "--seeds", str(seed)]
-        + ["--methods", *dependencies(method), method, *shlex.split(COMMON), *searched_flags(args.dataset)]
+        + ["--methods", *dependencies(method), method, *shlex.split(COMMON), *searched_flags(args)]
         + shlex.split(budget),
         args.dry_run,
     )
@@ -322,7 +338,7 @@ def publish(args: StudyArguments, method: str, seed: int, eval_dir: str) -> str:
                 "label_names": [str(names.get(i, i)) for i in range(len(probs))],
                 "budget": args.budget if args.budget is not None else BUDGETS[args.dataset],
                 "common": COMMON,
-                "searched": shlex.join(searched_flags(args.dataset)),
+                "searched": shlex.join(searched_flags(args)),
                 # lora_steps trains for 2x the budget's epochs (run_compare.scaled_training_flags)
                 "epochs_factor": METHODS[method].epochs_factor,
                 "eval": EVAL_FLAGS,

@@ -8,8 +8,8 @@ rate and LoRA's (learning rate, rank, targets), the same search budget for both 
 Every configuration trains once (seed 42) at the data set's study budget (study/run_study.py's BUDGETS, COMMON) and
 is scored on the full validation split only. The winner is the configuration with the best threshold-free validation
 metric (PR-AUC of the positive class for binary data, macro ROC-AUC otherwise: lora_sweep.selection_metric), ties to
-the earlier configuration of the grid. run_study.py's SEARCHED holds the winners (tests/test_study_tools.py checks them
-against the CSVs). A finished configuration's row is kept; its run is skipped on a re-run.
+the earlier configuration of the grid. run_study.py reads the winners from the CSV (`chosen_hyperparameters`) and
+refuses a data set whose search is not complete (`is_complete`). A finished configuration's row is kept; its run is skipped on a re-run.
 """
 
 from __future__ import annotations
@@ -142,6 +142,26 @@ def edge_extensions(rows: pd.DataFrame) -> list[Config]:
         lora = (int(best["lora_r"]), best["lora_target_modules"]) if family == "lora" else (None, None)
         extra.append(Config(family, float(best["learning_rate"]) * factor, *lora))
     return extra
+
+
+def is_complete(rows: pd.DataFrame) -> bool:
+    """Every grid configuration ran, and no family still waits for an edge extension it is allowed."""
+    if rows.empty or not {c.name for c in GRID} <= set(rows["config"]):
+        return False
+    grid = {c.name for c in GRID}
+    extended = rows[~rows["config"].isin(grid)].groupby("family").size()
+    return all(extended.get(c.family, 0) >= MAX_EXTENSIONS for c in edge_extensions(rows))
+
+
+def chosen_hyperparameters(rows: pd.DataFrame) -> dict[str, float | int | str]:
+    """What the study takes from a complete search: the teacher's learning rate and LoRA's rate, rank and targets."""
+    best = winners(rows)
+    return {
+        "teacher_learning_rate": float(best["teacher"]["learning_rate"]),
+        "lora_learning_rate": float(best["lora"]["learning_rate"]),
+        "lora_r": int(best["lora"]["lora_r"]),
+        "lora_target_modules": str(best["lora"]["lora_target_modules"]),
+    }
 
 
 def search(args: SearchArguments) -> pd.DataFrame:

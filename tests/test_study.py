@@ -145,20 +145,40 @@ def test_the_evaluation_reads_the_task_the_budget_trains():
     assert run_study.task_flags(run_study.BUDGETS["wiki_toxic"]) == []
 
 
-def test_a_study_data_set_without_its_searched_hyperparameters_is_refused(capsys, monkeypatch):
-    monkeypatch.setattr(run_study, "SEARCHED", {})
+def _search_csv(folder, dataset, best_teacher_lr=3e-5, best_lora=("lora", 1e-3, 16, "all-linear")):
+    """A finished search (every grid configuration, the winners inside their learning-rate ranges)."""
+    from study.search import GRID
+
+    rows = []
+    for c in GRID:
+        best = c.family == "teacher" and c.learning_rate == best_teacher_lr
+        best = best or (c.family, c.learning_rate, c.lora_r, c.lora_target_modules) == best_lora
+        rows.append({"config": c.name, "family": c.family, "learning_rate": c.learning_rate, "lora_r": c.lora_r,
+                     "lora_target_modules": c.lora_target_modules, "seed": 42, "eval_pr_auc": 0.9 if best else 0.5,
+                     "problem_type": "single_label_classification", "num_labels": 2})
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(folder / f"{dataset}.csv", index=False)
+
+
+def test_a_study_data_set_without_its_finished_search_is_refused(capsys, tmp_path):
     with pytest.raises(SystemExit):
-        run_study.main(["--dataset", "hate_speech18", "--dry_run", "true"])
+        run_study.main(["--dataset", "hate_speech18", "--dry_run", "true", "--search_dir", str(tmp_path)])
     assert "run study/search.py --dataset hate_speech18 first" in capsys.readouterr().err
+    _search_csv(tmp_path, "hate_speech18")
+    rows = pd.read_csv(tmp_path / "hate_speech18.csv")
+    rows.iloc[:-1].to_csv(tmp_path / "hate_speech18.csv", index=False)  # one configuration still to run
+    with pytest.raises(SystemExit):
+        run_study.main(["--dataset", "hate_speech18", "--dry_run", "true", "--search_dir", str(tmp_path)])
+    assert "missing or unfinished" in capsys.readouterr().err
 
 
-def test_the_searched_hyperparameters_reach_every_training_command(caplog, monkeypatch, tmp_path):
-    searched = {"teacher_learning_rate": 3e-5, "lora_learning_rate": 2e-3, "lora_r": 16, "lora_target_modules": "all-linear"}
-    monkeypatch.setattr(run_study, "SEARCHED", {"hate_speech18": searched})
+def test_the_searched_hyperparameters_reach_every_training_command(caplog, tmp_path):
+    _search_csv(tmp_path / "search", "hate_speech18")
     with caplog.at_level("INFO", logger="run_study"):
         run_study.main(
             ["--dataset", "hate_speech18", "--methods", "teacher", "lora", "--seeds", "7", "--dry_run", "true"]
             + ["--work_dir", str(tmp_path / "w"), "--results_dir", str(tmp_path / "r")]
+            + ["--search_dir", str(tmp_path / "search")]
         )
     compare = [r.message for r in caplog.records if "run_compare.py" in r.message]
     assert len(compare) == 2
@@ -167,5 +187,5 @@ def test_the_searched_hyperparameters_reach_every_training_command(caplog, monke
         # The searched rate comes after COMMON's 5e-5, so it is the one argparse keeps.
         rates = [words[i + 1] for i, w in enumerate(words) if w == "--teacher_learning_rate"]
         assert rates[-1] == "3e-05"
-        assert words[words.index("--lora_learning_rate") + 1] == "0.002"
+        assert words[words.index("--lora_learning_rate") + 1] == "0.001"
         assert words[words.index("--lora_args") + 1] == "--lora_r 16 --lora_target_modules all-linear"
