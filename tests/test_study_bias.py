@@ -16,7 +16,7 @@ from conftest import NEUTRAL_WORDS, TOXIC_WORDS
 
 from distillkit.report import linked_images
 from study import run_study
-from test_study import ABSOLUTE, study_argv
+from test_study import ABSOLUTE, BUDGET, study_argv
 
 
 def write_bias_set(directory: Path) -> Path:
@@ -81,4 +81,5 @@ def test_bias_stage_published_gathered_and_rescored(tmp_path, caplog, tiny_base_
     assert "--methods teacher odd_ce" in caplog.text and "--seeds 1" in caplog.text and "--bias_dataset" in caplog.text
 
     # Off for data sets that are not listed: the plain stage, as before.
-    assert run_study.bias_flags(run_study.parse_args((run_study.StudyArguments,), ["--dataset", "go_emotions"])[0]) == []
+    go_emotions = ["--dataset", "go_emotions", "--budget", BUDGET]  # a budget: no search needed to parse
+    assert run_study.bias_flags(run_study.parse_args((run_study.StudyArguments,), go_emotions)[0]) == []
