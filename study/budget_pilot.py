@@ -4,7 +4,7 @@
     nice -n 10 python study/budget_pilot.py --dataset wiki_toxic --work_dir ../study2_pilot
 
 The teacher (seed 42, learning rate 5e-5, the imbalance defaults on) is fine-tuned for up to --max_epochs epochs on
-the study's rows and sequence length (study/run_study.py's PILOT_ROWS, MAX_SEQ_LENGTH, COMMON), and the whole
+the study's rows and sequence length (study/run_study.py's PILOT_ROWS, MAX_SEQ_LENGTH, SCRIPT_FLAGS), and the whole
 validation split is scored after each epoch (no --max_eval_samples). The rule, fixed before the run: the smallest
 E after which one more epoch adds less than 0.01 of the primary metric and less than 0.005 ROC-AUC; E = the last
 epoch when none does. The per-epoch table lands in docs/results/pilot2/<data set>.csv; study/run_study.py's EPOCHS
@@ -26,7 +26,7 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args  # noqa: E402
-from study.run_study import COMMON, PILOT_ROWS, REPO, TASK_BUDGET_FLAGS  # noqa: E402
+from study.run_study import PILOT_ROWS, REPO, SCRIPT_FLAGS, TASK_BUDGET_FLAGS, TEACHER_LEARNING_RATE  # noqa: E402
 
 logger = logging.getLogger("budget_pilot")
 RESULTS_DIR = os.path.join("docs", "results", "pilot2")
@@ -85,11 +85,10 @@ def epoch_table(log_history: list[dict]) -> pd.DataFrame:
 
 def run_pilot(args: PilotArguments) -> str:
     out = os.path.join(args.work_dir, args.dataset, f"teacher-seed{args.seed}-{args.max_epochs}epochs")
-    common = [w for w in shlex.split(COMMON) if w not in ("--teacher_learning_rate", "5e-5")]
     cmd = (
         [sys.executable, os.path.join(REPO, "run_finetune.py"), "--model_name_or_path", args.teacher]
         + ["--dataset_name", os.path.join(args.data_root, args.dataset), "--output_dir", out]
-        + ["--seed", str(args.seed), "--learning_rate", "5e-5", *common]
+        + ["--seed", str(args.seed), "--learning_rate", TEACHER_LEARNING_RATE, *shlex.split(SCRIPT_FLAGS)]
         + ["--max_train_samples", str(PILOT_ROWS[args.dataset]), "--num_train_epochs", str(args.max_epochs)]
         + shlex.split(TASK_BUDGET_FLAGS.get(args.dataset, ""))
         + ["--eval_strategy", "epoch", "--do_eval", "true"]

@@ -5,7 +5,7 @@
     python study/lora_sweep.py --summary_only true     # rebuild docs/results/lora_sweep/README.md's tables
 
 Every (learning rate, warmup) of the grid trains `run_lora.py` on the study's teacher base and budget
-(study/run_study.py's BUDGETS and COMMON, one seed) and is scored on the validation split only: the test split
+(study/run_study.py's BUDGETS and SCRIPT_FLAGS, one seed) and is scored on the validation split only: the test split
 plays no part in choosing a default. The selection metric is threshold-free (validation PR-AUC of the positive
 class for binary data, macro ROC-AUC otherwise) because the decision rule is itself tuned on validation, which
 would flatter every configuration's F1 alike. When the best learning rate is an edge of the grid, the grid is
@@ -29,7 +29,7 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args  # noqa: E402
-from study.run_study import BUDGETS, COMMON, REPO, portable  # noqa: E402
+from study.run_study import BUDGETS, REPO, SCRIPT_FLAGS, portable  # noqa: E402
 
 logger = logging.getLogger("lora_sweep")
 RESULTS_DIR = os.path.join("docs", "results", "lora_sweep")
@@ -108,7 +108,7 @@ def train_one(args: SweepArguments, lr: float, warmup: float) -> dict:
         [sys.executable, os.path.join(REPO, "run_lora.py"), "--model_name_or_path", args.base]
         + ["--dataset_name", os.path.join(args.data_root, args.dataset), "--output_dir", out]
         + ["--seed", str(args.seed), "--learning_rate", f"{lr:g}", "--warmup_steps", f"{warmup:g}"]
-        + [w for w in shlex.split(COMMON) if w != "--teacher_learning_rate" and w != "5e-5"]
+        + shlex.split(SCRIPT_FLAGS)
         + shlex.split(args.budget if args.budget is not None else BUDGETS[args.dataset])
         + ["--do_eval", "true"]
     )
@@ -127,12 +127,15 @@ def train_one(args: SweepArguments, lr: float, warmup: float) -> dict:
     }
 
 
-def replace_row(path: str, row: dict, keys: tuple[str, ...]) -> pd.DataFrame:
-    """Add one row to a CSV (replacing the row with the same `keys`), written to a temporary file and renamed."""
+def replace_row(path: str, row: dict, keys: tuple[str, ...], sort_by: list[str] | None = None) -> pd.DataFrame:
+    """Add one row to a CSV (replacing the row with the same `keys`; sorted by `sort_by` when given), written to a
+    temporary file and renamed."""
     rows = pd.read_csv(path) if os.path.exists(path) else pd.DataFrame()
     if len(rows):
         rows = rows[~(rows[list(keys)] == pd.Series({k: row[k] for k in keys})).all(axis=1)]
     rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
+    if sort_by:
+        rows = rows.sort_values(sort_by)
     rows.to_csv(path + ".tmp", index=False)
     os.replace(path + ".tmp", path)
     return rows
@@ -140,10 +143,7 @@ def replace_row(path: str, row: dict, keys: tuple[str, ...]) -> pd.DataFrame:
 
 def append_row(path: str, row: dict) -> pd.DataFrame:
     """Add (or replace) one configuration's row, sorted by warmup then learning rate."""
-    rows = replace_row(path, row, ("learning_rate", "warmup")).sort_values(["warmup", "learning_rate"])
-    rows.to_csv(path + ".tmp", index=False)
-    os.replace(path + ".tmp", path)
-    return rows
+    return replace_row(path, row, ("learning_rate", "warmup"), sort_by=["warmup", "learning_rate"])
 
 
 def sweep(args: SweepArguments) -> pd.DataFrame:

@@ -73,8 +73,9 @@ logger = logging.getLogger("run_study")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The training budget of each data set, the same for every method. The second edition (docs/results/ANALYSIS_PLAN.md
-# §7–8): 0.42 × the first edition's training rows (0.7, then 0.6), 64 tokens, and the epochs that study/budget_pilot.py chose on the
-# full validation split (docs/results/pilot2/<data set>.csv; tests/test_study_tools.py checks EPOCHS against it).
+# §7–8): 0.42 × the first edition's training rows (0.7, then 0.6), 64 tokens, and the epochs that
+# study/budget_pilot.py chose on the full validation split (docs/results/pilot2/<data set>.csv;
+# tests/test_study_tools.py checks EPOCHS against it).
 # The first edition's budgets are recorded in its stage.json files (docs/results/earlier/first_edition/).
 MAX_SEQ_LENGTH = 64
 # The pilots ran at 0.7 x the first edition's rows; the estimate recomputed with their epochs (§8) was 25 CPU-hours,
@@ -90,11 +91,15 @@ BUDGETS = {
     name: f"--max_train_samples {rows} --num_train_epochs {EPOCHS[name]} {TASK_BUDGET_FLAGS.get(name, '')}".strip()
     for name, rows in TRAIN_ROWS.items()
 }
-COMMON = (
-    f"--teacher_learning_rate 5e-5 --max_seq_length {MAX_SEQ_LENGTH} --per_device_train_batch_size 32 --save_strategy steps "
+TEACHER_LEARNING_RATE = "5e-5"  # the pilots' rate; the search's winner replaces it per data set (searched_flags)
+# The flags every training script of a stage takes (run_finetune, run_distill, run_lora): the pilot, the search and the
+# LoRA sweep run a script directly with these; run_compare.py also takes COMMON's teacher learning rate.
+SCRIPT_FLAGS = (
+    f"--max_seq_length {MAX_SEQ_LENGTH} --per_device_train_batch_size 32 --save_strategy steps "
     "--save_steps 25 --save_total_limit 1 --logging_steps 25 --do_eval false --do_predict false --use_cpu true "
     "--report_to none --disable_tqdm true"
 )
+COMMON = f"--teacher_learning_rate {TEACHER_LEARNING_RATE} {SCRIPT_FLAGS}"
 EVAL_FLAGS = "--num_threads 1 --latency_runs 100 --throughput_texts 256 --bootstrap_samples 100"
 # The question first: teacher, odd, even and their CE-only controls for every seed; then LoRA and the other layer sets.
 # Then the CE-only controls of the other layer choices (the second edition: a control for every layer choice).
@@ -293,7 +298,8 @@ def train_and_score(args: StudyArguments, method: str, seed: int) -> str:
     out = os.path.join(work, "stage_eval", method, f"seed{seed}")
     run(
         [sys.executable, os.path.join(REPO, "run_eval.py"), "--model_dirs", os.path.join(work, f"seed{seed}", method)]
-        + ["--dataset_name", data, "--max_seq_length", str(MAX_SEQ_LENGTH), "--output_dir", out, "--overwrite_output_dir", "true"]
+        + ["--dataset_name", data, "--max_seq_length", str(MAX_SEQ_LENGTH), "--output_dir", out]
+        + ["--overwrite_output_dir", "true"]
         + task_flags(budget)
         + shlex.split(EVAL_FLAGS)
         + bias_flags(args),

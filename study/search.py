@@ -5,11 +5,12 @@ rate and LoRA's (learning rate, rank, targets), the same search budget for both 
     nice -n 10 python study/search.py --dataset hate_speech18 --work_dir ../study2_search
     python study/search.py --summary_only true      # rebuild docs/results/search/tables.md
 
-Every configuration trains once (seed 42) at the data set's study budget (study/run_study.py's BUDGETS, COMMON) and
-is scored on the full validation split only. The winner is the configuration with the best threshold-free validation
-metric (PR-AUC of the positive class for binary data, macro ROC-AUC otherwise: lora_sweep.selection_metric), ties to
-the earlier configuration of the grid. run_study.py reads the winners from the CSV (`chosen_hyperparameters`) and
-refuses a data set whose search is not complete (`is_complete`). A finished configuration's row is kept; its run is skipped on a re-run.
+Every configuration trains once (seed 42) at the data set's study budget (study/run_study.py's BUDGETS,
+SCRIPT_FLAGS) and is scored on the full validation split only. The winner is the configuration with the best
+threshold-free validation metric (PR-AUC of the positive class for binary data, macro ROC-AUC otherwise:
+lora_sweep.selection_metric), ties to the earlier configuration of the grid. run_study.py reads the winners from the
+CSV (`chosen_hyperparameters`) and refuses a data set whose search is not complete (`is_complete`). A finished
+configuration's row is kept; its run is skipped on a re-run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, parse_args  # noqa: E402
 from study.lora_sweep import KEPT, replace_row, selection_metric, train_and_read  # noqa: E402
-from study.run_study import BUDGETS, COMMON, REPO, portable  # noqa: E402
+from study.run_study import BUDGETS, REPO, SCRIPT_FLAGS, portable  # noqa: E402
 
 logger = logging.getLogger("search")
 RESULTS_DIR = os.path.join("docs", "results", "search")
@@ -88,11 +89,10 @@ class SearchArguments:
 def train_one(args: SearchArguments, config: Config) -> dict:
     """Train one configuration (run_*.py skips a finished run of the same request) → its validation row."""
     out = os.path.join(args.work_dir, args.dataset, config.name)
-    common = [w for w in shlex.split(COMMON) if w not in ("--teacher_learning_rate", "5e-5")]
     cmd = (
         [sys.executable, os.path.join(REPO, SCRIPTS[config.family]), "--model_name_or_path", args.base]
         + ["--dataset_name", os.path.join(args.data_root, args.dataset), "--output_dir", out]
-        + ["--seed", str(args.seed), *config.flags(), *common, *shlex.split(BUDGETS[args.dataset])]
+        + ["--seed", str(args.seed), *config.flags(), *shlex.split(SCRIPT_FLAGS), *shlex.split(BUDGETS[args.dataset])]
         + ["--do_eval", "true"]
     )
     metrics, record, train = train_and_read(cmd, out, f"{SCRIPTS[config.family]} failed for {config.name}")
@@ -134,7 +134,8 @@ def edge_extensions(rows: pd.DataFrame) -> list[Config]:
     for family, best in winners(rows).items():
         same = rows[rows["family"] == family]
         if family == "lora":
-            same = same[(same["lora_r"] == best["lora_r"]) & (same["lora_target_modules"] == best["lora_target_modules"])]
+            same_adapter = (same["lora_r"] == best["lora_r"]) & (same["lora_target_modules"] == best["lora_target_modules"])
+            same = same[same_adapter]
         rates = sorted(same["learning_rate"])
         if len(rates) < 2 or rates[0] < best["learning_rate"] < rates[-1]:
             continue
