@@ -24,7 +24,15 @@ from distillkit.data_args import check_max_seq_length
 from distillkit.layer_plot import PLOT_FILE as LAYER_PLOT
 from distillkit.layer_plot import plot_layer_scores
 from distillkit.fingerprint import fingerprint_digest, model_identity, request_fingerprint
-from distillkit.layer_selection import AUTO, check_num_student_layers, choose_layers
+from distillkit.layer_selection import (
+    AUTO,
+    DEFAULT_TRAIN_ROWS,
+    MAX_VALIDATION_ROWS,
+    MIN_VALIDATION_ROWS,
+    check_num_student_layers,
+    choose_layers,
+    default_validation_rows,
+)
 from distillkit.students import NAMED_LAYER_CHOICES, build_student, layer_stack, select_layers
 from distillkit.teacher import (
     TeacherArguments,
@@ -34,7 +42,14 @@ from distillkit.teacher import (
     teacher_record,
     teacher_training_args,
 )
-from distillkit.training import build_trainer, load_tokenized, resume_or_skip, start_run, train_evaluate_save
+from distillkit.training import (
+    build_trainer,
+    load_tokenized,
+    resume_or_skip,
+    rows_trained,
+    start_run,
+    train_evaluate_save,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +71,15 @@ class StudentArguments:
         },
     )
     layer_selection_train_rows: int = field(
-        default=512, metadata={"help": "--layers auto: training rows (a seeded sample) its Block Influence is on."}
+        default=DEFAULT_TRAIN_ROWS,
+        metadata={"help": "--layers auto: training rows (a seeded sample) its Block Influence is on."},
     )
-    layer_selection_validation_rows: int = field(
-        default=1000,
-        metadata={"help": "--layers auto: validation rows (a seeded sample) its skip-one-layer metric is on."},
+    layer_selection_validation_rows: int | None = field(
+        default=None,
+        metadata={
+            "help": "--layers auto: validation rows (a seeded sample) its skip-one-layer metric is on (default: a "
+            f"tenth of the rows the student trains on, within [{MIN_VALIDATION_ROWS}, {MAX_VALIDATION_ROWS}])."
+        },
     )
 
 
@@ -87,6 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     auto = student_args.layers.strip().lower() == AUTO
     if auto:  # chosen once the fine-tuned teacher exists; a bad depth fails now
         auto_k = check_num_student_layers(student_args.student_num_layers, teacher_depth)
+        if student_args.layer_selection_validation_rows is None:
+            trained = rows_trained(training_args, len(data.splits["train"]))
+            student_args.layer_selection_validation_rows = default_validation_rows(trained)
         for flag in ("layer_selection_train_rows", "layer_selection_validation_rows"):
             if getattr(student_args, flag) < 1:
                 raise UsageError(f"--{flag} {getattr(student_args, flag)}: must be at least 1")

@@ -7,7 +7,8 @@ Two cheap criteria, each a score per teacher layer where higher means "more impo
   the training split. A layer whose output equals its input scores 0.
 - `skip_metric_drop` (the task): the teacher's primary validation metric (F1 for a binary task, macro F1 otherwise:
   the study's rule) minus the same metric of the teacher with that one layer skipped. No training: the skipped model
-  is `students.build_student` of every other layer, so the remaining layers are exact copies.
+  runs the teacher's other layers as they are (`_SkipLayerProbe`: the same logits as `students.build_student` of
+  every other layer, without recomputing the layers before the skipped one).
 
 Combination rule (`rank_mean`): each criterion ranks the layers (1 = least important; tied scores share their mean
 rank); a layer's combined score is the mean of its ranks; the k layers with the highest combined score are kept.
@@ -31,7 +32,7 @@ from datasets import Dataset
 from scipy.stats import rankdata
 
 from .cli import UsageError
-from .students import build_student, num_layers
+from .students import layer_stack, num_layers
 from .tasks import Task
 from .teacher_logits import compute_teacher_logits, teacher_input_columns
 
@@ -39,6 +40,13 @@ logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 CRITERIA = ("block_influence", "skip_metric_drop")
+# The samples' default sizes. Block Influence is stable to ±0.003 per layer at 128 rows (bench/layer_selection.py), and
+# the skip-one-layer pass, (n + 1)/2 teacher forwards per row, dominates the cost: its validation sample is a tenth of
+# the rows the student trains on, within [128, 1000], which keeps choosing near 5% of the student's training on a
+# 6-layer teacher at any budget (docs/layer_selection.md).
+DEFAULT_TRAIN_ROWS = 128
+VALIDATION_ROWS_SHARE = 0.1
+MIN_VALIDATION_ROWS, MAX_VALIDATION_ROWS = 128, 1000
 COMBINATION_RULE = (
     "rank_mean: each criterion ranks the layers (1 = least important, ties share their mean rank); keep the k layers "
     "with the highest mean rank; ties go to the higher block_influence, then to the later layer"
@@ -118,14 +126,38 @@ def block_influence(
     return mean[:n], mean[n:]
 
 
-def _validation_metric(
-    model: torch.nn.Module, dataset: Dataset, collator: Any, task: Task, metric: str, batch_size: int, device: str
-) -> float:
-    columns = teacher_input_columns(model, dataset)
-    logits = compute_teacher_logits(model, dataset, collator, columns, batch_size, device).numpy()
-    labels = np.asarray(dataset["label"])
-    labels = labels.astype(np.int64)
-    return float(task.metrics(task.probabilities(logits), labels)[metric])
+class _SkipLayerProbe(torch.nn.Module):
+    """Wraps a classifier so that its "logits" are, per row, the whole model's logits and then its logits with layer
+    i skipped, for i = 1..n: (n + 1) × num_labels columns. `compute_teacher_logits` then batches and collects them.
+
+    Skipping layer i feeds the whole run's input of layer i (hidden state i − 1, through a hook on the embeddings)
+    to layers i+1..n and the head: the arithmetic of `build_student` without layer i, at n(n + 1)/2 layer passes
+    instead of n² because no prefix is recomputed."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        prefix = layer_stack(model)[0]  # e.g. "bert.encoder.layer"
+        parent, self._stack_name = prefix.rsplit(".", 1)
+        self._stack_parent = model.get_submodule(parent)
+        self._embeddings = model.get_submodule(prefix.split(".")[0]).embeddings
+
+    def forward(self, **inputs: torch.Tensor) -> SimpleNamespace:
+        whole = self.model(output_hidden_states=True, **inputs)
+        stack = getattr(self._stack_parent, self._stack_name)
+        logits = [whole.logits]
+        try:
+            for layer in range(1, len(stack) + 1):
+                layer_input = whole.hidden_states[layer - 1]
+                hook = self._embeddings.register_forward_hook(lambda *_, state=layer_input: state)
+                setattr(self._stack_parent, self._stack_name, torch.nn.ModuleList(list(stack)[layer:]))
+                try:
+                    logits.append(self.model(**inputs).logits)
+                finally:
+                    hook.remove()
+        finally:
+            setattr(self._stack_parent, self._stack_name, stack)
+        return SimpleNamespace(logits=torch.cat(logits, dim=-1))
 
 
 def skip_layer_metrics(
@@ -138,14 +170,12 @@ def skip_layer_metrics(
     device: str = "cpu",
 ) -> tuple[float, list[float]]:
     """(the teacher's `metric` on `dataset`, the metric with layer i skipped for i = 1..n): no training."""
-    n = num_layers(teacher)
-    full = _validation_metric(teacher, dataset, collator, task, metric, batch_size, device)
-    skipped = []
-    for layer in range(1, n + 1):
-        without = build_student(teacher, [i for i in range(1, n + 1) if i != layer]).to(device)
-        skipped.append(_validation_metric(without, dataset, collator, task, metric, batch_size, device))
-        del without
-    return full, skipped
+    columns = teacher_input_columns(teacher, dataset)
+    logits = compute_teacher_logits(_SkipLayerProbe(teacher), dataset, collator, columns, batch_size, device).numpy()
+    labels = np.asarray(dataset["label"]).astype(np.int64)
+    per_model = np.split(logits, num_layers(teacher) + 1, axis=1)  # the whole teacher, then layer 1..n skipped
+    values = [float(task.metrics(task.probabilities(block), labels)[metric]) for block in per_model]
+    return values[0], values[1:]
 
 
 def combine(scores: dict[str, list[float]], k: int) -> tuple[list[float], list[int]]:
@@ -154,6 +184,12 @@ def combine(scores: dict[str, list[float]], k: int) -> tuple[list[float], list[i
     tie_break = scores.get("block_influence", [0.0] * len(ranks))
     order = sorted(range(len(ranks)), key=lambda i: (ranks[i], tie_break[i], i), reverse=True)
     return [float(r) for r in ranks], sorted(i + 1 for i in order[:k])
+
+
+def default_validation_rows(rows_trained: int) -> int:
+    """The skip-one-layer sample when the user gives none: a tenth of the rows the student will train on (rows ×
+    epochs, or steps × batch), within [MIN_VALIDATION_ROWS, MAX_VALIDATION_ROWS]."""
+    return int(min(MAX_VALIDATION_ROWS, max(MIN_VALIDATION_ROWS, round(VALIDATION_ROWS_SHARE * rows_trained))))
 
 
 def _sample(dataset: Dataset, rows: int, seed: int) -> Dataset:
@@ -166,8 +202,8 @@ def choose_layers(
     validation: Dataset,
     collator: Any,
     k: int,
-    train_rows: int = 512,
-    validation_rows: int = 1000,
+    train_rows: int = DEFAULT_TRAIN_ROWS,
+    validation_rows: int = MAX_VALIDATION_ROWS,
     batch_size: int = 64,
     device: str = "cpu",
     seed: int = 0,

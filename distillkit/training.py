@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 from datasets import DatasetDict
-from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, set_seed
+from transformers import (
+    AutoTokenizer,
+    EvalPrediction,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
 from transformers.trainer_utils import PredictionOutput
 
 from .cli import FINISHED_MARKER, UsageError, apply_output_dir_policy, clear_previous_run, setup_logging
@@ -60,6 +67,14 @@ def check_class_weights(spec: str, data: TextClassificationData) -> None:
         parse_class_weights(spec, np.asarray(data.splits["train"]["label"]), data.num_labels, data.multi_label)
     except ValueError as err:
         raise UsageError(str(err)) from None
+
+
+def rows_trained(args: TrainingArguments, train_rows: int) -> int:
+    """How many rows the run will train on, repeats counted: steps × the global batch when `--max_steps` is given
+    (it overrides the epochs), else the training split's rows × the epochs."""
+    if args.max_steps > 0:
+        return args.max_steps * args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return round(train_rows * args.num_train_epochs)
 
 
 def resume_or_skip(output_dir: str, resume_from: str | None, fingerprint: dict[str, Any]) -> dict[str, Any] | None:

@@ -6,15 +6,30 @@ import pytest
 import torch
 from conftest import common_args, tiny_bert_config
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, BertForSequenceClassification, DataCollatorWithPadding
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertForSequenceClassification,
+    DataCollatorWithPadding,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 import run_distill
-from distillkit.layer_selection import CRITERIA, LayerSelection, choose_layers, combine
+from distillkit.layer_selection import (
+    CRITERIA,
+    LayerSelection,
+    _SkipLayerProbe,
+    choose_layers,
+    combine,
+    default_validation_rows,
+)
 from distillkit.losses import GOLD_TERM, loss_terms
 from distillkit.records import RunRecord
-from distillkit.students import build_student
+from distillkit.students import build_student, layer_stack
 from distillkit.trainer import DistillationTrainingArguments
-from distillkit.training import build_trainer
+from distillkit.training import build_trainer, rows_trained
 
 NOOP = 2  # the teacher layer (1-based) made a no-op
 
@@ -91,6 +106,56 @@ def test_the_noop_layer_returns_its_input_and_auto_drops_it(noop_teacher):
     assert LayerSelection.from_dict(json.loads(json.dumps(selection.to_dict()))) == selection
 
 
+@pytest.mark.parametrize(
+    "model",
+    [
+        lambda: BertForSequenceClassification(tiny_bert_config(num_labels=3, vocab_size=50, initializer_range=0.5)),
+        lambda: DistilBertForSequenceClassification(
+            DistilBertConfig(vocab_size=50, dim=32, hidden_dim=64, n_layers=4, n_heads=4, num_labels=3, initializer_range=0.5)
+        ),
+        lambda: RobertaForSequenceClassification(
+            RobertaConfig(
+                vocab_size=50, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+                num_labels=3, initializer_range=0.5,
+            )
+        ),
+    ],
+    ids=["bert", "distilbert", "roberta"],
+)
+def test_skipping_a_layer_reuses_the_prefix_and_equals_the_student_without_it(model):
+    torch.manual_seed(0)  # a wide initialisation (0.5): every layer then changes the logits clearly
+    teacher = model().eval()
+    # Padded rows of different lengths: the skipped runs must build the same attention mask as a real student.
+    input_ids = torch.randint(5, 50, (3, 9))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:] = 0
+    attention_mask[2, 3:] = 0
+    with torch.no_grad():
+        probed = _SkipLayerProbe(teacher)(input_ids=input_ids, attention_mask=attention_mask).logits
+        expected = [teacher(input_ids=input_ids, attention_mask=attention_mask).logits]
+        for layer in range(1, 5):
+            student = build_student(teacher, [i for i in range(1, 5) if i != layer]).eval()
+            expected.append(student(input_ids=input_ids, attention_mask=attention_mask).logits)
+    # The same float32 operations on the same inputs; 1e-5 allows for a different kernel path, far below the
+    # logits' spread.
+    torch.testing.assert_close(probed, torch.cat(expected, dim=-1), atol=1e-5, rtol=0)
+    assert not torch.allclose(expected[1], expected[2], atol=1e-2)  # skipping different layers does differ
+    # The probe leaves the teacher whole.
+    assert len(teacher.get_submodule(layer_stack(teacher)[0])) == 4
+
+
+def test_the_validation_sample_is_a_tenth_of_the_rows_trained_within_128_and_1000():
+    assert [default_validation_rows(r) for r in (0, 1280, 1680, 6720, 10_000, 10_080, 127_000)] == [
+        128, 128, 168, 672, 1000, 1000, 1000,
+    ]  # fmt: skip
+    epochs = DistillationTrainingArguments(output_dir="x", num_train_epochs=2.5, per_device_train_batch_size=8)
+    assert rows_trained(epochs, 840) == 2100
+    steps = DistillationTrainingArguments(
+        output_dir="x", num_train_epochs=2, max_steps=30, per_device_train_batch_size=8, gradient_accumulation_steps=2
+    )
+    assert rows_trained(steps, 840) == 30 * 8 * 2  # --max_steps overrides the epochs
+
+
 def test_combination_rule_is_the_mean_rank_with_block_influence_breaking_ties():
     scores = {"block_influence": [0.3, 0.1, 0.2, 0.4], "skip_metric_drop": [0.0, 0.5, 0.1, 0.2]}
     # ranks: BI 3,1,2,4; drop 1,4,2,3 → means 2, 2.5, 2, 3.5
@@ -116,6 +181,8 @@ def test_run_distill_auto_copies_exactly_the_chosen_layers(tmp_path, tiny_classi
     assert set(selection["scores"]) == set(CRITERIA) and all(len(v) == 4 for v in selection["scores"].values())
     assert selection["rule"].startswith("rank_mean") and selection["seconds"] > 0
     assert results["layer_selection_seconds"] == selection["seconds"]
+    # 2 steps × 8 rows trained: the default sample is its floor, 128 rows, so the whole 24-row validation split.
+    assert (selection["train_rows"], selection["validation_rows"]) == (96, 24)
     config = json.loads((out / "config.json").read_text())
     assert config["distillation_layers"] == record.layers and config["num_hidden_layers"] == 3
 
