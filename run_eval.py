@@ -63,6 +63,7 @@ from distillkit.evaluation import (
     unique_names,
 )
 from distillkit.integrity import BrokenModelError
+from distillkit.layer_report import LAYER_SELECTION_FILE, layer_selection_rows, write_layer_selection_section
 from distillkit.loading import expand_onnx_variants, find_model_dirs
 from distillkit.recorded_reading import read_as_recorded
 from distillkit.runtime import is_model_dir, load_model_checked
@@ -165,7 +166,7 @@ def check_output_dir(args: EvalArguments) -> None:
 
 def clear_old_outputs(output_dir: str) -> None:
     """Stale predictions and plots of models no longer compared must not linger beside the new report."""
-    for name in (BIAS_FILE, BIAS_SUMMARY_FILE, BIAS_VS_TEACHER_FILE, BROKEN_FILE):
+    for name in (BIAS_FILE, BIAS_SUMMARY_FILE, BIAS_VS_TEACHER_FILE, BROKEN_FILE, LAYER_SELECTION_FILE):
         if os.path.isfile(os.path.join(output_dir, name)):
             os.remove(os.path.join(output_dir, name))
     for sub, ext in (("predictions", ".csv"), ("plots", ".png"), ("bias_predictions", ".csv")):
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     logger.info(f"scoring {len(model_dirs)} models on {eval_args.split} with {torch.get_num_threads()} thread(s)")
 
     names = unique_names([model_name(d, eval_args.experiment_dir) for d in model_dirs])
-    rows, predictions, histories, tables, broken = [], {}, {}, [], []
+    rows, predictions, histories, tables, broken, selections = [], {}, {}, [], [], {}
     bias_tables, bias_rows, bias_texts = [], [], {}
     for path, name in zip(model_dirs, names):
         logger.info(f"evaluating {name} ({path})")
@@ -254,6 +255,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         predictions[name] = frame
         tables.append(labels_table)
         histories[name] = loss_history(path)
+        if clf.record is not None and clf.record.layer_selection:
+            selections[name] = clf.record.layer_selection
         if bias_scorer is not None:
             bias_table, bias_row, bias_texts[name] = bias_scorer.score(clf)
             bias_tables.append(bias_table)
@@ -280,7 +283,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     staging = staging_dir_for(eval_args.output_dir)
     try:
         report = write_outputs(staging, eval_args, data_args, data, results, summary, per_label, predictions,
-                               histories, settings, bias_scorer, bias_tables, bias_rows, bias_texts, broken)  # fmt: skip
+                               histories, settings, bias_scorer, bias_tables, bias_rows, bias_texts, broken,
+                               selections)  # fmt: skip
     except BaseException:
         discard_staging_dir(staging)
         raise
@@ -310,8 +314,10 @@ def write_outputs(
     bias_rows: list[dict],
     bias_texts: dict[str, pd.DataFrame],
     broken: list[dict],
+    selections: dict[str, dict] | None = None,
 ) -> str:
-    """Every output file into `out` (a staging folder): predictions, plots, tables, report.md, the bias files and
+    """Every output file into `out` (a staging folder): predictions, plots, tables, report.md, the layer selection of
+    `--layers auto` models (`selections`: model → run record `layer_selection`), the bias files and
     broken_models.csv (or an empty marker that removes a stale one). Returns report.md's path."""
     os.makedirs(os.path.join(out, "predictions"), exist_ok=True)
     os.makedirs(os.path.join(out, "plots"), exist_ok=True)
@@ -372,6 +378,9 @@ def write_outputs(
         },
         per_label=per_label,
     )
+    if selections:
+        runtimes = dict(zip(results.model, results.train_runtime_s))
+        write_layer_selection_section(report, layer_selection_rows(selections, runtimes))
     if bias_scorer is not None:
         os.makedirs(os.path.join(out, "bias_predictions"), exist_ok=True)
         for name, frame in bias_texts.items():

@@ -47,6 +47,7 @@ from distillkit.bias_report import write_bias_section
 from distillkit.cli import UsageError, configure_logging, exit_on_usage_error, is_finished_run, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data
 from distillkit.evaluation import SpeedSettings, loss_history, measure_speed_side_by_side
+from distillkit.layer_report import LAYER_SELECTION_FILE, write_layer_selection_section
 from distillkit.runtime import load_classifier_dir
 from distillkit.methods import METHODS, dependencies
 from distillkit.records import RunRecord
@@ -356,6 +357,11 @@ def publish(args: StudyArguments, method: str, seed: int, eval_dir: str) -> str:
             f,
             indent=1,
         )
+    selection = os.path.join(eval_dir, LAYER_SELECTION_FILE)  # an `auto` model's layer choice and its cost
+    if os.path.isfile(selection):
+        pd.read_csv(selection).assign(model=f"seed{seed}-{method}").to_csv(
+            os.path.join(tmp, LAYER_SELECTION_FILE), index=False
+        )
     if wants_bias(args):
         rename = {"model": f"seed{seed}-{method}"}
         for name in (BIAS_FILE, BIAS_SUMMARY_FILE):
@@ -540,6 +546,9 @@ def build_report(
         out, results, summary, plots, context, predictions, n_resamples, per_label, correction=correction, alpha=alpha,
         compute=training_compute(results, histories),
     )
+    selections = sorted(glob.glob(os.path.join(out, STAGES_DIR, "*", "seed*", LAYER_SELECTION_FILE)))
+    if selections:
+        write_layer_selection_section(report, pd.concat(map(pd.read_csv, selections), ignore_index=True))
     bias_table, bias_summary = load_bias_stages(out)
     if bias_summary is not None:
         bias_table.to_csv(os.path.join(out, BIAS_FILE), index=False)

@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from conftest import common_args, tiny_bert_config
@@ -17,6 +18,8 @@ from transformers import (
 )
 
 import run_distill
+import run_eval
+from distillkit.layer_report import LAYER_SELECTION_FILE
 from distillkit.layer_selection import (
     CRITERIA,
     LayerSelection,
@@ -202,6 +205,19 @@ def test_run_distill_auto_copies_exactly_the_chosen_layers(tmp_path, tiny_classi
     card = (out / "README.md").read_text()
     assert "--layers auto" in card and "block_influence" in card and "(layer_scores.png)" in card
     assert (out / "layer_scores.png").stat().st_size > 1000
+
+    # run_eval's report shows the choice and its cost beside the student's training.
+    report_dir = tmp_path / "report"
+    run_eval.main(
+        ["--model_dirs", str(out), "--dataset_name", str(tiny_data_dir), "--output_dir", str(report_dir)]
+        + ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_texts", "32", "--bootstrap_samples", "10"]
+    )
+    table = pd.read_csv(report_dir / LAYER_SELECTION_FILE)
+    assert table.model.tolist() == ["auto"] and table.layers_chosen.tolist() == [" ".join(map(str, record.layers))]
+    assert table.layer_selection_seconds.tolist() == [selection["seconds"]]
+    assert table.train_runtime_s.iloc[0] == pytest.approx(results["train_runtime"], rel=1e-6)
+    assert "## Layer selection (`--layers auto`)" in (report_dir / "report.md").read_text()
+    assert (report_dir / "plots" / "layer_selection.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(

@@ -189,3 +189,27 @@ def test_the_searched_hyperparameters_reach_every_training_command(caplog, tmp_p
         assert rates[-1] == "3e-05"
         assert words[words.index("--lora_learning_rate") + 1] == "0.001"
         assert words[words.index("--lora_args") + 1] == "--lora_r 16 --lora_target_modules all-linear"
+
+
+def test_an_auto_stage_publishes_its_layer_choice_and_the_report_shows_it(tmp_path, tiny_base_model_dir, tiny_data_dir):
+    argv = study_argv(tmp_path, tiny_base_model_dir, tiny_data_dir, "--seeds", "0", "--methods", "teacher", "auto")
+    run_study.main(argv)
+    results_dir = tmp_path / "results" / tiny_data_dir.name
+    stage = results_dir / "stages" / "auto" / "seed0"
+    choice = pd.read_csv(stage / "layer_selection.csv")
+    assert choice.model.tolist() == ["seed0-auto"]
+    # The layers the stage's results name are the ones chosen: 2 of the tiny teacher's 4.
+    results = pd.read_csv(stage / "results.csv")
+    kept = choice.layers_chosen.iloc[0].split()
+    assert len(kept) == 2 and results.layers.iloc[0].replace(",", " ").split() == kept
+    assert 0 < choice.layer_selection_seconds.iloc[0] and choice.train_runtime_s.iloc[0] > 0
+    share = choice.layer_selection_seconds.iloc[0] / choice.train_runtime_s.iloc[0]
+    assert choice.share_of_training.iloc[0] == pytest.approx(share, rel=1e-9)
+    assert [len(choice[c].iloc[0].split()) for c in ("score_block_influence", "score_skip_metric_drop")] == [4, 4]
+    # The data set's report gathers it: the section, the table beside it and the plot it links.
+    report = (results_dir / "report.md").read_text()
+    assert "## Layer selection (`--layers auto`)" in report and "| seed0-auto |" in report
+    assert pd.read_csv(results_dir / "layer_selection.csv").model.tolist() == ["seed0-auto"]
+    assert (results_dir / "plots" / "layer_selection.png").stat().st_size > 1000
+    assert all(os.path.isfile(p) for p in linked_images(str(results_dir / "report.md")))
+    assert not ABSOLUTE.search((stage / "layer_selection.csv").read_text())
