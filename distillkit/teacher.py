@@ -185,7 +185,10 @@ def plan_teacher(
             return TeacherPlan(name_or_path=teacher_dir, config=config)
         requested = _try_load_config(args)
         if requested is not None and has_trained_head(requested, num_labels, data.problem_type):
-            logger.warning(f"{teacher_dir} does not match this run ({mismatch}): not used")
+            # The requested classifier is used as it is below; when it *is* teacher_dir (run_compare passes a
+            # finished teacher both ways), that is no mismatch worth a warning.
+            if not _same_path(teacher_dir, args.teacher_name_or_path):
+                logger.warning(f"{teacher_dir} does not match this run ({mismatch}): not used")
         else:
             replace = _replace_or_refuse(teacher_dir, "a finished teacher", mismatch, overwrite)
     config = load_config(args.teacher_name_or_path, "--teacher_name_or_path", args.cache_dir, args.model_revision)
@@ -212,6 +215,10 @@ def plan_teacher(
         overwrite=replace,
         fingerprint=fingerprint,
     )
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.isdir(b) and os.path.realpath(a) == os.path.realpath(b)
 
 
 def _teacher_mismatch(

@@ -159,7 +159,9 @@ def test_bad_inputs_fail_before_writing(tmp_path, tiny_classifier_dir, tiny_data
     assert not (tmp_path / "EXP").exists()
 
 
-def test_teacher_reuse_follows_the_request(tmp_path, tiny_base_model_dir, tiny_classifier_dir, tiny_data_dir, capsys):
+def test_teacher_reuse_follows_the_request(
+    tmp_path, tiny_base_model_dir, tiny_classifier_dir, tiny_data_dir, capsys, caplog
+):
     """EXP/teacher is reused only for the base model, data set and max length it was made with (issue 11, defect 3)."""
     exp = tmp_path / "EXP"
     teacher_dir = exp / "teacher"
@@ -203,6 +205,11 @@ def test_teacher_reuse_follows_the_request(tmp_path, tiny_base_model_dir, tiny_c
     run_main(run_distill, argv("bottom", teacher=tiny_classifier_dir, layers="bottom"))
     bottom = json.loads((exp / "bottom" / "config.json").read_text())["training_record"]
     assert bottom["teacher"] == str(tiny_classifier_dir)
+    assert (teacher_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    # The finished teacher passed both ways (how run_compare reuses it): used as it is, with no warning that it is not.
+    caplog.clear()
+    run_main(run_distill, argv("spread", teacher=teacher_dir, layers="spread", teacher_output_dir=teacher_dir))
+    assert "used as the teacher as it is" in caplog.text and "does not match" not in caplog.text
     assert (teacher_dir / "model.safetensors").stat().st_mtime_ns == stamp
 
     # The two ways out: a teacher of its own elsewhere, or --overwrite_output_dir replacing EXP/teacher.
