@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from study.before_after import before_after, edition, markdown
+from study.calls_changed import compare_calls, main as calls_changed_main
 from study.lora_sweep import best_row, edge_extension, selection_metric, summary_markdown
 
 
@@ -213,3 +214,37 @@ def test_search_extends_a_family_whose_winner_is_at_the_edge_of_its_learning_rat
     # LoRA's winner at the low edge of its own rank and targets goes down by 2.
     rows.loc[rows.config == "lora-lr0.0005-r8-query+value", "eval_pr_auc"] = 0.9
     assert edge_extensions(rows) == [Config("lora", 2.5e-4, 8, "query,value")]
+
+
+def _pairs(rows: list[tuple]) -> pd.DataFrame:
+    columns = ["a", "b", "metric", "n_seeds", "diff", "ci_low", "ci_high", "verdict"]
+    return pd.DataFrame(rows, columns=columns).assign(correction="holm")
+
+
+def test_calls_changed_compares_the_editions_row_by_row_and_keeps_rows_only_one_has(tmp_path, capsys):
+    first = _pairs([
+        ("odd", "even", "f1", 5, 0.009, 0.003, 0.014, "A better"),
+        ("odd", "even", "roc_auc", 5, 0.003, -0.001, 0.006, "not distinguishable"),
+        ("lora", "teacher", "f1", 5, -0.2, -0.3, -0.1, "B better"),
+    ]).drop(columns="correction")  # the first edition had no correction column
+    second = _pairs([
+        ("odd", "even", "f1", 5, -0.003, -0.017, 0.011, "not distinguishable"),
+        ("odd", "even", "roc_auc", 5, 0.002, -0.001, 0.005, "not distinguishable"),
+        ("auto", "odd", "f1", 5, 0.01, -0.01, 0.03, "not distinguishable"),
+    ])  # fmt: skip
+    for edition, frame in (("first", first), ("second", second)):
+        (tmp_path / edition / "wiki_toxic").mkdir(parents=True)
+        frame.to_csv(tmp_path / edition / "wiki_toxic" / "paired.csv", index=False)
+    table = calls_changed_main([
+        "--before", str(tmp_path / "first"), "--after", str(tmp_path / "second"), "--datasets", "wiki_toxic",
+        "--output", str(tmp_path / "calls.csv"),
+    ])  # fmt: skip
+    by_pair = table.set_index(["a", "b", "metric"])
+    assert by_pair.loc[("odd", "even", "f1"), "changed"] and not by_pair.loc[("odd", "even", "roc_auc"), "changed"]
+    assert by_pair.loc[("lora", "teacher", "f1"), "in"] == "first only"
+    assert by_pair.loc[("auto", "odd", "f1"), "in"] == "second only" and not by_pair.loc[("auto", "odd", "f1"), "changed"]
+    out = capsys.readouterr().out
+    assert out.startswith("1 of 2 calls both editions made changed (1 rows are new in the second edition, 1 are only")
+    assert "| wiki_toxic | odd − even | f1 | +0.009 [+0.003, +0.014], A better (n=5) |" in out
+    assert pd.read_csv(tmp_path / "calls.csv").changed.sum() == 1
+    assert compare_calls(first.assign(dataset="x"), first.assign(dataset="x")).changed.sum() == 0
