@@ -36,7 +36,7 @@ from bench.common import (
 )
 from distillkit.cli import exit_on_usage_error, parse_args
 from distillkit.data import DataTrainingArguments, load_text_classification_data, tokenize_splits
-from distillkit.layer_selection import choose_layers
+from distillkit.layer_selection import DEFAULT_TRAIN_ROWS, choose_layers
 from distillkit.students import num_layers
 
 RESULTS_FILE = "layer_selection.csv"
@@ -46,8 +46,10 @@ RESULTS_FILE = "layer_selection.csv"
 class LayerSelectionBenchArguments:
     output_dir: str = field(metadata={"help": f"Where {RESULTS_FILE} is written."})
     teacher: str = field(default=RANDOM_TINY, metadata={"help": "A fine-tuned teacher checkpoint (or random-tiny)."})
-    validation_rows: list[int] = field(default_factory=lambda: [128, 256, 512], metadata={"help": "Sample sizes."})
-    train_rows: int = field(default=128, metadata={"help": "Training rows for Block Influence."})
+    validation_rows: list[int] = field(
+        default_factory=lambda: [64, 96, 128, 256, 512], metadata={"help": "Sample sizes."}
+    )
+    train_rows: int = field(default=DEFAULT_TRAIN_ROWS, metadata={"help": "Training rows for Block Influence."})
     sample_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "One choice each."})
     num_student_layers: int | None = field(default=None, metadata={"help": "k (default: half the teacher's)."})
     batch_size: int = field(default=64, metadata={"help": "Rows per forward pass."})
