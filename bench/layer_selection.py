@@ -47,7 +47,7 @@ class LayerSelectionBenchArguments:
     output_dir: str = field(metadata={"help": f"Where {RESULTS_FILE} is written."})
     teacher: str = field(default=RANDOM_TINY, metadata={"help": "A fine-tuned teacher checkpoint (or random-tiny)."})
     validation_rows: list[int] = field(
-        default_factory=lambda: [64, 96, 128, 256, 512], metadata={"help": "Sample sizes."}
+        default_factory=lambda: [48, 64, 96, 128, 256, 512], metadata={"help": "Sample sizes."}
     )
     train_rows: int = field(default=DEFAULT_TRAIN_ROWS, metadata={"help": "Training rows for Block Influence."})
     sample_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "One choice each."})

@@ -105,7 +105,7 @@ def test_the_noop_layer_returns_its_input_and_auto_drops_it(noop_teacher):
     assert selection.skipped_metric[NOOP - 1] == selection.teacher_metric
     assert scores["skip_metric_drop"][NOOP - 1] == 0.0
     assert selection.metric == "f1" and selection.teacher_metric > 0.7  # the teacher did learn the task
-    assert selection.train_rows == 64 and selection.validation_rows == 24 and selection.seconds > 0  # samples
+    assert selection.train_rows == 32 and selection.validation_rows == 24 and selection.seconds > 0  # samples
     assert LayerSelection.from_dict(json.loads(json.dumps(selection.to_dict()))) == selection
 
 
@@ -147,9 +147,9 @@ def test_skipping_a_layer_reuses_the_prefix_and_equals_the_student_without_it(mo
     assert len(teacher.get_submodule(layer_stack(teacher)[0])) == 4
 
 
-def test_the_validation_sample_is_a_twentieth_of_the_rows_trained_within_64_and_1000():
-    assert [default_validation_rows(r) for r in (0, 1280, 1680, 6720, 10_080, 20_000, 127_000)] == [
-        64, 64, 84, 336, 504, 1000, 1000,
+def test_the_validation_sample_is_a_fortieth_of_the_rows_trained_within_48_and_1000():
+    assert [default_validation_rows(r) for r in (0, 1680, 2000, 6720, 10_080, 40_000, 127_000)] == [
+        48, 48, 50, 168, 252, 1000, 1000,
     ]  # fmt: skip
     epochs = DistillationTrainingArguments(output_dir="x", num_train_epochs=2.5, per_device_train_batch_size=8)
     assert rows_trained(epochs, 840) == 2100
@@ -184,8 +184,8 @@ def test_run_distill_auto_copies_exactly_the_chosen_layers(tmp_path, tiny_classi
     assert set(selection["scores"]) == set(CRITERIA) and all(len(v) == 4 for v in selection["scores"].values())
     assert selection["rule"].startswith("rank_mean") and selection["seconds"] > 0
     assert results["layer_selection_seconds"] == selection["seconds"]
-    # 2 steps × 8 rows trained: the default sample is its floor, 64 rows, so the whole 24-row validation split.
-    assert (selection["train_rows"], selection["validation_rows"]) == (64, 24)
+    # 2 steps × 8 rows trained: the default sample is its floor, 48 rows, so the whole 24-row validation split.
+    assert (selection["train_rows"], selection["validation_rows"]) == (32, 24)
     config = json.loads((out / "config.json").read_text())
     assert config["distillation_layers"] == record.layers and config["num_hidden_layers"] == 3
 
