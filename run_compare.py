@@ -88,6 +88,13 @@ class CompareArguments:
     )
     merge_lora: bool = field(default=False, metadata={"help": "Also write merged LoRA models (OUT/merged)."})
     lora_args: str = field(default="", metadata={"help": "Extra flags for run_lora.py, quoted: '--lora_r 16'."})
+    distill_args: str = field(
+        default="",
+        metadata={
+            "help": "Extra student flags for the run_distill.py stages, quoted: '--layer_selection_validation_rows 200' "
+            "(--layers is each method's)."
+        },
+    )
     eval_args: str = field(default="", metadata={"help": "Extra flags for run_eval.py, quoted: '--num_threads 1'."})
     launcher: str = field(
         default="python",
@@ -113,7 +120,21 @@ class CompareArguments:
         if self.stages is not None:
             self.methods = self.stages
         check_methods(self.methods)
+        check_distill_args(self.distill_args)
         self.report_dir = self.report_dir or os.path.join(self.experiment_dir, "report")
+
+
+def check_distill_args(extra: str) -> None:
+    """--distill_args holds run_distill.py's student flags only (StudentArguments), and never the method's --layers."""
+    from run_distill import StudentArguments
+
+    words = shlex.split(extra)
+    if any(word.split("=")[0] in ("--layers", "--student_layers") for word in words):
+        raise UsageError(f"--distill_args {extra}: --layers is set by each method (--methods odd even auto ...)")
+    try:
+        HfArgumentParser(StudentArguments).parse_args_into_dataclasses(args=words)
+    except ValueError as err:
+        raise UsageError(f"--distill_args {extra}: {str(err).splitlines()[0]}") from err
 
 
 def data_flags(data_args: DataTrainingArguments) -> list[str]:
@@ -221,7 +242,7 @@ def method_command(name: str, seed: int, args: CompareArguments) -> tuple[str, l
             flags += ["--student_num_layers", str(args.student_num_layers)]
         if args.student_learning_rate is not None:
             flags += ["--learning_rate", str(args.student_learning_rate)]
-        return method.script, flags
+        return method.script, flags + shlex.split(args.distill_args)
     flags = ["--model_name_or_path", base_path, *common, *method.flags]
     if args.lora_learning_rate is not None:
         flags += ["--learning_rate", str(args.lora_learning_rate)]

@@ -66,6 +66,8 @@ def test_main_job_end_to_end_then_skips_finished_stages(tmp_path, tiny_base_mode
         (["--learning_rate", "1e-4"], "--learning_rate is set per stage"),
         (["--no_such_flag", "1"], "--no_such_flag"),
         (["--seeds", "1", "1"], "a seed appears twice"),
+        (["--distill_args", "--layers odd"], "--distill_args --layers odd: --layers is set by each method"),
+        (["--distill_args", "--lora_r 8"], "--distill_args --lora_r 8: Some specified arguments are not used"),
     ],
 )
 def test_bad_flags_fail_before_anything_runs(tmp_path, capsys, tiny_base_model_dir, tiny_data_dir, extra, message):
@@ -96,6 +98,21 @@ def test_dry_run_lays_out_seed_folders(tmp_path, caplog, tiny_base_model_dir, ti
     assert {k for k in status if k != "eval"} >= {f"seed{s}/{st}" for s in (1, 2) for st in ("teacher", "odd", "even")}
     log = caplog.text
     assert str(exp / "seed2" / "odd") in log and "--layers odd" in log and "run_eval.py" in log
+
+
+def test_distill_args_reach_every_student_stage_and_only_those(tmp_path, caplog, tiny_base_model_dir, tiny_data_dir):
+    extra = ["--methods", "teacher", "auto", "odd", "lora", "--dry_run", "true"]
+    extra += ["--distill_args", "--layer_selection_validation_rows 100 --num_student_layers 2"]
+    with caplog.at_level("INFO", logger="run_compare"):
+        run_compare.main(compare_argv(tiny_base_model_dir, tiny_data_dir, tmp_path / "exp", *extra))
+    commands = [line for line in caplog.text.splitlines() if ".py " in line]
+    by_script = {s: [c for c in commands if f"/{s} " in c] for s in ("run_distill.py", "run_finetune.py", "run_lora.py")}
+    assert len(by_script["run_distill.py"]) == 2  # auto and odd
+    for command in by_script["run_distill.py"]:
+        assert "--layer_selection_validation_rows 100 --num_student_layers 2" in command
+    assert by_script["run_finetune.py"] and by_script["run_lora.py"]
+    for command in by_script["run_finetune.py"] + by_script["run_lora.py"]:
+        assert "--layer_selection_validation_rows" not in command
 
 
 def test_a_rerun_skips_only_the_same_request_and_invalidates_downstream(tmp_path, capfd, tiny_base_model_dir, tiny_data_dir):
