@@ -78,7 +78,7 @@ class StudentArguments:
         default=None,
         metadata={
             "help": "--layers auto: validation rows (a seeded sample) its skip-one-layer metric is on (default: a "
-            f"twentieth of the rows the student trains on, within [{MIN_VALIDATION_ROWS}, {MAX_VALIDATION_ROWS}])."
+            f"fortieth of the rows the student trains on, within [{MIN_VALIDATION_ROWS}, {MAX_VALIDATION_ROWS}])."
         },
     )
 
