@@ -129,7 +129,7 @@ def check_distill_args(extra: str) -> None:
     from run_distill import StudentArguments
 
     words = shlex.split(extra)
-    if any(word.split("=")[0] in ("--layers", "--student_layers") for word in words):
+    if any(word.split("=")[0] == "--layers" for word in words):
         raise UsageError(f"--distill_args {extra}: --layers is set by each method (--methods odd even auto ...)")
     try:
         HfArgumentParser(StudentArguments).parse_args_into_dataclasses(args=words)
