@@ -112,6 +112,7 @@ PHASES = (
 STUDY_METHODS = tuple(itertools.chain.from_iterable(PHASES))
 STAGES_DIR = "stages"
 LATENCY_FILE = "latency.csv"  # one model per method timed side by side (--time_latency): the report's cost
+TIMING_MODELS_DIR = "timing_models"  # --latency_train_rows: models trained only to be timed, never a stage's
 BIAS_DATASETS = ("wiki_toxic", "hate_speech18")  # the toxicity sets: binary, p(toxic) is the bias score
 BIAS_PER_IDENTITY = 300  # the plan: 300 texts per identity (150 toxic, 150 not), 15,000 of the 75,700
 TASK_FLAGS = ("--problem_type", "--label_columns", "--label_threshold", "--label_column", "--text_column")
@@ -155,6 +156,14 @@ class StudyArguments:
         metadata={
             "help": f"Time one trained model per method side by side (weights in --work_dir) into {LATENCY_FILE}, "
             "then rebuild the report: stages scored alone were timed at different moments of a shared machine."
+        },
+    )
+    latency_train_rows: int = field(
+        default=0,
+        metadata={
+            "help": "With --time_latency: a method with no finished model in --work_dir (a fresh machine) gets one "
+            f"trained like its stage on this many rows for one epoch, into <work_dir>/<data set>/{TIMING_MODELS_DIR}, "
+            "timed and marked so in latency.csv (speed depends on the architecture, not the weights). 0: refuse."
         },
     )
     dry_run: bool = field(default=False, metadata={"help": "Say which stages would run, run nothing."})
@@ -284,18 +293,27 @@ def searched_flags(args: StudyArguments) -> list[str]:
     ]
 
 
+def train(args: StudyArguments, method: str, seed: int, experiment_dir: str, extra: list[str] = ()) -> None:
+    """`run_compare.py` for the stage and its bases whose weights are gone, with the study's flags (then `extra`: the
+    last value of a flag wins)."""
+    budget = args.budget if args.budget is not None else BUDGETS[args.dataset]
+    run(
+        [sys.executable, os.path.join(REPO, "run_compare.py"), "--teacher_name_or_path", args.teacher]
+        + ["--dataset_name", os.path.join(args.data_root, args.dataset), "--experiment_dir", experiment_dir]
+        + ["--seeds", str(seed), "--methods", *dependencies(method), method, *shlex.split(COMMON)]
+        + searched_flags(args)
+        + shlex.split(budget)
+        + list(extra),
+        args.dry_run,
+    )
+
+
 def train_and_score(args: StudyArguments, method: str, seed: int) -> str:
     """Train the stage (and its bases when their weights are gone) and score it alone; returns the eval folder."""
     work = os.path.join(args.work_dir, args.dataset)
     data = os.path.join(args.data_root, args.dataset)
     budget = args.budget if args.budget is not None else BUDGETS[args.dataset]
-    run(
-        [sys.executable, os.path.join(REPO, "run_compare.py"), "--teacher_name_or_path", args.teacher]
-        + ["--dataset_name", data, "--experiment_dir", work, "--seeds", str(seed)]
-        + ["--methods", *dependencies(method), method, *shlex.split(COMMON), *searched_flags(args)]
-        + shlex.split(budget),
-        args.dry_run,
-    )
+    train(args, method, seed, work)
     out = os.path.join(work, "stage_eval", method, f"seed{seed}")
     run(
         [sys.executable, os.path.join(REPO, "run_eval.py"), "--model_dirs", os.path.join(work, f"seed{seed}", method)]
@@ -408,22 +426,32 @@ def time_side_by_side(args: StudyArguments, repeats: int = 5) -> str:
     measured side by side in one process with one thread (`measure_speed_side_by_side`) on the data set's test texts
     → <results>/<data set>/latency.csv. Speed depends on the architecture, not the weights, so one seed is enough."""
     work = os.path.join(args.work_dir, args.dataset)
-    chosen = {}
+    chosen, weights = {}, {}
     for method in args.methods:
         seed = next((s for s in args.seeds if is_finished_run(os.path.join(work, f"seed{s}", method))), None)
-        if seed is None:
+        if seed is not None:
+            chosen[method], weights[method] = os.path.join(work, f"seed{seed}", method), "stage"
+            continue
+        if not args.latency_train_rows:
             raise SystemExit(
                 f"error: no finished {method} model for seeds {' '.join(map(str, args.seeds))} in {work}; "
-                "run the study first (or drop the method from --methods)"
+                "run the study first, pass --latency_train_rows N, or drop the method from --methods"
             )
-        chosen[method] = seed
+        # A fresh machine: the stage's weights are gone. Its architecture (layers, LoRA rank and targets) is what sets
+        # the speed, so a model trained like the stage on a few rows times the same; a folder no stage ever reuses.
+        timing_dir = os.path.join(work, TIMING_MODELS_DIR)
+        seed = args.seeds[0]
+        rows = ["--max_train_samples", str(args.latency_train_rows), "--num_train_epochs", "1"]
+        train(args, method, seed, timing_dir, rows)
+        chosen[method] = os.path.join(timing_dir, f"seed{seed}", method)
+        weights[method] = f"timing only ({args.latency_train_rows} rows)"
     torch.set_num_threads(1)
     texts = list(
         load_text_classification_data(
             DataTrainingArguments(dataset_name=os.path.join(args.data_root, args.dataset)), seed=0
         ).splits["test"]["text"]
     )
-    loaded = {m: load_classifier_dir(os.path.join(work, f"seed{s}", m), name=m) for m, s in chosen.items()}
+    loaded = {m: load_classifier_dir(path, name=m) for m, path in chosen.items()}
     logger.info(f"timing {', '.join(loaded)} side by side, {repeats} rounds on {len(texts)} test texts")
     figures = measure_speed_side_by_side(
         {m: (clf.model, clf.tokenizer) for m, clf in loaded.items()}, texts, SpeedSettings(throughput_texts=64), repeats
@@ -431,7 +459,8 @@ def time_side_by_side(args: StudyArguments, repeats: int = 5) -> str:
     rows = [
         {
             "method": m,
-            "seed": chosen[m],
+            "seed": int(os.path.basename(os.path.dirname(chosen[m]))[len("seed") :]),
+            "weights": weights[m],
             "params": count_parameters(loaded[m].model)[1],
             **{k: round(v, 4) for k, v in figures[m].items()},
         }
@@ -491,8 +520,11 @@ def build_report(
         return None
     summary = summarize(results)
     latency_path = os.path.join(out, LATENCY_FILE)
+    timing_only = []
     if os.path.isfile(latency_path):
         timed = pd.read_csv(latency_path)
+        if "weights" in timed:
+            timing_only = timed.method[timed.weights != "stage"].tolist()
         # Methods of one architecture (same parameter count) share the median of their timings: their differences
         # are the machine's noise, and a worse method must not look cheaper for it.
         pooled = timed.groupby("params").latency_ms_b1_cpu.transform("median")
@@ -537,6 +569,13 @@ def build_report(
                 "method timed side by side in one process (`run_study.py --time_latency true`), the median over the "
                 "methods of one architecture (same parameter count). "
                 if SIDE_BY_SIDE_LATENCY in summary
+                else ""
+            )
+            + (
+                f"The timed {', '.join(timing_only)} model(s) had no stage weights left on the timing machine and were "
+                "trained like their stage on a few rows only to be timed (`--latency_train_rows`, column `weights`): "
+                "speed depends on the architecture, not on the weights. "
+                if timing_only
                 else ""
             )
             + "The loss-curve plot shows the first seed."

@@ -84,6 +84,7 @@ def test_study_publishes_stages_then_skips_them_on_a_fresh_machine(
     assert not stale.exists() and all(os.path.isfile(p) for p in linked_images(str(report)))
     timed = pd.read_csv(results_dir / "latency.csv")
     assert timed.method.tolist() == ["teacher", "odd_ce"] and timed.seed.tolist() == [0, 0]
+    assert timed.weights.tolist() == ["stage", "stage"]
     assert timed.latency_vs_teacher.iloc[0] == 1.0 and (timed.latency_ms_b1_cpu > 0).all()
     assert not ABSOLUTE.search((results_dir / "latency.csv").read_text())
     summary = pd.read_csv(results_dir / "summary.csv").set_index("method")
@@ -95,6 +96,20 @@ def test_study_publishes_stages_then_skips_them_on_a_fresh_machine(
     assert run_study.main(argv) == []
     with pytest.raises(SystemExit, match="no finished teacher model for seeds 0 1"):
         run_study.main(argv + ["--time_latency", "true"])
+    # ... unless it may train a model of each architecture on a few rows, only to time it: apart from the stages'.
+    before = {p: Path(p).read_bytes() for p in glob.glob(str(results_dir / "stages" / "**" / "*"), recursive=True)
+              if os.path.isfile(p)}  # fmt: skip
+    assert run_study.main(argv + ["--time_latency", "true", "--latency_train_rows", "5"]) == []
+    timed = pd.read_csv(results_dir / "latency.csv")
+    assert timed.weights.tolist() == ["timing only (5 rows)"] * 2 and timed.seed.tolist() == [0, 0]
+    timing_dir = tmp_path / "work" / tiny_data_dir.name / run_study.TIMING_MODELS_DIR / "seed0"
+    for method in ("teacher", "odd_ce"):
+        record = json.loads((timing_dir / method / "run_record.json").read_text())
+        assert record["dataset"]["rows"]["train"] == 5, record["dataset"]
+    assert not (tmp_path / "work" / tiny_data_dir.name / "seed0").exists()  # no stage would reuse them
+    assert before == {p: Path(p).read_bytes() for p in before}
+    assert "trained like their stage on a few rows only to be timed" in report.read_text()
+    assert not ABSOLUTE.search((results_dir / "latency.csv").read_text())
     # A stage that never finished publishing (killed): its folder is missing, so it runs, with its base retrained.
     shutil.rmtree(stage)
     caplog.clear()  # only the re-run's commands count below
