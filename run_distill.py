@@ -11,8 +11,10 @@ Any argument may also come from one .json/.yaml file: `python run_distill.py arg
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
@@ -26,12 +28,15 @@ from distillkit.layer_plot import plot_layer_scores
 from distillkit.fingerprint import fingerprint_digest, model_identity, request_fingerprint
 from distillkit.layer_selection import (
     AUTO,
+    DEFAULT_PROBE_STEPS,
     DEFAULT_TRAIN_ROWS,
     MAX_VALIDATION_ROWS,
     MIN_VALIDATION_ROWS,
+    SEARCH,
     check_num_student_layers,
     choose_layers,
     default_validation_rows,
+    search_layers,
 )
 from distillkit.students import NAMED_LAYER_CHOICES, build_student, layer_stack, select_layers
 from distillkit.teacher import (
@@ -59,8 +64,9 @@ class StudentArguments:
     layers: str = field(
         default="even",
         metadata={
-            "help": "Teacher layers the student keeps (1-based): odd, even, top, bottom, spread, a list like 2,4,6, or "
-            "auto (scored on the fine-tuned teacher and this data set; see distillkit/layer_selection.py)."
+            "help": "Teacher layers the student keeps (1-based): odd, even, top, bottom, spread, a list like 2,4,6, "
+            "auto (scored on the fine-tuned teacher and this data set), or search (greedy removal with short "
+            "distillation probes: costs several students' training); see distillkit/layer_selection.py."
         },
     )
     student_num_layers: int | None = field(
@@ -77,10 +83,45 @@ class StudentArguments:
     layer_selection_validation_rows: int | None = field(
         default=None,
         metadata={
-            "help": "--layers auto: validation rows (a seeded sample) its skip-one-layer metric is on (default: a "
-            f"fortieth of the rows the student trains on, within [{MIN_VALIDATION_ROWS}, {MAX_VALIDATION_ROWS}])."
+            "help": "--layers auto/search: validation rows (a seeded sample) its skip-one-layer metric / its probes "
+            f"are scored on (default for auto: a fortieth of the rows the student trains on, within "
+            f"[{MIN_VALIDATION_ROWS}, {MAX_VALIDATION_ROWS}]; for search: {MAX_VALIDATION_ROWS})."
         },
     )
+    layer_search_probe_steps: int = field(
+        default=DEFAULT_PROBE_STEPS,
+        metadata={
+            "help": "--layers search: optimizer steps of each probe student, on a seeded sample of that many "
+            "batches of the training split (the same sample for every probe)."
+        },
+    )
+
+
+def probe_training_args(training_args: DistillationTrainingArguments, steps: int, output_dir: str):
+    """The run's arguments for a `--layers search` probe: its steps, nothing saved, logged or evaluated."""
+    return dataclasses.replace(
+        training_args,
+        output_dir=output_dir,
+        max_steps=steps,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        push_to_hub=False,
+        load_best_model_at_end=False,
+        cache_teacher_logits=False,  # each probe sees its rows once: a cache would cost a teacher pass more
+        disable_tqdm=True,
+        run_name=None,
+    )
+
+
+def distill_probe(teacher, layers: list[int], rows, tokenizer, probe_args) -> object:
+    """A student of `layers` distilled from `teacher` on `rows` for the probe's steps, by the run's own trainer."""
+    set_seed(probe_args.seed)
+    student = build_student(teacher, layers)
+    trainer = build_trainer(student, probe_args, {"train": rows, "validation": rows}, tokenizer, teacher, layers)
+    trainer.train()
+    return trainer.model
 
 
 @exit_on_usage_error
@@ -103,26 +144,28 @@ def main(argv: list[str] | None = None) -> dict:
         fingerprint=teacher_request,
     )
     teacher_depth = plan.config.num_hidden_layers
-    auto = student_args.layers.strip().lower() == AUTO
+    chooser = student_args.layers.strip().lower()
+    auto = chooser in (AUTO, SEARCH)
     if auto:  # chosen once the fine-tuned teacher exists; a bad depth fails now
         auto_k = check_num_student_layers(student_args.student_num_layers, teacher_depth)
         if student_args.layer_selection_validation_rows is None:
             trained = rows_trained(training_args, len(data.splits["train"]))
-            student_args.layer_selection_validation_rows = default_validation_rows(trained)
-        for flag in ("layer_selection_train_rows", "layer_selection_validation_rows"):
+            # search's probes cost far more than scoring them: no reason to score on a small, noisy sample
+            student_args.layer_selection_validation_rows = (
+                MAX_VALIDATION_ROWS if chooser == SEARCH else default_validation_rows(trained)
+            )
+        flags = ["layer_selection_validation_rows"]
+        flags += ["layer_search_probe_steps"] if chooser == SEARCH else ["layer_selection_train_rows"]
+        for flag in flags:
             if getattr(student_args, flag) < 1:
                 raise UsageError(f"--{flag} {getattr(student_args, flag)}: must be at least 1")
         # The choice is a deterministic function of the teacher, the data and these flags: the request names them.
-        requested_layers = {
-            "layers": f"{AUTO}:{auto_k}",
-            "layer_selection_train_rows": student_args.layer_selection_train_rows,
-            "layer_selection_validation_rows": student_args.layer_selection_validation_rows,
-        }
+        requested_layers = {"layers": f"{chooser}:{auto_k}", **{flag: getattr(student_args, flag) for flag in flags}}
     else:
         layers = select_layers(student_args.layers, teacher_depth, student_args.student_num_layers)
         logger.info(f"student: teacher layers {layers} of {teacher_depth}")
         requested_layers = {"layers": layers}
-    method = AUTO if auto else student_args.layers if student_args.layers in NAMED_LAYER_CHOICES else "custom"
+    method = chooser if auto else student_args.layers if student_args.layers in NAMED_LAYER_CHOICES else "custom"
     # The teacher this student learns from: the one about to be fine-tuned, or the one used as it is.
     teacher_id = fingerprint_digest(plan.fingerprint) if plan.needs_finetuning else model_identity(plan.name_or_path)
     fingerprint = request_fingerprint(method, None, data, data_args, training_args, teacher=teacher_id, **requested_layers)
@@ -153,7 +196,24 @@ def main(argv: list[str] | None = None) -> dict:
         )
     layer_stack(teacher)  # fails early, with the supported list, for an architecture we cannot cut
     selection = None
-    if auto:
+    if chooser == SEARCH:
+        with tempfile.TemporaryDirectory(prefix="layer_search_") as scratch:  # probes save nothing; Trainer wants a dir
+            probe_args = probe_training_args(training_args, student_args.layer_search_probe_steps, scratch)
+            selection = search_layers(
+                teacher,
+                tokenized["train"],
+                tokenized["validation"],
+                DataCollatorWithPadding(tokenizer),
+                auto_k,
+                distill_probe=lambda layers, rows: distill_probe(teacher, layers, rows, tokenizer, probe_args),
+                probe_steps=probe_args.max_steps,
+                train_rows=rows_trained(probe_args, 0),  # steps × the global batch: each row seen once
+                validation_rows=student_args.layer_selection_validation_rows,
+                batch_size=training_args.per_device_eval_batch_size,
+                device=str(training_args.device),
+                seed=training_args.seed,
+            )
+    elif auto:
         selection = choose_layers(
             teacher,
             tokenized["train"],
@@ -166,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
             device=str(training_args.device),
             seed=training_args.seed,
         )
+    if selection is not None:
         layers = selection.chosen
         if training_args.should_save:  # the card links it; written beside the weights
             plot_layer_scores(selection.to_dict(), os.path.join(training_args.output_dir, LAYER_PLOT))

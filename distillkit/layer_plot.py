@@ -1,4 +1,4 @@
-"""The `--layers auto` plot: each criterion's score per teacher layer, the layers kept marked (report and model card)."""
+"""The `--layers auto` / `search` plot: each criterion's score per teacher layer, the layers kept marked (report and model card)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ def plot_layer_scores(selection: dict[str, Any], path: str, title: str | None = 
     """One panel per criterion of a `LayerSelection.to_dict()`: its score of every teacher layer, kept layers filled
     and dropped ones hollow; the mean rank that decided in the last panel. Returns `path`."""
     scores = dict(selection["scores"])
-    scores["mean rank (combined)"] = selection["combined"]
+    criterion = selection.get("criterion", "auto")
+    if criterion == "auto":  # search's combined score is its removal round, already a panel
+        scores["mean rank (combined)"] = selection["combined"]
     chosen = set(selection["chosen"])
     fig, axes = plt.subplots(1, len(scores), figsize=(3.6 * len(scores), 3.2), squeeze=False)
     for ax, (name, values) in zip(axes[0], scores.items()):
@@ -28,7 +30,9 @@ def plot_layer_scores(selection: dict[str, Any], path: str, title: str | None = 
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("teacher layer (filled: kept)")
         ax.set_xticks(layers)
-    fig.suptitle(title or f"--layers auto: kept {sorted(chosen)} ({selection.get('seconds', 0):.1f} s)", fontsize=10)
+    fig.suptitle(
+        title or f"--layers {criterion}: kept {sorted(chosen)} ({selection.get('seconds', 0):.1f} s)", fontsize=10
+    )
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)

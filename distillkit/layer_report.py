@@ -39,6 +39,7 @@ def layer_selection_rows(selections: dict[str, dict[str, Any]], train_runtimes: 
         runtime = float(train_runtimes.get(model, math.nan))
         row = {
             "model": model,
+            "criterion": selection.get("criterion", "auto"),
             "layers_chosen": " ".join(map(str, selection["chosen"])),
             "layer_selection_seconds": selection.get("seconds", math.nan),
             "train_runtime_s": runtime,
@@ -47,6 +48,8 @@ def layer_selection_rows(selections: dict[str, dict[str, Any]], train_runtimes: 
             "validation_rows": selection.get("validation_rows"),
             "metric": selection.get("metric"),
             "teacher_metric": selection.get("teacher_metric"),
+            "probes": selection.get("probes", 0),
+            "probe_steps": selection.get("probe_steps", 0),
         }
         for name, values in selection["scores"].items():
             row[SCORE_PREFIX + name] = _joined(values)
@@ -58,12 +61,12 @@ def layer_selection_rows(selections: dict[str, dict[str, Any]], train_runtimes: 
 def plot_layer_selection(table: pd.DataFrame, path: str) -> str:
     """One panel per criterion: every model's score of each teacher layer (dots) and their mean (bar); the last panel
     counts how many models kept each layer."""
-    criteria = [c for c in table.columns if c.startswith(SCORE_PREFIX)]
-    depth = max(len(_split(v)) for v in table[criteria[0]])
+    criteria = [c for c in table.columns if c.startswith(SCORE_PREFIX)]  # auto's and search's: NaN where not scored
+    depth = max(len(_split(v)) for c in criteria for v in table[c].dropna())
     layers = np.arange(1, depth + 1)
     fig, axes = plt.subplots(1, len(criteria) + 1, figsize=(3.6 * (len(criteria) + 1), 3.2), squeeze=False)
     for ax, column in zip(axes[0], criteria):
-        scores = [_split(v) for v in table[column]]
+        scores = [_split(v) for v in table[column].dropna()]
         for values in scores:
             ax.plot(layers[: len(values)], values, "o", color="tab:blue", alpha=0.5, markersize=4)
         same_depth = [v for v in scores if len(v) == depth]
@@ -81,7 +84,7 @@ def plot_layer_selection(table: pd.DataFrame, path: str) -> str:
     axes[0][-1].set_title(f"times kept (of {len(table)} models)", fontsize=9)
     axes[0][-1].set_xlabel("teacher layer")
     axes[0][-1].set_xticks(layers)
-    fig.suptitle("--layers auto: score per teacher layer (dots: models, bars: mean) and the layers kept", fontsize=10)
+    fig.suptitle("--layers auto/search: score per teacher layer (dots: models, bars: mean) and the layers kept", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -90,16 +93,27 @@ def plot_layer_selection(table: pd.DataFrame, path: str) -> str:
 
 
 def layer_selection_markdown(table: pd.DataFrame, plot_link: str) -> list[str]:
-    shares = table.share_of_training.dropna()
+    criterion = table.criterion.fillna("auto") if "criterion" in table else pd.Series("auto", index=table.index)
+    searched = table[criterion == "search"]
+    shares = table.share_of_training[criterion == "auto"].dropna()
     over = int((shares > BAR).sum())
     lines = [
-        "## Layer selection (`--layers auto`)",
+        "## Layer selection (`--layers auto`" + (" / `search`)" if len(searched) else ")"),
         "",
         "Each `auto` model's layers were chosen on its fine-tuned teacher (docs/layer_selection.md): Block Influence "
         "on a sample of training rows and the validation metric with each layer skipped, combined by mean rank. "
-        f"`share` is the seconds spent choosing over the student's `train_runtime` (issue 24's bar: at most "
-        f"{BAR:.0%}; {over} of {len(shares)} models over it).",
+        f"`share` is the seconds spent choosing over the student's `train_runtime` (issue 24's bar for `auto`: at "
+        f"most {BAR:.0%}; {over} of {len(shares)} `auto` models over it).",
         "",
+    ]
+    if len(searched):
+        lines += [
+            "Each `search` model's layers were chosen by greedy removal with short distillation probes: "
+            + "; ".join(f"{r.model}: {r.probes} probes of {r.probe_steps} steps" for r in searched.itertuples())
+            + ". A search trains several students to choose one: its share is reported, not held to the `auto` bar.",
+            "",
+        ]
+    lines += [
         "| model | layers kept | choosing (s) | student training (s) | share | rows (train / validation) | "
         "metric: teacher |",
         "|---|---|---|---|---|---|---|",

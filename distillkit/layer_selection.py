@@ -15,6 +15,12 @@ rank); a layer's combined score is the mean of its ranks; the k layers with the 
 Ties in the combined score go to the higher Block Influence, then to the later layer. Both criteria run through
 `teacher_logits.compute_teacher_logits`, the batched no-grad forward of the teacher-logit cache, so there is no
 loop here of our own over the data.
+
+`--layers search` (`search_layers`): greedy removal with short distillation probes (Peer et al., "Greedy-layer
+pruning"). Each round, one student per remaining layer, built without that layer (`build_student`), is distilled for
+a few optimizer steps by the run's own trainer (the caller's `distill_probe`) and scored on the validation sample; the
+layer whose removal scores best is dropped, until k remain. It costs n + (n − 1) + … + (k + 1) probes, several
+students' training: its seconds and probes are recorded beside the choice.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -52,6 +58,14 @@ COMBINATION_RULE = (
     "rank_mean: each criterion ranks the layers (1 = least important, ties share their mean rank); keep the k layers "
     "with the highest mean rank; ties go to the higher block_influence, then to the later layer"
 )
+SEARCH = "search"
+DEFAULT_PROBE_STEPS = 20
+SEARCH_CRITERIA = ("removal_round", "first_round_drop")
+SEARCH_RULE = (
+    "greedy removal: each round, a student without each remaining layer is distilled for probe_steps optimizer steps "
+    "and scored on the validation sample; the layer whose removal scores best is dropped (ties: the earlier layer) "
+    "until k remain"
+)
 
 
 @dataclass
@@ -70,6 +84,10 @@ class LayerSelection:
     train_rows: int = 0
     validation_rows: int = 0
     seconds: float = 0.0  # wall-clock time of the whole choice
+    criterion: str = AUTO  # auto (the two scores above) or search (greedy removal with distillation probes)
+    probe_steps: int = 0  # search: optimizer steps of each probe student
+    probes: int = 0  # search: probe students trained
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # search: per round, each candidate's probe metric
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -161,6 +179,26 @@ class _SkipLayerProbe(torch.nn.Module):
         return SimpleNamespace(logits=torch.cat(logits, dim=-1))
 
 
+def _metric_of_logits(logits: np.ndarray, dataset: Dataset, task: Task, metric: str) -> float:
+    labels = np.asarray(dataset["label"]).astype(np.int64)
+    return float(task.metrics(task.probabilities(logits), labels)[metric])
+
+
+def model_metric(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    collator: Any,
+    task: Task,
+    metric: str,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> float:
+    """`metric` of `model` on the tokenised, labelled `dataset` (the batched no-grad forward of the logit cache)."""
+    columns = teacher_input_columns(model, dataset)
+    logits = compute_teacher_logits(model, dataset, collator, columns, batch_size, device).numpy()
+    return _metric_of_logits(logits, dataset, task, metric)
+
+
 def skip_layer_metrics(
     teacher: torch.nn.Module,
     dataset: Dataset,
@@ -173,9 +211,8 @@ def skip_layer_metrics(
     """(the teacher's `metric` on `dataset`, the metric with layer i skipped for i = 1..n): no training."""
     columns = teacher_input_columns(teacher, dataset)
     logits = compute_teacher_logits(_SkipLayerProbe(teacher), dataset, collator, columns, batch_size, device).numpy()
-    labels = np.asarray(dataset["label"]).astype(np.int64)
     per_model = np.split(logits, num_layers(teacher) + 1, axis=1)  # the whole teacher, then layer 1..n skipped
-    values = [float(task.metrics(task.probabilities(block), labels)[metric]) for block in per_model]
+    values = [_metric_of_logits(block, dataset, task, metric) for block in per_model]
     return values[0], values[1:]
 
 
@@ -250,5 +287,84 @@ def choose_layers(
     logger.info(
         f"--layers auto: kept teacher layers {chosen} of {n} in {selection.seconds:.1f} s; "
         + "; ".join(f"{name} {[round(s, 4) for s in values]}" for name, values in scores.items())
+    )
+    return selection
+
+
+def greedy_removal(
+    n: int, k: int, score_without: Callable[[list[int]], float]
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """(the k layers kept, one record per round) by `SEARCH_RULE`: `score_without(layers)` scores a student of those
+    1-based layers (higher is better)."""
+    kept = list(range(1, n + 1))
+    rounds = []
+    while len(kept) > k:
+        metrics = {layer: float(score_without([x for x in kept if x != layer])) for layer in kept}
+        removed = max(kept, key=lambda layer: (metrics[layer], -layer))
+        rounds.append({"remaining": list(kept), "metric_without": metrics, "removed": removed})
+        kept.remove(removed)
+    return kept, rounds
+
+
+def search_layers(
+    teacher: torch.nn.Module,
+    train: Dataset,
+    validation: Dataset,
+    collator: Any,
+    k: int,
+    distill_probe: Callable[[list[int], Dataset], torch.nn.Module],
+    probe_steps: int,
+    train_rows: int,
+    validation_rows: int = MAX_VALIDATION_ROWS,
+    batch_size: int = 64,
+    device: str = "cpu",
+    seed: int = 0,
+) -> LayerSelection:
+    """`--layers search`: greedy removal (`greedy_removal`) where a candidate's score is the validation metric of a
+    student of its layers after `distill_probe(layers, train_sample)`, a short distillation from `teacher` that
+    returns the trained student. Every probe sees the same seeded samples."""
+    start = time.perf_counter()
+    n = num_layers(teacher)
+    k = check_num_student_layers(k, n)
+    task = Task.from_config(teacher.config)
+    metric = primary_metric(task)
+    train_sample = _sample(train, train_rows, seed)
+    validation_sample = _sample(validation, validation_rows, seed)
+    teacher_score = model_metric(teacher, validation_sample, collator, task, metric, batch_size, device)
+
+    def score_without(layers: list[int]) -> float:
+        student = distill_probe(layers, train_sample)
+        value = model_metric(student, validation_sample, collator, task, metric, batch_size, device)
+        logger.info(f"--layers search: probe of layers {layers}: validation {metric} {value:.4f}")
+        return value
+
+    chosen, rounds = greedy_removal(n, k, score_without)
+    removal_round = [float(len(rounds) + 1)] * n  # kept layers outlast every round
+    for i, step in enumerate(rounds, start=1):
+        removal_round[step["removed"] - 1] = float(i)
+    first = rounds[0]["metric_without"]
+    scores = {
+        "removal_round": removal_round,
+        "first_round_drop": [teacher_score - first[layer] for layer in range(1, n + 1)],
+    }
+    selection = LayerSelection(
+        chosen=chosen,
+        scores=scores,
+        combined=removal_round,
+        rule=SEARCH_RULE,
+        metric=metric,
+        teacher_metric=teacher_score,
+        skipped_metric=[first[layer] for layer in range(1, n + 1)],
+        train_rows=len(train_sample),
+        validation_rows=len(validation_sample),
+        seconds=round(time.perf_counter() - start, 3),
+        criterion=SEARCH,
+        probe_steps=probe_steps,
+        probes=sum(len(r["remaining"]) for r in rounds),
+        rounds=[{**r, "metric_without": {str(a): b for a, b in r["metric_without"].items()}} for r in rounds],
+    )
+    logger.info(
+        f"--layers search: kept teacher layers {chosen} of {n} after {selection.probes} probes of {probe_steps} steps "
+        f"in {selection.seconds:.1f} s; removed in order {[r['removed'] for r in rounds]}"
     )
     return selection

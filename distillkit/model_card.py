@@ -261,7 +261,7 @@ def _training_section(records: RunRecords) -> str:
 
 
 def _layer_selection_section(records: RunRecords) -> str | None:
-    """`--layers auto`: how each teacher layer scored, the rule, what was kept and what choosing cost."""
+    """`--layers auto` / `search`: how each teacher layer scored, the rule, what was kept and what choosing cost."""
     selection = records.record.layer_selection
     if not selection:
         return None
@@ -269,23 +269,37 @@ def _layer_selection_section(records: RunRecords) -> str | None:
     chosen = set(selection.get("chosen") or [])
     criteria = list(scores)
     n = len(next(iter(scores.values()), []))
+    search = selection.get("criterion") == "search"
+    teacher_metric = f"{selection.get('metric')} {selection.get('teacher_metric', float('nan')):.4f}"
+    if search:
+        how = (
+            f"The layers were chosen by `--layers search` on the fine-tuned teacher in {selection.get('seconds', 0):.1f} "
+            f"s: {selection.get('probes')} probe students of {selection.get('probe_steps')} optimizer steps each, on "
+            f"{selection.get('train_rows')} training rows, scored on {selection.get('validation_rows')} validation rows "
+            f"(the teacher's validation {teacher_metric}; `first_round_drop` is it minus the first round's probe "
+            f"without the layer; `removal_round` is the round the layer was dropped in). Rule: {selection.get('rule')}."
+        )
+    else:
+        how = (
+            f"The layers were chosen by `--layers auto` on the fine-tuned teacher in {selection.get('seconds', 0):.1f} s "
+            f"({selection.get('train_rows')} training rows for `block_influence`, {selection.get('validation_rows')} "
+            f"validation rows for `skip_metric_drop`, the teacher's validation {teacher_metric} minus the same with one "
+            f"layer skipped). Rule: {selection.get('rule')}."
+        )
     lines = [
         "## Layer selection",
         "",
-        f"The layers were chosen by `--layers auto` on the fine-tuned teacher in {selection.get('seconds', 0):.1f} s "
-        f"({selection.get('train_rows')} training rows for `block_influence`, {selection.get('validation_rows')} "
-        f"validation rows for `skip_metric_drop`, the teacher's validation {selection.get('metric')} "
-        f"{selection.get('teacher_metric', float('nan')):.4f} minus the same with one layer skipped). Rule: "
-        f"{selection.get('rule')}.",
+        how,
         "",
-        "| teacher layer | " + " | ".join(f"`{c}`" for c in criteria) + " | mean rank | kept |",
-        "|---|" + "---|" * (len(criteria) + 2),
+        "| teacher layer | " + " | ".join(f"`{c}`" for c in criteria) + ("" if search else " | mean rank") + " | kept |",
+        "|---|" + "---|" * (len(criteria) + (1 if search else 2)),
     ]
     combined = selection.get("combined") or [None] * n
     for i in range(n):
         cells = [f"{scores[c][i]:.4f}" for c in criteria]
-        rank = f"{combined[i]:.2f}" if combined[i] is not None else ""
-        lines.append(f"| {i + 1} | " + " | ".join(cells) + f" | {rank} | {'yes' if i + 1 in chosen else ''} |")
+        if not search:
+            cells.append(f"{combined[i]:.2f}" if combined[i] is not None else "")
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + f" | {'yes' if i + 1 in chosen else ''} |")
     lines += ["", "![score per layer per criterion, kept layers filled](layer_scores.png)"]
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""`--layers auto` (distillkit/layer_selection.py): the scores, the rule, and run_distill.py with it, on tiny models."""
+"""`--layers auto` and `search` (distillkit/layer_selection.py): the scores, the rules, and run_distill.py with them,
+on tiny models."""
 
 import json
 
@@ -22,11 +23,13 @@ import run_eval
 from distillkit.layer_report import LAYER_SELECTION_FILE
 from distillkit.layer_selection import (
     CRITERIA,
+    SEARCH_CRITERIA,
     LayerSelection,
     _SkipLayerProbe,
     choose_layers,
     combine,
     default_validation_rows,
+    greedy_removal,
 )
 from distillkit.losses import GOLD_TERM, loss_terms
 from distillkit.records import RunRecord
@@ -238,4 +241,72 @@ def test_bad_num_student_layers_is_a_one_line_usage_error(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "EXP").exists()
+
+
+def test_greedy_removal_drops_the_layer_whose_removal_scores_best_each_round():
+    importance = {1: 5.0, 2: 0.0, 3: 3.0, 4: 1.0}
+    calls = []
+
+    def score_without(layers):
+        calls.append(layers)
+        return sum(importance[layer] for layer in layers)
+
+    kept, rounds = greedy_removal(4, 2, score_without)
+    assert kept == [1, 3] and [r["removed"] for r in rounds] == [2, 4]
+    assert rounds[0]["metric_without"] == {1: 4.0, 2: 9.0, 3: 6.0, 4: 8.0} and rounds[1]["remaining"] == [1, 3, 4]
+    assert len(calls) == 4 + 3  # n + (n - 1) + ... + (k + 1) probes
+    # Ties drop the earlier layer (auto's rule keeps the later one on a tie too).
+    assert greedy_removal(3, 1, lambda layers: 0.0)[0] == [3]
+
+
+def test_run_distill_search_copies_exactly_the_layers_its_probes_chose(tmp_path, tiny_classifier_dir, tiny_data_dir):
+    out = tmp_path / "EXP" / "search"
+    # learning rate 0 for the student, and so for its probes: each probe is the student as built, so the search is
+    # the skip-layer metric of a student without each layer, and the saved weights must be the chosen layers'.
+    argv = common_args(
+        tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, layers="search", learning_rate=0,
+        num_student_layers=2, max_steps=2, do_predict="false", layer_search_probe_steps=2,
+    )  # fmt: skip
+    results = run_distill.main(argv)
+    record = RunRecord.load(str(out))
+    selection = record.layer_selection
+    assert record.method == "search" and record.layers == selection["chosen"] and len(record.layers) == 2
+    assert selection["criterion"] == "search" and set(selection["scores"]) == set(SEARCH_CRITERIA)
+    assert selection["probes"] == 4 + 3 and selection["probe_steps"] == 2 and len(selection["rounds"]) == 2
+    assert selection["train_rows"] == 2 * 8  # 2 steps × a batch of 8
+    removed = [r["removed"] for r in selection["rounds"]]
+    assert sorted(removed + record.layers) == [1, 2, 3, 4]
+    assert selection["scores"]["removal_round"] == [
+        float(removed.index(layer) + 1) if layer in removed else 3.0 for layer in (1, 2, 3, 4)
+    ]
+    assert results["layer_selection_seconds"] == selection["seconds"] > 0
+    teacher = load_file(str(tiny_classifier_dir / "model.safetensors"))
+    student = load_file(str(out / "model.safetensors"))
+    for i, layer in enumerate(record.layers):
+        prefix, source = f"bert.encoder.layer.{i}.", f"bert.encoder.layer.{layer - 1}."
+        for name in [k for k in student if k.startswith(prefix)]:
+            torch.testing.assert_close(student[name], teacher[source + name[len(prefix) :]], atol=0, rtol=0)
+    card = (out / "README.md").read_text()
+    assert "`--layers search`" in card and "7 probe students of 2 optimizer steps" in card
+    assert (out / "layer_scores.png").stat().st_size > 1000
+
+    report_dir = tmp_path / "report"
+    run_eval.main(
+        ["--model_dirs", str(out), "--dataset_name", str(tiny_data_dir), "--output_dir", str(report_dir)]
+        + ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_texts", "32", "--bootstrap_samples", "10"]
+    )
+    table = pd.read_csv(report_dir / LAYER_SELECTION_FILE)
+    assert table.criterion.tolist() == ["search"] and table.probes.tolist() == [7]
+    report = (report_dir / "report.md").read_text()
+    assert "## Layer selection (`--layers auto` / `search`)" in report and "search: 7 probes of 2 steps" in report
+
+
+def test_search_s_probe_steps_must_be_positive(tmp_path, tiny_classifier_dir, tiny_data_dir, capsys):
+    out = tmp_path / "EXP" / "search"
+    argv = common_args(tiny_data_dir, out, teacher_name_or_path=tiny_classifier_dir, layers="search")
+    with pytest.raises(SystemExit) as exit_info:
+        run_distill.main(argv + ["--layer_search_probe_steps", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --layer_search_probe_steps 0: must be at least 1"
     assert not (tmp_path / "EXP").exists()
