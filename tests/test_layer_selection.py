@@ -173,6 +173,28 @@ def test_combination_rule_is_the_mean_rank_with_block_influence_breaking_ties():
     assert combine({"block_influence": [0.1] * 4, "skip_metric_drop": [0.0] * 4}, 2)[1] == [3, 4]
 
 
+def assert_copies_teacher_layers(student_dir, teacher_dir, layers: list[int]) -> dict:
+    """Every weight of the saved student's layer i equals the teacher's layer layers[i] (1-based); returns them."""
+    teacher = load_file(str(teacher_dir / "model.safetensors"))
+    student = load_file(str(student_dir / "model.safetensors"))
+    for i, layer in enumerate(layers):
+        prefix, source = f"bert.encoder.layer.{i}.", f"bert.encoder.layer.{layer - 1}."
+        names = [k for k in student if k.startswith(prefix)]
+        assert names
+        for name in names:
+            torch.testing.assert_close(student[name], teacher[source + name[len(prefix) :]], atol=0, rtol=0)
+    return student
+
+
+def score_into_report(model_dir, data_dir, report_dir) -> pd.DataFrame:
+    """run_eval.py on one model; its layer_selection.csv."""
+    run_eval.main(
+        ["--model_dirs", str(model_dir), "--dataset_name", str(data_dir), "--output_dir", str(report_dir)]
+        + ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_texts", "32", "--bootstrap_samples", "10"]
+    )
+    return pd.read_csv(report_dir / LAYER_SELECTION_FILE)
+
+
 def test_run_distill_auto_copies_exactly_the_chosen_layers(tmp_path, tiny_classifier_dir, tiny_data_dir):
     out = tmp_path / "EXP" / "auto"
     # learning rate 0: the saved student is the student as built, so its weights must be the chosen teacher layers'.
@@ -192,14 +214,7 @@ def test_run_distill_auto_copies_exactly_the_chosen_layers(tmp_path, tiny_classi
     config = json.loads((out / "config.json").read_text())
     assert config["distillation_layers"] == record.layers and config["num_hidden_layers"] == 3
 
-    teacher = load_file(str(tiny_classifier_dir / "model.safetensors"))
-    student = load_file(str(out / "model.safetensors"))
-    for i, layer in enumerate(record.layers):
-        prefix, source = f"bert.encoder.layer.{i}.", f"bert.encoder.layer.{layer - 1}."
-        names = [k for k in student if k.startswith(prefix)]
-        assert names
-        for name in names:
-            torch.testing.assert_close(student[name], teacher[source + name[len(prefix) :]], atol=0, rtol=0)
+    student = assert_copies_teacher_layers(out, tiny_classifier_dir, record.layers)
     # ... which is what build_student makes of them.
     built = build_student(AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir), record.layers)
     for name, value in built.state_dict().items():
@@ -211,11 +226,7 @@ def test_run_distill_auto_copies_exactly_the_chosen_layers(tmp_path, tiny_classi
 
     # run_eval's report shows the choice and its cost beside the student's training.
     report_dir = tmp_path / "report"
-    run_eval.main(
-        ["--model_dirs", str(out), "--dataset_name", str(tiny_data_dir), "--output_dir", str(report_dir)]
-        + ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_texts", "32", "--bootstrap_samples", "10"]
-    )
-    table = pd.read_csv(report_dir / LAYER_SELECTION_FILE)
+    table = score_into_report(out, tiny_data_dir, report_dir)
     assert table.model.tolist() == ["auto"] and table.layers_chosen.tolist() == [" ".join(map(str, record.layers))]
     assert table.layer_selection_seconds.tolist() == [selection["seconds"]]
     assert table.train_runtime_s.iloc[0] == pytest.approx(results["train_runtime"], rel=1e-6)
@@ -281,22 +292,13 @@ def test_run_distill_search_copies_exactly_the_layers_its_probes_chose(tmp_path,
         float(removed.index(layer) + 1) if layer in removed else 3.0 for layer in (1, 2, 3, 4)
     ]
     assert results["layer_selection_seconds"] == selection["seconds"] > 0
-    teacher = load_file(str(tiny_classifier_dir / "model.safetensors"))
-    student = load_file(str(out / "model.safetensors"))
-    for i, layer in enumerate(record.layers):
-        prefix, source = f"bert.encoder.layer.{i}.", f"bert.encoder.layer.{layer - 1}."
-        for name in [k for k in student if k.startswith(prefix)]:
-            torch.testing.assert_close(student[name], teacher[source + name[len(prefix) :]], atol=0, rtol=0)
+    assert_copies_teacher_layers(out, tiny_classifier_dir, record.layers)
     card = (out / "README.md").read_text()
     assert "`--layers search`" in card and "7 probe students of 2 optimizer steps" in card
     assert (out / "layer_scores.png").stat().st_size > 1000
 
     report_dir = tmp_path / "report"
-    run_eval.main(
-        ["--model_dirs", str(out), "--dataset_name", str(tiny_data_dir), "--output_dir", str(report_dir)]
-        + ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_texts", "32", "--bootstrap_samples", "10"]
-    )
-    table = pd.read_csv(report_dir / LAYER_SELECTION_FILE)
+    table = score_into_report(out, tiny_data_dir, report_dir)
     assert table.criterion.tolist() == ["search"] and table.probes.tolist() == [7]
     report = (report_dir / "report.md").read_text()
     assert "## Layer selection (`--layers auto` / `search`)" in report and "search: 7 probes of 2 steps" in report
