@@ -148,3 +148,21 @@ def test_task_flags_are_checked_before_anything_is_written(
     # A fine-tuned 2-class single-label classifier is not "already trained" for a 2-label multi-label task.
     config = AutoConfig.from_pretrained(tiny_classifier_dir)
     assert has_trained_head(config, 2, SINGLE_LABEL) and not has_trained_head(config, 2, MULTI_LABEL)
+
+
+@pytest.mark.parametrize("chooser", ["auto", "search"])
+def test_layers_auto_and_search_on_a_multi_label_task(tmp_path, tiny_base_model_dir, multi_label_data_dir, chooser):
+    """go_emotions' study arm: both choosers score on macro F1 over the labels, from multi-hot validation labels."""
+    out = tmp_path / "EXP" / chooser
+    argv = common_args(
+        multi_label_data_dir, out, teacher_name_or_path=tiny_base_model_dir, layers=chooser, num_student_layers=2,
+        layer_search_probe_steps=2, **FAST,
+    )  # fmt: skip
+    run(argv + ["--class_names", ",".join(LABELS)])
+    record = json.loads((out / "run_record.json").read_text())
+    selection = record["layer_selection"]
+    assert selection["criterion"] == chooser and selection["metric"] == "macro_f1"
+    assert record["layers"] == selection["chosen"] and len(selection["chosen"]) == 2
+    # the teacher learnt the words: its macro F1 on the validation sample is a real score, not a degenerate 0
+    assert 0.5 < selection["teacher_metric"] <= 1
+    assert json.loads((out / "config.json").read_text())["problem_type"] == MULTI_LABEL
