@@ -17,7 +17,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PreTrainedModel, set_seed
 
 from distill_trainer import DistillationTrainingArguments
 from distillkit.cli import UsageError, exit_on_usage_error, parse_args
@@ -115,7 +115,7 @@ def probe_training_args(training_args: DistillationTrainingArguments, steps: int
     )
 
 
-def distill_probe(teacher, layers: list[int], rows, tokenizer, probe_args) -> object:
+def distill_probe(teacher: PreTrainedModel, layers: list[int], rows, tokenizer, probe_args) -> PreTrainedModel:
     """A student of `layers` distilled from `teacher` on `rows` for the probe's steps, by the run's own trainer."""
     set_seed(probe_args.seed)
     student = build_student(teacher, layers)
