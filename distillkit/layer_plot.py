@@ -1,4 +1,5 @@
-"""The `--layers auto` / `search` plot: each criterion's score per teacher layer, the layers kept marked (report and model card)."""
+"""The `--layers auto` / `search` plot: each criterion's score per teacher layer, the layers kept marked (report and
+model card)."""
 
 from __future__ import annotations
 

@@ -84,7 +84,9 @@ def plot_layer_selection(table: pd.DataFrame, path: str) -> str:
     axes[0][-1].set_title(f"times kept (of {len(table)} models)", fontsize=9)
     axes[0][-1].set_xlabel("teacher layer")
     axes[0][-1].set_xticks(layers)
-    fig.suptitle("--layers auto/search: score per teacher layer (dots: models, bars: mean) and the layers kept", fontsize=10)
+    fig.suptitle(
+        "--layers auto/search: score per teacher layer (dots: models, bars: mean) and the layers kept", fontsize=10
+    )
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)

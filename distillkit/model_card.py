@@ -271,27 +271,31 @@ def _layer_selection_section(records: RunRecords) -> str | None:
     n = len(next(iter(scores.values()), []))
     search = selection.get("criterion") == "search"
     teacher_metric = f"{selection.get('metric')} {selection.get('teacher_metric', float('nan')):.4f}"
+    seconds, rows = f"{selection.get('seconds', 0):.1f} s", selection.get("validation_rows")
     if search:
         how = (
-            f"The layers were chosen by `--layers search` on the fine-tuned teacher in {selection.get('seconds', 0):.1f} "
-            f"s: {selection.get('probes')} probe students of {selection.get('probe_steps')} optimizer steps each, on "
-            f"{selection.get('train_rows')} training rows, scored on {selection.get('validation_rows')} validation rows "
-            f"(the teacher's validation {teacher_metric}; `first_round_drop` is it minus the first round's probe "
-            f"without the layer; `removal_round` is the round the layer was dropped in). Rule: {selection.get('rule')}."
+            f"The layers were chosen by `--layers search` on the fine-tuned teacher in {seconds}: "
+            f"{selection.get('probes')} probe students of {selection.get('probe_steps')} optimizer steps each, on "
+            f"{selection.get('train_rows')} training rows, scored on {rows} validation rows (the teacher's "
+            f"validation {teacher_metric}; `first_round_drop` is it minus the first round's probe without the layer; "
+            f"`removal_round` is the round the layer was dropped in). Rule: {selection.get('rule')}."
         )
     else:
         how = (
-            f"The layers were chosen by `--layers auto` on the fine-tuned teacher in {selection.get('seconds', 0):.1f} s "
-            f"({selection.get('train_rows')} training rows for `block_influence`, {selection.get('validation_rows')} "
-            f"validation rows for `skip_metric_drop`, the teacher's validation {teacher_metric} minus the same with one "
-            f"layer skipped). Rule: {selection.get('rule')}."
+            f"The layers were chosen by `--layers auto` on the fine-tuned teacher in {seconds} "
+            f"({selection.get('train_rows')} training rows for `block_influence`, {rows} validation rows for "
+            f"`skip_metric_drop`, the teacher's validation {teacher_metric} minus the same with one layer skipped). "
+            f"Rule: {selection.get('rule')}."
         )
     lines = [
         "## Layer selection",
         "",
         how,
         "",
-        "| teacher layer | " + " | ".join(f"`{c}`" for c in criteria) + ("" if search else " | mean rank") + " | kept |",
+        "| teacher layer | "
+        + " | ".join(f"`{c}`" for c in criteria)
+        + ("" if search else " | mean rank")
+        + " | kept |",
         "|---|" + "---|" * (len(criteria) + (1 if search else 2)),
     ]
     combined = selection.get("combined") or [None] * n
