@@ -293,16 +293,20 @@ def searched_flags(args: StudyArguments) -> list[str]:
     ]
 
 
-def train(args: StudyArguments, method: str, seed: int, experiment_dir: str, extra: list[str] = ()) -> None:
-    """`run_compare.py` for the stage and its bases whose weights are gone, with the study's flags (then `extra`: the
-    last value of a flag wins)."""
-    budget = args.budget if args.budget is not None else BUDGETS[args.dataset]
+def budget_flags(args: StudyArguments) -> str:
+    return args.budget if args.budget is not None else BUDGETS[args.dataset]
+
+
+def train(args: StudyArguments, methods: list[str], seed: int, experiment_dir: str, extra: list[str] = ()) -> None:
+    """One `run_compare.py` for `methods` and their bases whose weights are gone, with the study's flags (then
+    `extra`: the last value of a flag wins)."""
+    ordered = list(dict.fromkeys(m for method in methods for m in (*dependencies(method), method)))  # bases first
     run(
         [sys.executable, os.path.join(REPO, "run_compare.py"), "--teacher_name_or_path", args.teacher]
         + ["--dataset_name", os.path.join(args.data_root, args.dataset), "--experiment_dir", experiment_dir]
-        + ["--seeds", str(seed), "--methods", *dependencies(method), method, *shlex.split(COMMON)]
+        + ["--seeds", str(seed), "--methods", *ordered, *shlex.split(COMMON)]
         + searched_flags(args)
-        + shlex.split(budget)
+        + shlex.split(budget_flags(args))
         + list(extra),
         args.dry_run,
     )
@@ -312,14 +316,13 @@ def train_and_score(args: StudyArguments, method: str, seed: int) -> str:
     """Train the stage (and its bases when their weights are gone) and score it alone; returns the eval folder."""
     work = os.path.join(args.work_dir, args.dataset)
     data = os.path.join(args.data_root, args.dataset)
-    budget = args.budget if args.budget is not None else BUDGETS[args.dataset]
-    train(args, method, seed, work)
+    train(args, [method], seed, work)
     out = os.path.join(work, "stage_eval", method, f"seed{seed}")
     run(
         [sys.executable, os.path.join(REPO, "run_eval.py"), "--model_dirs", os.path.join(work, f"seed{seed}", method)]
         + ["--dataset_name", data, "--max_seq_length", str(MAX_SEQ_LENGTH), "--output_dir", out]
         + ["--overwrite_output_dir", "true"]
-        + task_flags(budget)
+        + task_flags(budget_flags(args))
         + shlex.split(EVAL_FLAGS)
         + bias_flags(args),
         args.dry_run,
@@ -361,7 +364,7 @@ def publish(args: StudyArguments, method: str, seed: int, eval_dir: str) -> str:
                 "recorded_method": recorded_method,
                 "seed": seed,
                 "label_names": [str(names.get(i, i)) for i in range(len(probs))],
-                "budget": args.budget if args.budget is not None else BUDGETS[args.dataset],
+                "budget": budget_flags(args),
                 "common": COMMON,
                 "searched": shlex.join(searched_flags(args)),
                 # lora_steps trains for 2x the budget's epochs (run_compare.scaled_training_flags)
@@ -426,32 +429,37 @@ def time_side_by_side(args: StudyArguments, repeats: int = 5) -> str:
     measured side by side in one process with one thread (`measure_speed_side_by_side`) on the data set's test texts
     → <results>/<data set>/latency.csv. Speed depends on the architecture, not the weights, so one seed is enough."""
     work = os.path.join(args.work_dir, args.dataset)
-    chosen, weights = {}, {}
+    chosen = {}  # method -> (model folder, seed, what its weights are)
+    missing = []
     for method in args.methods:
         seed = next((s for s in args.seeds if is_finished_run(os.path.join(work, f"seed{s}", method))), None)
         if seed is not None:
-            chosen[method], weights[method] = os.path.join(work, f"seed{seed}", method), "stage"
-            continue
-        if not args.latency_train_rows:
+            chosen[method] = (os.path.join(work, f"seed{seed}", method), seed, "stage")
+        elif not args.latency_train_rows:
             raise SystemExit(
                 f"error: no finished {method} model for seeds {' '.join(map(str, args.seeds))} in {work}; "
                 "run the study first, pass --latency_train_rows N, or drop the method from --methods"
             )
-        # A fresh machine: the stage's weights are gone. Its architecture (layers, LoRA rank and targets) is what sets
-        # the speed, so a model trained like the stage on a few rows times the same; a folder no stage ever reuses.
-        timing_dir = os.path.join(work, TIMING_MODELS_DIR)
-        seed = args.seeds[0]
+        else:
+            missing.append(method)
+    if missing:
+        # A fresh machine: the stages' weights are gone. Their architecture (layers, LoRA rank and targets) is what
+        # sets the speed, so models trained like the stages on a few rows time the same; a folder no stage reuses.
+        timing_dir, seed = os.path.join(work, TIMING_MODELS_DIR), args.seeds[0]
         rows = ["--max_train_samples", str(args.latency_train_rows), "--num_train_epochs", "1"]
-        train(args, method, seed, timing_dir, rows)
-        chosen[method] = os.path.join(timing_dir, f"seed{seed}", method)
-        weights[method] = f"timing only ({args.latency_train_rows} rows)"
+        train(args, missing, seed, timing_dir, rows)
+        for method in missing:
+            chosen[method] = (
+                os.path.join(timing_dir, f"seed{seed}", method), seed, f"timing only ({args.latency_train_rows} rows)"
+            )
+    chosen = {m: chosen[m] for m in args.methods}  # the order asked for
     torch.set_num_threads(1)
     texts = list(
         load_text_classification_data(
             DataTrainingArguments(dataset_name=os.path.join(args.data_root, args.dataset)), seed=0
         ).splits["test"]["text"]
     )
-    loaded = {m: load_classifier_dir(path, name=m) for m, path in chosen.items()}
+    loaded = {m: load_classifier_dir(path, name=m) for m, (path, _, _) in chosen.items()}
     logger.info(f"timing {', '.join(loaded)} side by side, {repeats} rounds on {len(texts)} test texts")
     figures = measure_speed_side_by_side(
         {m: (clf.model, clf.tokenizer) for m, clf in loaded.items()}, texts, SpeedSettings(throughput_texts=64), repeats
@@ -459,8 +467,8 @@ def time_side_by_side(args: StudyArguments, repeats: int = 5) -> str:
     rows = [
         {
             "method": m,
-            "seed": int(os.path.basename(os.path.dirname(chosen[m]))[len("seed") :]),
-            "weights": weights[m],
+            "seed": chosen[m][1],
+            "weights": chosen[m][2],
             "params": count_parameters(loaded[m].model)[1],
             **{k: round(v, 4) for k, v in figures[m].items()},
         }
