@@ -12,7 +12,8 @@ For each (method, seed), in the order of PHASES (the core question first, for ev
    stage.json — go to docs/results/<data set>/stages/<method>/seed<S>/ (never weights), written to a temporary
    folder and renamed, so a stage folder exists only when complete;
 4. docs/results/<data set>/report.md (paired differences, forest plot, quality vs latency) is rebuilt from every
-   stage folder, and docs/results/README.md from every data set.
+   stage folder, and docs/results/README.md from every data set (--rebuild_reports false leaves both to one
+   --report_only true at the end: study/streams.sh does, since on go_emotions the rebuild outlasted a stage).
 The bias stage (on by default for the toxicity sets, --bias_datasets): run_eval also scores the stage's model on the
 identity-bias set (--bias_dataset, a stratified sample of --bias_max_per_identity texts per identity × label), the
 stage folder gets bias.csv and bias_summary.csv, and the report docs/results/<data set>/bias.csv, bias_summary.csv,
@@ -151,6 +152,14 @@ class StudyArguments:
     )
     alpha: float = field(default=0.05, metadata={"help": "A difference is called when its corrected p is below this."})
     report_only: bool = field(default=False, metadata={"help": "Only rebuild the reports from the stage folders."})
+    rebuild_reports: bool = field(
+        default=True,
+        metadata={
+            "help": "Rebuild the data set's report and the index after every stage. On go_emotions the rebuild (the "
+            "seeds-and-texts bootstrap of every declared pair) takes longer than a stage, so the unattended streams "
+            "turn it off and one --report_only true at the end rebuilds everything from the stage folders."
+        },
+    )
     time_latency: bool = field(
         default=False,
         metadata={
@@ -638,6 +647,14 @@ def build_index(results_dir: str) -> str:
     return path
 
 
+def rebuild_after_stage(args: StudyArguments) -> None:
+    """The data set's report and the index, from every stage folder published so far (unless --rebuild_reports false:
+    the stage folders are the record, and --report_only true rebuilds the rest from them)."""
+    if args.rebuild_reports:
+        build_report(args.results_dir, args.dataset, args.n_resamples, args.correction, args.alpha)
+        build_index(args.results_dir)
+
+
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> list[str]:
     """Run the pending stages; returns the stage folders written."""
@@ -657,8 +674,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 logger.info(f"[{args.dataset} {method} seed{seed}] bias stage: scoring {model_dir}")
                 if not args.dry_run:
                     written.append(score_bias_only(args, method, seed))
-                    build_report(args.results_dir, args.dataset, args.n_resamples, args.correction, args.alpha)
-                    build_index(args.results_dir)
+                    rebuild_after_stage(args)
                 continue
             if published:
                 logger.info(f"[{args.dataset} {method} seed{seed}] no bias figures and no weights: training it again")
@@ -667,8 +683,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 continue
             written.append(publish(args, method, seed, eval_dir))
             logger.info(f"[{args.dataset} {method} seed{seed}] done in {time.time() - start:.0f} s -> {target}")
-            build_report(args.results_dir, args.dataset, args.n_resamples, args.correction, args.alpha)
-            build_index(args.results_dir)
+            rebuild_after_stage(args)
     datasets = (
         [args.dataset]
         if args.dataset

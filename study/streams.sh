@@ -6,12 +6,14 @@
 # 47-51 for teacher odd even odd_ce even_ce, ANALYSIS_PLAN §5). Two streams may share a data set only with disjoint
 # seeds: a stage's models depend only on models of its own seed. Re-running resumes (finished stages are skipped).
 # WORK_DIR (weights, default ../study2), RESULTS_DIR (default docs/results), SEARCH_DIR (default docs/results/search).
+# The streams publish stage folders only (--rebuild_reports false): on go_emotions rebuilding the report after every
+# stage took longer than the stage. `python study/run_study.py --report_only true` rebuilds every report at the end.
 set -u
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python=${PYTHON:-.venv/bin/python}
 run() {
   nice -n 15 "$python" study/run_study.py --work_dir "${WORK_DIR:-../study2}" --results_dir "${RESULTS_DIR:-docs/results}" \
-    --search_dir "${SEARCH_DIR:-docs/results/search}" "$@"
+    --search_dir "${SEARCH_DIR:-docs/results/search}" --rebuild_reports false "$@"
 }
 for spec in "$@"; do
   ds=${spec%%:*}

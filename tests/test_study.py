@@ -228,3 +228,22 @@ def test_an_auto_stage_publishes_its_layer_choice_and_the_report_shows_it(tmp_pa
     assert (results_dir / "plots" / "layer_selection.png").stat().st_size > 1000
     assert all(os.path.isfile(p) for p in linked_images(str(results_dir / "report.md")))
     assert not ABSOLUTE.search((stage / "layer_selection.csv").read_text())
+
+
+def test_a_stream_may_leave_the_reports_for_the_end(monkeypatch, tmp_path, tiny_base_model_dir, tiny_data_dir):
+    """--rebuild_reports false publishes the stage and rebuilds nothing (on go_emotions the rebuild outlasted the
+    stage); the default rebuilds the data set's report and the index after every stage."""
+    calls = []
+    monkeypatch.setattr(run_study, "train_and_score", lambda args, method, seed: f"eval/{method}{seed}")
+    monkeypatch.setattr(run_study, "publish", lambda args, method, seed, d: calls.append(("publish", method, seed)) or d)
+    monkeypatch.setattr(run_study, "build_report", lambda *a, **k: calls.append(("report",)))
+    monkeypatch.setattr(run_study, "build_index", lambda *a, **k: calls.append(("index",)))
+    argv = study_argv(tmp_path, tiny_base_model_dir, tiny_data_dir, "--seeds", "0", "1", "--methods", "teacher")
+    run_study.main(argv + ["--rebuild_reports", "false"])
+    assert calls == [("publish", "teacher", 0), ("publish", "teacher", 1)]
+    calls.clear()
+    run_study.main(argv)  # the fake publish wrote no folder, so both stages run again
+    assert calls == [("publish", "teacher", 0), ("report",), ("index",), ("publish", "teacher", 1), ("report",), ("index",)]
+    calls.clear()
+    run_study.main(argv + ["--rebuild_reports", "false", "--report_only", "true"])  # the end of a run
+    assert calls == [("report",), ("index",)]
