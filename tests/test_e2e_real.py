@@ -4,17 +4,22 @@ import json
 import math
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import LOCAL_URL, SHARED, requires_shared
 from fastapi.testclient import TestClient
-from transformers import pipeline
+from tolerances import EPS32, auc_noise_bound, forward_atol, multilabel_f1_noise_range
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 import app
 import run_distill
 import run_eval
 from distillkit.data import DataTrainingArguments, load_text_classification_data
+from distillkit.runtime import predict_logits
 from distillkit.serving import ModelRegistry, ServingLimits
+from distillkit.tasks import label_id_lists, multi_hot, sigmoid
 
 pytestmark = [pytest.mark.slow, requires_shared]
 
@@ -59,6 +64,20 @@ def test_real_teacher_then_odd_and_even_students_beat_the_majority_baseline(tmp_
     classifier = pipeline("text-classification", model=str(exp / "even"))
     labels = [p["label"] for p in classifier(["I will find you and hurt you, idiot", "Thanks for fixing the citation"])]
     assert set(labels) <= {"non-toxic", "toxic"}
+
+
+@torch.inference_mode()
+def replayed_logits(model_dir, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The logits of `texts` batched as the Trainer's predict batches a test split (in order, 8 per batch, padded to
+    the longest) and as run_eval.py batches them (`predict_logits`: length-sorted batches of 64)."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batches = [
+        tokenizer(texts[i : i + 8], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        for i in range(0, len(texts), 8)
+    ]
+    trainer = torch.cat([model(**batch).logits for batch in batches]).double().numpy()
+    return trainer, predict_logits(model, tokenizer, texts, max_length, batch_size=64)
 
 
 def test_go_emotions_multi_label_teacher_and_student(tmp_path):
@@ -113,10 +132,29 @@ def test_go_emotions_multi_label_teacher_and_student(tmp_path):
         + ["--problem_type", "multi_label", "--max_test_samples", "200", "--max_seq_length", "40", "--seed", "0"]
         + ["--output_dir", str(out), "--latency_runs", "50", "--throughput_texts", "32", "--bootstrap_samples", "10"]
     )
+    # The training run's test pass (the Trainer's predict: dataset order, 8 texts per batch padded to the longest) and
+    # run_eval's (length-sorted batches of 64) compute the same logits up to float32 rounding, which can reorder
+    # near-tied texts and decide a label at its threshold either way. Both passes are
+    # replayed here on run_eval's texts to measure that rounding; each metric is then compared within the range that
+    # twice the rounding allows (tests/tolerances.py): the factor 2 covers the replay of the Trainer's pass, which
+    # may round as the training run did only up to the same size. Logits rank as the (float64) sigmoids do. These
+    # models are near chance and give many texts logits within 1e-5 of each other, so rounding alone moves their
+    # macro ROC-AUC by up to ~0.06 (measured 1e-4 to 2e-4); the F1 ranges stay within ~0.01.
     csv = pd.read_csv(out / "results.csv").set_index("model")
     for name, r in (("teacher", teacher), ("even", results)):
-        for key in ("micro_f1", "macro_f1", "roc_auc"):
-            assert csv.loc[name, key] == pytest.approx(r[f"test_{key}"], abs=1e-4), (name, key)
+        frame = pd.read_csv(out / "predictions" / f"{name}.csv")
+        gold = multi_hot(label_id_lists(frame["label"]), 28).astype(bool)
+        trainer_logits, eval_logits = replayed_logits(exp / name, frame["text"].tolist(), args["max_seq_length"])
+        probs = frame[[f"prob_{j}" for j in range(28)]].to_numpy(dtype=np.float64)
+        assert np.abs(sigmoid(eval_logits) - probs).max() <= forward_atol(eval_logits), name  # this model, sigmoids
+        atol = 2 * max(float(np.abs(trainer_logits - eval_logits).max()), EPS32 * np.abs(eval_logits).max())
+        auc_atol = auc_noise_bound(eval_logits, gold, atol)
+        assert csv.loc[name, "roc_auc"] == pytest.approx(r["test_roc_auc"], abs=auc_atol), (name, auc_atol)
+        thresholds = np.asarray(r["decision_thresholds"])
+        f1_ranges = multilabel_f1_noise_range(eval_logits, gold, np.log(thresholds / (1 - thresholds)), atol)
+        for key, (low, high) in f1_ranges.items():
+            assert low - 1e-12 <= r[f"test_{key}"] <= high + 1e-12, (name, key, low, high)
+            assert low - 1e-12 <= csv.loc[name, key] <= high + 1e-12, (name, key, low, high)
     assert len(pd.read_csv(out / "per_label.csv").query("model == 'even'")) == 28
     # The web app serves it: 28 sigmoids and the labels over their thresholds.
     registry = ModelRegistry.from_dirs([str(exp / "even")], ServingLimits())

@@ -36,3 +36,46 @@ SOFTMAX_SUM_ATOL = 1e-6
 # A LoRA adapter applied on the fly (x W + x A B) vs merged into the weight (x (W + A B)): float32 rounds the product
 # in another order at each adapted layer; with the tiny models' |logits| < ~10 that is ~1e-6, well under 1e-4.
 MERGE_ATOL = 1e-4
+
+
+def auc_noise_bound(scores: np.ndarray, positives: np.ndarray, score_atol: float) -> float:
+    """Largest change of a macro ROC-AUC (the mean over the columns that have both classes) when every score may
+    move by up to `score_atol`, as two forward passes that batch differently do (`forward_atol`).
+
+    Only a (positive, negative) pair of one column closer than 2 x score_atol can change order or tie, and each
+    such pair moves its column's AUC by at most 1 / (n_pos x n_neg). A model near chance whose scores crowd
+    together has many such pairs; one that separates its classes has few, and the bound is tight.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
+    positives = np.asarray(positives, dtype=bool).reshape(len(scores), -1)
+    changes = []
+    for j in range(scores.shape[1]):
+        pos, neg = scores[positives[:, j], j], np.sort(scores[~positives[:, j], j])
+        if len(pos) and len(neg):
+            near = np.searchsorted(neg, pos + 2 * score_atol, "right") - np.searchsorted(neg, pos - 2 * score_atol)
+            changes.append(near.sum() / (len(pos) * len(neg)))
+    return float(np.mean(changes)) + 16 * EPS64 if changes else 0.0
+
+
+def multilabel_f1_noise_range(
+    scores: np.ndarray, positives: np.ndarray, thresholds: np.ndarray, atol: float
+) -> dict[str, tuple[float, float]]:
+    """The range of multi-label micro and macro F1 (zero_division=0, as `distillkit.metrics`) when every score
+    (probabilities, or logits with the thresholds' logits) may move by up to `atol`.
+
+    An entry within atol of its label's threshold may be decided either way. F1 = 2TP / (2TP + FP + FN) rises when
+    such an entry of a gold label is predicted and falls when one of a non-gold label is, so deciding those entries
+    exactly as the gold labels gives the maximum and the opposite gives the minimum.
+    """
+    from sklearn.metrics import f1_score
+
+    positives = np.asarray(positives, dtype=bool)
+    thresholds = np.asarray(thresholds)[None, :]
+    free, decided = np.abs(scores - thresholds) <= atol, scores >= thresholds
+    best, worst = np.where(free, positives, decided), np.where(free, ~positives, decided)
+    return {
+        f"{average}_f1": tuple(
+            float(f1_score(positives, preds, average=average, zero_division=0)) for preds in (worst, best)
+        )
+        for average in ("micro", "macro")
+    }
