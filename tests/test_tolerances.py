@@ -41,3 +41,29 @@ def test_f1_range_contains_every_decision_within_the_tolerance():
     # Without entries near a threshold the range is one value: the F1 of the plain decision.
     low, high = multilabel_f1_noise_range(probs, gold, thresholds + 0.05, atol)["micro_f1"]
     assert low == high == f1_score(gold, probs >= thresholds + 0.05, average="micro", zero_division=0)
+
+
+def test_decisions_may_differ_only_at_ties_within_the_rounding():
+    import pytest
+    from scipy.special import softmax
+    from tolerances import decided_alike_but_ties
+
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(500, 3))
+    offsets = np.array([0.0, 0.3, -0.2])
+    logits[:5, 1] = logits[:5, 0] - 0.3  # ties of classes 0 and 1 under the offsets: either decision is right
+    logits[:5, 2] = logits[:5, 0] - 5.0
+    noisy = logits + rng.uniform(-1e-6, 1e-6, size=logits.shape)
+    probs_a, probs_b = softmax(logits, axis=1), softmax(noisy, axis=1)
+    preds_a, preds_b = (np.argmax(np.log(p) + offsets, axis=1) for p in (probs_a, probs_b))
+    assert decided_alike_but_ties(probs_a, probs_b, preds_a, preds_b, offsets) == bool((preds_a == preds_b).all())
+    forced = preds_b.copy()
+    forced[:5] = 1 - preds_a[:5]  # a tie decided the other way is allowed ...
+    assert decided_alike_but_ties(probs_a, probs_b, preds_a, forced, offsets) is False
+    clear = int(np.argmax(np.ptp(np.log(probs_a) + offsets, axis=1)))  # ... a clear text decided otherwise is not
+    forced[clear] = (preds_a[clear] + 1) % 3
+    with pytest.raises(AssertionError, match="decided differently"):
+        decided_alike_but_ties(probs_a, probs_b, preds_a, forced, offsets)
+    # Decided by argmax (no offsets) instead of the offsets: clear texts differ, and that fails.
+    with pytest.raises(AssertionError):
+        decided_alike_but_ties(probs_a, probs_b, preds_a, np.argmax(probs_b, axis=1), offsets)

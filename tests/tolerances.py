@@ -79,3 +79,24 @@ def multilabel_f1_noise_range(
         )
         for average in ("micro", "macro")
     }
+
+
+def decided_alike_but_ties(
+    probs_a: np.ndarray, probs_b: np.ndarray, preds_a: np.ndarray, preds_b: np.ndarray, offsets=None
+) -> bool:
+    """Two passes of one single-label model (another runtime; an adapter merged or not) decide every text alike,
+    except texts whose classes tie within the rounding between the passes. Returns whether all are decided alike
+    (then every metric of the two passes is equal exactly); fails on a text decided differently that is no tie.
+
+    The scores are log p + the model's logit offsets (its decision rule, distillkit/decision.py; none: argmax), and d
+    is their largest difference between the two passes, measured on these texts. A text whose best class leads the
+    runner-up by more than 2d in pass a leads in pass b too; one that leads by less may be decided either way.
+    """
+    offsets = np.zeros(probs_a.shape[1]) if offsets is None else np.asarray(offsets, dtype=np.float64)
+    scores_a, scores_b = (np.log(np.maximum(p, 1e-300)) + offsets for p in (probs_a, probs_b))
+    d = float(np.abs(scores_a - scores_b).max())
+    top_two = np.sort(scores_a, axis=1)[:, -2:]
+    apart = top_two[:, 1] - top_two[:, 0] > 2 * d
+    alike = np.asarray(preds_a) == np.asarray(preds_b)
+    assert alike[apart].all(), f"{int((~alike[apart]).sum())} texts decided differently, leading by over 2 x {d:.2e}"
+    return bool(alike.all())
