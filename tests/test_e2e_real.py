@@ -11,13 +11,13 @@ import torch
 from conftest import LOCAL_URL, SHARED, requires_shared
 from fastapi.testclient import TestClient
 from tolerances import EPS32, auc_noise_bound, forward_atol, multilabel_f1_noise_range
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+from transformers import pipeline
 
 import app
 import run_distill
 import run_eval
 from distillkit.data import DataTrainingArguments, load_text_classification_data
-from distillkit.runtime import predict_logits
+from distillkit.runtime import encode_texts, load_classifier_dir, predict_logits
 from distillkit.serving import ModelRegistry, ServingLimits
 from distillkit.tasks import label_id_lists, multi_hot, sigmoid
 
@@ -70,14 +70,10 @@ def test_real_teacher_then_odd_and_even_students_beat_the_majority_baseline(tmp_
 def replayed_logits(model_dir, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """The logits of `texts` batched as the Trainer's predict batches a test split (in order, 8 per batch, padded to
     the longest) and as run_eval.py batches them (`predict_logits`: length-sorted batches of 64)."""
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    batches = [
-        tokenizer(texts[i : i + 8], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        for i in range(0, len(texts), 8)
-    ]
-    trainer = torch.cat([model(**batch).logits for batch in batches]).double().numpy()
-    return trainer, predict_logits(model, tokenizer, texts, max_length, batch_size=64)
+    clf = load_classifier_dir(str(model_dir))
+    batches = [encode_texts(clf.tokenizer, texts[i : i + 8], max_length, "cpu") for i in range(0, len(texts), 8)]
+    trainer = torch.cat([clf.model(**batch).logits for batch in batches]).double().numpy()
+    return trainer, predict_logits(clf.model, clf.tokenizer, texts, max_length, batch_size=64)
 
 
 def test_go_emotions_multi_label_teacher_and_student(tmp_path):

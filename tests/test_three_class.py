@@ -81,8 +81,8 @@ def test_three_class_lora_on_a_pretrained_base_loads_everywhere(tmp_path, tiny_b
         + EVAL_FAST
     )
     assert len(results) == 2
-    predictions = pd.read_csv(tmp_path / "report" / "predictions" / "lora.csv")
     folder = tmp_path / "report" / "predictions"
+    predictions = pd.read_csv(folder / "lora.csv")
     (merged_file,) = set(folder.glob("*.csv")) - {folder / "lora.csv"}
     merged_predictions = pd.read_csv(merged_file)
     # The adapter and the merged model decide alike (up to ties within their rounding; then their scores are equal).

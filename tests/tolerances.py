@@ -7,6 +7,7 @@ tolerance below, whose docstring says why it is the size it is.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import f1_score
 
 EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-7: one rounding of a float32 number, relative
 EPS64 = float(np.finfo(np.float64).eps)  # 2.2e-16
@@ -67,8 +68,6 @@ def multilabel_f1_noise_range(
     such an entry of a gold label is predicted and falls when one of a non-gold label is, so deciding those entries
     exactly as the gold labels gives the maximum and the opposite gives the minimum.
     """
-    from sklearn.metrics import f1_score
-
     positives = np.asarray(positives, dtype=bool)
     thresholds = np.asarray(thresholds)[None, :]
     free, decided = np.abs(scores - thresholds) <= atol, scores >= thresholds
