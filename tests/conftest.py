@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -139,6 +140,35 @@ def common_args(data_dir: Path, output_dir: Path, **overrides) -> list[str]:
     for key, value in args.items():
         out += [f"--{key}", value]
     return out
+
+
+def saved_model_probabilities(model_dir: Path, texts) -> tuple[np.ndarray, float]:
+    """The saved model's probabilities of `texts` (one padded batch) and how far the training run's own pass may
+    round from them (probability units).
+
+    The training run scored each split with the Trainer (in order, 16 per batch, as common_args sets): that pass is
+    replayed to measure the float32 rounding between the two batchings (`rounding_atol`, logits), and a probability
+    moves by at most 1/4 of its logit (sigmoid) or 1/2 of the largest logit change (softmax).
+    """
+    from tolerances import rounding_atol
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distillkit.tasks import MULTI_LABEL, Task
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    texts = list(texts)
+
+    def logits_of(batch):
+        with torch.no_grad():
+            encoded = tokenizer(batch, padding=True, truncation=True, max_length=32, return_tensors="pt")
+            return model(**encoded).logits.double().numpy()
+
+    logits = logits_of(texts)
+    replayed = np.concatenate([logits_of(texts[i : i + 16]) for i in range(0, len(texts), 16)])
+    task = Task.from_config(model.config)
+    slope = 1 / 4 if task.problem_type == MULTI_LABEL else 1 / 2
+    return task.probabilities(logits), slope * rounding_atol(logits, replayed)
 
 
 def kill_at_checkpoint_then_resume(script: str, argv: list, output_dir: Path, checkpoint_step: int) -> dict:

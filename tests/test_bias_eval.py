@@ -94,25 +94,28 @@ def test_bias_csv_is_recomputed_from_the_models_own_probabilities(bias_report, s
     with torch.no_grad():  # one text at a time: no padding, no sorting, no shared batches
         logits = torch.cat([clf(**tokenizer([t], return_tensors="pt")).logits for t in source.comment])
     p_toxic = torch.softmax(logits.double(), dim=-1)[:, 1].numpy()
-    texts = pd.read_csv(bias_report / "bias_predictions" / "seed1-odd.csv", keep_default_na=False)
+    written = bias_report / "bias_predictions" / "seed1-odd.csv"
+    texts = pd.read_csv(written, keep_default_na=False, float_precision="round_trip")  # the scores' exact bits
     assert texts.text.tolist() == source.comment.tolist() and texts.label.tolist() == toxic.astype(int).tolist()
     # float32 logits of a 2-layer model under other padding differ by ~1e-7; 1e-5 is far above that, far below a rank
     np.testing.assert_allclose(texts.toxic_score, p_toxic, atol=1e-5)
+    # The measures are recomputed from those scores as written. Not from the one-text pass: this 3-step model gives
+    # texts probabilities ~1e-7 apart, and rounding may rank such a pair, or one at the threshold, either way.
+    score = texts.toxic_score.to_numpy()
     rows = table[table.model == "seed1-odd"].set_index("identity")
     page = (source.group == "page").to_numpy()
-    assert rows.loc["page", "subgroup_auc"] == pytest.approx(roc_auc_score(toxic[page], p_toxic[page]), abs=1e-9)
+    assert rows.loc["page", "subgroup_auc"] == pytest.approx(roc_auc_score(toxic[page], score[page]), abs=1e-12)
     bpsn = (page & ~toxic) | (~page & toxic)
-    assert rows.loc["page", "bpsn_auc"] == pytest.approx(roc_auc_score(toxic[bpsn], p_toxic[bpsn]), abs=1e-9)
+    assert rows.loc["page", "bpsn_auc"] == pytest.approx(roc_auc_score(toxic[bpsn], score[bpsn]), abs=1e-12)
     flagged = texts.toxic_pred.to_numpy().astype(bool)
-    # The model's own saved rule (a threshold tuned on validation, by default); a tie at it is the only leeway.
-    threshold = (getattr(clf.config, "decision_thresholds", None) or [0.5])[0]
-    assert (flagged == (p_toxic >= threshold)).mean() > 0.99
+    threshold = (getattr(clf.config, "decision_thresholds", None) or [0.5])[0]  # the model's own saved rule
+    assert (flagged == (score >= threshold)).all()
     assert rows.loc["page", "fpr"] == pytest.approx(flagged[page & ~toxic].mean(), abs=1e-12)
 
     summary = pd.read_csv(bias_report / "bias_summary.csv").set_index("model")
     row = summary.loc["seed1-odd"]
     assert row.method == "odd" and row.seed == 1 and row.n == len(source) and row.toxic_classes == "LABEL_1"  # the tiny data names no class
-    assert row.overall_auc == pytest.approx(roc_auc_score(toxic, p_toxic), abs=1e-9)
+    assert row.overall_auc == pytest.approx(roc_auc_score(toxic, score), abs=1e-12)
     assert row.power_mean_bpsn_auc == pytest.approx(bias.power_mean(rows.bpsn_auc.tolist()), abs=1e-12)
     means = [row.power_mean_subgroup_auc, row.power_mean_bpsn_auc, row.power_mean_bnsp_auc]
     assert row.final_metric == pytest.approx(0.25 * row.overall_auc + 0.75 * np.mean(means), abs=1e-12)

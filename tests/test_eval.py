@@ -12,6 +12,7 @@ import torch
 from conftest import common_args, synthetic_rows
 from tolerances import MERGE_ATOL, SOFTMAX_SUM_ATOL
 from matplotlib.image import imread
+from transformers import AutoConfig
 from sklearn.metrics import (
     accuracy_score,
     f1_score,
@@ -22,7 +23,9 @@ from sklearn.metrics import (
 
 import run_distill
 import run_eval
+from distillkit.decision import DecisionRule
 from distillkit.records import RunRecord
+from distillkit.tasks import SINGLE_LABEL
 import run_finetune
 
 FAST = ["--max_seq_length", "32", "--latency_runs", "50", "--throughput_texts", "32"]
@@ -83,10 +86,14 @@ def evaluated(experiment, tiny_data_dir, tmp_path_factory):
     return out, results
 
 
-def _sklearn_metrics(frame: pd.DataFrame, num_labels: int, threshold: float | None = None) -> dict[str, float]:
+def _sklearn_metrics(
+    frame: pd.DataFrame, num_labels: int, threshold: float | None = None, preds: np.ndarray | None = None
+) -> dict[str, float]:
+    """sklearn's metrics of the frame's probabilities, decided by argmax, a binary threshold, or `preds` given."""
     labels = frame.label.to_numpy()
     probs = frame[[f"prob_{i}" for i in range(num_labels)]].to_numpy()
-    preds = probs.argmax(axis=1) if threshold is None else (probs[:, 1] >= threshold).astype(int)
+    if preds is None:
+        preds = probs.argmax(axis=1) if threshold is None else (probs[:, 1] >= threshold).astype(int)
     binary = num_labels == 2
     p, r, f, _ = precision_recall_fscore_support(
         labels, preds, average="binary" if binary else "macro", labels=list(range(num_labels)), zero_division=0
@@ -222,9 +229,13 @@ def test_multiclass_gives_macro_metrics(tmp_path, tiny_base_model_dir, multiclas
         ["--model_dirs", str(model_dir), "--dataset_name", str(multiclass_data), "--output_dir", str(out)] + FAST
     )
     row = results.iloc[0]
-    frame = pd.read_csv(out / "predictions" / "teacher.csv")
+    frame = pd.read_csv(out / "predictions" / "teacher.csv", float_precision="round_trip")
     assert [c for c in frame.columns if c.startswith("prob_")] == ["prob_0", "prob_1", "prob_2", "prob_3"]
-    expected = _sklearn_metrics(frame, 4)
+    # Decided by the model's saved rule (logit offsets tuned on validation, or argmax when they stay 0).
+    rule = DecisionRule.from_config(AutoConfig.from_pretrained(model_dir), SINGLE_LABEL, 4)
+    preds = rule.decide(frame[["prob_0", "prob_1", "prob_2", "prob_3"]].to_numpy())
+    assert (frame.pred.to_numpy() == preds).all()
+    expected = _sklearn_metrics(frame, 4, preds=preds)
     for name, value in expected.items():
         assert row[name] == pytest.approx(value, abs=1e-6), name
     assert row.f1 == pytest.approx(row.macro_f1)  # multi-class F1 is the macro F1

@@ -18,7 +18,8 @@ def test_kl_matches_hand_computation():
         pt = [math.exp(x / t) / sum(math.exp(y / t) for y in t_row) for x in t_row]
         expected += sum(p * math.log(p / q) for p, q in zip(pt, ps))  # KL(teacher || student)
     expected = expected / 2 * t * t  # batch mean, times T²
-    assert soft_target_kl(student, teacher, t).item() == pytest.approx(expected, rel=1e-6)
+    # float32 against float64: each term rounds at ~1e-7 and the sum cancels ~5x, so ~1e-6 relative; 1e-5 covers it
+    assert soft_target_kl(student, teacher, t).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_kl_is_zero_for_identical_logits():

@@ -2,7 +2,7 @@
 
 import numpy as np
 from sklearn.metrics import f1_score, roc_auc_score
-from tolerances import auc_noise_bound, multilabel_f1_noise_range
+from tolerances import EPS32, assert_f1_best_threshold, auc_noise_bound, binary_noise_range, multilabel_f1_noise_range, rounding_atol, within
 
 
 def macro_auc(scores: np.ndarray, gold: np.ndarray) -> float:
@@ -41,6 +41,48 @@ def test_f1_range_contains_every_decision_within_the_tolerance():
     # Without entries near a threshold the range is one value: the F1 of the plain decision.
     low, high = multilabel_f1_noise_range(probs, gold, thresholds + 0.05, atol)["micro_f1"]
     assert low == high == f1_score(gold, probs >= thresholds + 0.05, average="micro", zero_division=0)
+
+
+def test_binary_range_contains_every_decision_within_the_tolerance():
+    rng = np.random.default_rng(2)
+    scores = rng.integers(0, 21, size=400) / 20.0  # many scores exactly at the threshold
+    gold = rng.random(400) < 0.2
+    atol, threshold = 0.03, 0.45
+    ranges = binary_noise_range(scores, gold, threshold, atol)
+    assert ranges["f1"][0] < ranges["f1"][1] and ranges["accuracy"][0] < ranges["accuracy"][1]
+    for _ in range(200):
+        preds = (scores + rng.uniform(-atol, atol, size=scores.shape)) >= threshold
+        assert within(f1_score(gold, preds, zero_division=0), ranges["f1"])
+        assert within(float((preds == gold).mean()), ranges["accuracy"])
+    # Away from the threshold both ranges are the plain decision's value; at another threshold it is not inside.
+    far = binary_noise_range(scores, gold, 0.475, atol / 10)
+    plain = scores >= 0.475
+    assert far["f1"] == (f1_score(gold, plain),) * 2 and far["accuracy"] == (float((plain == gold).mean()),) * 2
+    assert not within(f1_score(gold, scores >= 0.9), far["f1"])
+
+
+def test_f1_best_threshold_holds_for_the_chosen_one_only():
+    import pytest
+    from distillkit.decision import best_f1_threshold
+
+    rng = np.random.default_rng(3)
+    gold = rng.random(60) < 0.3
+    scores = np.round(gold * 0.2 + rng.random(60) * 0.8, 3)  # some scores tie, others are 1e-3 apart
+    best = best_f1_threshold(scores, gold)
+    assert_f1_best_threshold(scores, gold, best, atol=1e-6)
+    assert_f1_best_threshold(scores + 5e-7, gold, best, atol=1e-6)  # as another pass computed them
+    with pytest.raises(AssertionError, match="is none of the scores"):
+        assert_f1_best_threshold(scores, gold, 0.5004, atol=1e-6)
+    f1 = {s: f1_score(gold, scores >= s) for s in np.unique(scores)}
+    worse = min(f1, key=f1.get)
+    with pytest.raises(AssertionError):
+        assert_f1_best_threshold(scores, gold, worse, atol=1e-6)
+
+
+def test_rounding_atol_is_twice_the_measured_difference_and_at_least_one_rounding():
+    a = np.array([[1.0, -3.0], [0.5, 2.0]])
+    assert abs(rounding_atol(a, a + np.array([[0.0, 1e-6], [-2e-6, 0.0]])) - 4e-6) < 1e-15  # a - (a + 2e-6): rounded
+    assert rounding_atol(a, a) == 2 * EPS32 * 3.0
 
 
 def test_decisions_may_differ_only_at_ties_within_the_rounding():

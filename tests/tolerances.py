@@ -58,26 +58,76 @@ def auc_noise_bound(scores: np.ndarray, positives: np.ndarray, score_atol: float
     return float(np.mean(changes)) + 16 * EPS64 if changes else 0.0
 
 
-def multilabel_f1_noise_range(
-    scores: np.ndarray, positives: np.ndarray, thresholds: np.ndarray, atol: float
-) -> dict[str, tuple[float, float]]:
-    """The range of multi-label micro and macro F1 (zero_division=0, as `distillkit.metrics`) when every score
-    (probabilities, or logits with the thresholds' logits) may move by up to `atol`.
+def rounding_atol(scores_a: np.ndarray, scores_b: np.ndarray) -> float:
+    """How far a third pass may round from `scores_a`: twice the largest difference measured between two passes of
+    one model (at least one float32 rounding of the largest score).
 
-    An entry within atol of its label's threshold may be decided either way. F1 = 2TP / (2TP + FP + FN) rises when
-    such an entry of a gold label is predicted and falls when one of a non-gold label is, so deciding those entries
-    exactly as the gold labels gives the maximum and the opposite gives the minimum.
+    A training run scores its test split in a pass of its own that a test cannot read back; a test replays that pass
+    (the same batches) and a second one batched otherwise. The factor 2 covers the replay, which rounds as the
+    training run did only up to the same size.
+    """
+    a, b = (np.asarray(x, dtype=np.float64) for x in (scores_a, scores_b))
+    return 2 * max(float(np.abs(a - b).max()), EPS32 * float(np.abs(a).max()))
+
+
+def extreme_decisions(
+    scores: np.ndarray, positives: np.ndarray, thresholds: np.ndarray, atol: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The worst and the best decisions `scores >= thresholds` (one column per label) when every score may move by up
+    to `atol`: an entry within atol of its threshold may be decided either way, so deciding those entries against
+    their gold labels gives the worst and deciding them as their gold labels the best.
+
+    Worst and best for every metric that rises when an entry is decided as its gold label: F1 = 2TP / (2TP + FP + FN),
+    accuracy, recall.
     """
     positives = np.asarray(positives, dtype=bool)
     thresholds = np.asarray(thresholds)[None, :]
     free, decided = np.abs(scores - thresholds) <= atol, scores >= thresholds
-    best, worst = np.where(free, positives, decided), np.where(free, ~positives, decided)
+    return np.where(free, ~positives, decided), np.where(free, positives, decided)
+
+
+def multilabel_f1_noise_range(
+    scores: np.ndarray, positives: np.ndarray, thresholds: np.ndarray, atol: float
+) -> dict[str, tuple[float, float]]:
+    """The range of multi-label micro and macro F1 (zero_division=0, as `distillkit.metrics`) when every score
+    (probabilities, or logits with the thresholds' logits) may move by up to `atol` (`extreme_decisions`)."""
+    positives = np.asarray(positives, dtype=bool)
+    decisions = extreme_decisions(scores, positives, thresholds, atol)
     return {
         f"{average}_f1": tuple(
-            float(f1_score(positives, preds, average=average, zero_division=0)) for preds in (worst, best)
+            float(f1_score(positives, preds, average=average, zero_division=0)) for preds in decisions
         )
         for average in ("micro", "macro")
     }
+
+
+def binary_noise_range(
+    scores: np.ndarray, positives: np.ndarray, threshold: float, atol: float
+) -> dict[str, tuple[float, float]]:
+    """The range of a binary task's F1 (of the positive class) and accuracy when every score may move by up to
+    `atol` and a text is positive at `score >= threshold` (`extreme_decisions`)."""
+    positives = np.asarray(positives, dtype=bool)
+    decisions = extreme_decisions(np.asarray(scores)[:, None], positives[:, None], [threshold], atol)
+    worst, best = (d[:, 0] for d in decisions)
+    return {
+        "f1": (float(f1_score(positives, worst, zero_division=0)), float(f1_score(positives, best, zero_division=0))),
+        "accuracy": (float((worst == positives).mean()), float((best == positives).mean())),
+    }
+
+
+def within(value: float, bounds: tuple[float, float]) -> bool:
+    """`bounds[0] <= value <= bounds[1]`, up to the float64 rounding of a metric summed over a few thousand terms."""
+    return bounds[0] - 1e-12 <= value <= bounds[1] + 1e-12
+
+
+def assert_f1_best_threshold(scores: np.ndarray, positives: np.ndarray, threshold: float, atol: float) -> None:
+    """`threshold` is what best_f1_threshold chose on scores within `atol` of these: one of those scores, and no
+    other threshold gives a higher F1 beyond the range that rounding allows. (Near-tied scores may change which
+    score wins, so it is not compared to best_f1_threshold of these scores exactly.)"""
+    assert np.abs(scores - threshold).min() <= atol, (threshold, "is none of the scores")
+    reached = binary_noise_range(scores, positives, threshold, atol)["f1"][1]
+    for other in np.unique(scores):
+        assert reached >= binary_noise_range(scores, positives, other, atol)["f1"][0] - 1e-12, (threshold, other)
 
 
 def decided_alike_but_ties(
