@@ -22,7 +22,6 @@ import os
 import time
 from dataclasses import dataclass, field
 
-import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from bench.common import (

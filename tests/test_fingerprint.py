@@ -7,17 +7,13 @@ each path once for real on tiny models."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-from conftest import REPO, common_args, synthetic_rows, tiny_bert_config
+from conftest import common_args, synthetic_rows, tiny_bert_config
 from transformers import BertForSequenceClassification
 
 from distill_trainer import DistillationTrainingArguments

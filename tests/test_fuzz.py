@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import string
-from pathlib import Path
 from unittest import mock
 
 import pytest

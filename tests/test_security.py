@@ -431,7 +431,7 @@ def open_request(url: str, head: bytes, source: str | None = None) -> socket.soc
 
 
 def post_head(content_length: int, body_start: bytes = b'{"texts": [') -> bytes:
-    head = f"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    head = "POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
     return (head + f"Content-Length: {content_length}\r\n\r\n").encode() + body_start
 
 

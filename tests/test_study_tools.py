@@ -232,9 +232,9 @@ def test_calls_changed_compares_the_editions_row_by_row_and_keeps_rows_only_one_
         ("odd", "even", "roc_auc", 5, 0.002, -0.001, 0.005, "not distinguishable"),
         ("auto", "odd", "f1", 5, 0.01, -0.01, 0.03, "not distinguishable"),
     ])  # fmt: skip
-    for edition, frame in (("first", first), ("second", second)):
-        (tmp_path / edition / "wiki_toxic").mkdir(parents=True)
-        frame.to_csv(tmp_path / edition / "wiki_toxic" / "paired.csv", index=False)
+    for name, frame in (("first", first), ("second", second)):
+        (tmp_path / name / "wiki_toxic").mkdir(parents=True)
+        frame.to_csv(tmp_path / name / "wiki_toxic" / "paired.csv", index=False)
     table = calls_changed_main([
         "--before", str(tmp_path / "first"), "--after", str(tmp_path / "second"), "--datasets", "wiki_toxic",
         "--output", str(tmp_path / "calls.csv"),

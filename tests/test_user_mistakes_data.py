@@ -11,7 +11,6 @@ import json
 import logging
 import shutil
 
-import pandas as pd
 import pytest
 from conftest import common_args, synthetic_rows, usage_error_line
 from tolerances import FORWARD_REL
