@@ -142,33 +142,46 @@ def common_args(data_dir: Path, output_dir: Path, **overrides) -> list[str]:
     return out
 
 
+@torch.inference_mode()
+def trainer_batched_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
+    """The float64 logits of `texts` batched as the Trainer's predict batches a split: in order, `batch_size` per
+    batch, padded to the longest (the pass a training run records its metrics from)."""
+    from distillkit.runtime import encode_texts
+
+    starts = range(0, len(texts), batch_size)
+    batches = [encode_texts(tokenizer, texts[i : i + batch_size], max_length, "cpu") for i in starts]
+    return torch.cat([model(**batch).logits for batch in batches]).double().numpy()
+
+
+def replayed_logits(
+    model_dir, texts: list[str], max_length: int, trainer_batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A saved model's logits of `texts` from the Trainer's pass (`trainer_batched_logits`) and from run_eval.py's
+    (`predict_logits`: length-sorted batches of 64), loaded as every reader loads it (`load_classifier_dir`)."""
+    from distillkit.runtime import load_classifier_dir, predict_logits
+
+    clf = load_classifier_dir(str(model_dir))
+    trainer = trainer_batched_logits(clf.model, clf.tokenizer, texts, max_length, trainer_batch_size)
+    return trainer, predict_logits(clf.model, clf.tokenizer, texts, max_length, batch_size=64)
+
+
 def saved_model_probabilities(model_dir: Path, texts) -> tuple[np.ndarray, float]:
-    """The saved model's probabilities of `texts` (one padded batch) and how far the training run's own pass may
+    """The saved model's probabilities of `texts` (run_eval's pass) and how far the training run's own pass may
     round from them (probability units).
 
-    The training run scored each split with the Trainer (in order, 16 per batch, as common_args sets): that pass is
-    replayed to measure the float32 rounding between the two batchings (`rounding_atol`, logits), and a probability
-    moves by at most 1/4 of its logit (sigmoid) or 1/2 of the largest logit change (softmax).
+    The training run scored each split with the Trainer (in order, 16 per batch, 32 tokens, as common_args sets):
+    that pass is replayed to measure the float32 rounding between the two batchings (`rounding_atol`, logits), and a
+    probability moves by at most 1/4 of its logit (sigmoid) or 1/2 of the largest logit change (softmax).
     """
     from tolerances import rounding_atol
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig
 
     from distillkit.tasks import MULTI_LABEL, Task
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    texts = list(texts)
-
-    def logits_of(batch):
-        with torch.no_grad():
-            encoded = tokenizer(batch, padding=True, truncation=True, max_length=32, return_tensors="pt")
-            return model(**encoded).logits.double().numpy()
-
-    logits = logits_of(texts)
-    replayed = np.concatenate([logits_of(texts[i : i + 16]) for i in range(0, len(texts), 16)])
-    task = Task.from_config(model.config)
+    trainer, logits = replayed_logits(model_dir, list(texts), max_length=32, trainer_batch_size=16)
+    task = Task.from_config(AutoConfig.from_pretrained(model_dir))
     slope = 1 / 4 if task.problem_type == MULTI_LABEL else 1 / 2
-    return task.probabilities(logits), slope * rounding_atol(logits, replayed)
+    return task.probabilities(logits), slope * rounding_atol(logits, trainer)
 
 
 def kill_at_checkpoint_then_resume(script: str, argv: list, output_dir: Path, checkpoint_step: int) -> dict:

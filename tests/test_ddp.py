@@ -4,9 +4,9 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import torch
-import pandas as pd
 from conftest import REPO, common_args, make_tokenizer, saved_model_probabilities, tiny_bert_config
 from tolerances import binary_noise_range, within
 from transformers import BertForSequenceClassification

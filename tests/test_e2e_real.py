@@ -7,8 +7,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from conftest import LOCAL_URL, SHARED, requires_shared
+from conftest import LOCAL_URL, SHARED, replayed_logits, requires_shared
 from fastapi.testclient import TestClient
 from tolerances import auc_noise_bound, forward_atol, multilabel_f1_noise_range, rounding_atol, within
 from transformers import pipeline
@@ -17,7 +16,6 @@ import app
 import run_distill
 import run_eval
 from distillkit.data import DataTrainingArguments, load_text_classification_data
-from distillkit.runtime import encode_texts, load_classifier_dir, predict_logits
 from distillkit.serving import ModelRegistry, ServingLimits
 from distillkit.tasks import label_id_lists, multi_hot, sigmoid
 
@@ -64,16 +62,6 @@ def test_real_teacher_then_odd_and_even_students_beat_the_majority_baseline(tmp_
     classifier = pipeline("text-classification", model=str(exp / "even"))
     labels = [p["label"] for p in classifier(["I will find you and hurt you, idiot", "Thanks for fixing the citation"])]
     assert set(labels) <= {"non-toxic", "toxic"}
-
-
-@torch.inference_mode()
-def replayed_logits(model_dir, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """The logits of `texts` batched as the Trainer's predict batches a test split (in order, 8 per batch, padded to
-    the longest) and as run_eval.py batches them (`predict_logits`: length-sorted batches of 64)."""
-    clf = load_classifier_dir(str(model_dir))
-    batches = [encode_texts(clf.tokenizer, texts[i : i + 8], max_length, "cpu") for i in range(0, len(texts), 8)]
-    trainer = torch.cat([clf.model(**batch).logits for batch in batches]).double().numpy()
-    return trainer, predict_logits(clf.model, clf.tokenizer, texts, max_length, batch_size=64)
 
 
 def test_go_emotions_multi_label_teacher_and_student(tmp_path):
@@ -140,7 +128,7 @@ def test_go_emotions_multi_label_teacher_and_student(tmp_path):
     for name, r in (("teacher", teacher), ("even", results)):
         frame = pd.read_csv(out / "predictions" / f"{name}.csv")
         gold = multi_hot(label_id_lists(frame["label"]), 28).astype(bool)
-        trainer_logits, eval_logits = replayed_logits(exp / name, frame["text"].tolist(), args["max_seq_length"])
+        trainer_logits, eval_logits = replayed_logits(exp / name, frame["text"].tolist(), args["max_seq_length"], 8)
         probs = frame[[f"prob_{j}" for j in range(28)]].to_numpy(dtype=np.float64)
         assert np.abs(sigmoid(eval_logits) - probs).max() <= forward_atol(eval_logits), name  # this model, sigmoids
         atol = rounding_atol(eval_logits, trainer_logits)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from scipy.special import softmax
 from tolerances import MERGE_ATOL, auc_noise_bound, binary_noise_range, forward_atol, rounding_atol, within
 from conftest import (
     REPO,
@@ -21,6 +20,7 @@ from conftest import (
     requires_shared,
     synthetic_rows,
     tiny_bert_config,
+    trainer_batched_logits,
 )
 from peft import AutoPeftModelForSequenceClassification
 from transformers import (
@@ -41,7 +41,7 @@ from distillkit.lora import (
     parameter_counts,
     trained_in_full,
 )
-from distillkit.metrics import classification_metrics
+from distillkit.metrics import classification_metrics, softmax
 from distillkit.students import build_student
 
 LABELS = {0: "non-toxic", 1: "toxic"}
@@ -230,10 +230,10 @@ def test_outputs_reload_anywhere_and_merge(tmp_path, tiny_base_model_dir, tiny_d
     # The training run's test pass (the Trainer's predict: in order, 16 per batch) is replayed beside this one padded
     # batch to measure their float32 rounding: this near-chance model gives texts probabilities ~1e-7 apart, so each
     # metric is compared within the range that rounding allows (tests/tolerances.py), exactly when no text is near.
-    replayed = torch.cat([_logits(adapter, tokenizer, texts[i : i + 16]) for i in range(0, len(texts), 16)])
+    replayed = trainer_batched_logits(adapter, tokenizer, texts, max_length=32, batch_size=16)
     # p(toxic) is the sigmoid (slope <= 1/4) of the difference of two logits, each of which may move by the atol.
-    atol = 2 * rounding_atol(logits.numpy(), replayed.numpy()) / 4
-    probs = softmax(logits.double().numpy(), axis=-1)  # float64, as the training run's Task.probabilities
+    atol = 2 * rounding_atol(logits.numpy(), replayed) / 4
+    probs = softmax(logits.double().numpy())  # float64, as the training run's Task.probabilities
     threshold = saved["decision_thresholds"][0]  # tuned on validation
     metrics = classification_metrics(probs, gold, (probs[:, 1] >= threshold).astype(int))
     assert within(saved["test_accuracy"], binary_noise_range(probs[:, 1], gold == 1, threshold, atol)["accuracy"])
