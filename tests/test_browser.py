@@ -338,11 +338,11 @@ def test_page_shows_a_multilabel_models_labels_probabilities_and_thresholds(tmp_
                 # The page asked for this text alone, the API call above batched 8: float32 rounding apart.
                 prob = float(row.get_attribute("data-probability"))
                 assert prob == pytest.approx(api["probabilities"][label], abs=forward_atol(logit(api_probs)))
-                assert float(row.get_attribute("data-threshold")) == pytest.approx(api["thresholds"][label], abs=1e-6)
                 threshold = float(row.get_attribute("data-threshold"))  # both attributes are written to 6 decimals
+                assert threshold == pytest.approx(api["thresholds"][label], abs=1e-6)
                 assert abs(prob - threshold) > 2e-6, "the fixture's thresholds sit between probabilities"
                 assert row.get_attribute("data-over") == str(prob >= threshold).lower()
-                shown_pct = row.locator(".class-pct").inner_text()
+                shown_pct = row.locator(".class-pct").inner_text()  # `.1f` of the percentage: within half a step
                 assert re.fullmatch(r"\d{1,3}\.\d%", shown_pct) and abs(float(shown_pct[:-1]) / 100 - prob) <= 5e-4 + 1e-6
                 assert row.locator(".class-name").inner_text().startswith("✓") == (label in api["labels"])
         assert none, "the fixture has a text no label passes for"

@@ -1,8 +1,18 @@
 """The noise bounds of tests/tolerances.py hold: scores moved within the stated tolerance stay inside them."""
 
 import numpy as np
+import pytest
 from sklearn.metrics import f1_score, roc_auc_score
-from tolerances import EPS32, assert_f1_best_threshold, auc_noise_bound, binary_noise_range, multilabel_f1_noise_range, rounding_atol, within
+from tolerances import (
+    EPS32,
+    assert_f1_best_threshold,
+    auc_noise_bound,
+    binary_noise_range,
+    decided_alike_but_ties,
+    multilabel_f1_noise_range,
+    rounding_atol,
+    within,
+)
 
 
 def macro_auc(scores: np.ndarray, gold: np.ndarray) -> float:
@@ -36,8 +46,7 @@ def test_f1_range_contains_every_decision_within_the_tolerance():
     for _ in range(200):
         preds = (probs + rng.uniform(-atol, atol, size=probs.shape)) >= thresholds
         for average in ("micro", "macro"):
-            low, high = ranges[f"{average}_f1"]
-            assert low - 1e-12 <= f1_score(gold, preds, average=average, zero_division=0) <= high + 1e-12
+            assert within(f1_score(gold, preds, average=average, zero_division=0), ranges[f"{average}_f1"])
     # Without entries near a threshold the range is one value: the F1 of the plain decision.
     low, high = multilabel_f1_noise_range(probs, gold, thresholds + 0.05, atol)["micro_f1"]
     assert low == high == f1_score(gold, probs >= thresholds + 0.05, average="micro", zero_division=0)
@@ -62,7 +71,6 @@ def test_binary_range_contains_every_decision_within_the_tolerance():
 
 
 def test_f1_best_threshold_holds_for_the_chosen_one_only():
-    import pytest
     from distillkit.decision import best_f1_threshold
 
     rng = np.random.default_rng(3)
@@ -86,9 +94,7 @@ def test_rounding_atol_is_twice_the_measured_difference_and_at_least_one_roundin
 
 
 def test_decisions_may_differ_only_at_ties_within_the_rounding():
-    import pytest
     from scipy.special import softmax
-    from tolerances import decided_alike_but_ties
 
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(500, 3))
